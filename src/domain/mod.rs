@@ -1,0 +1,8 @@
+//! The domain: tokens, secrets, permissions, restrictions and the rules over them. Pure, no I/O.
+
+pub mod grant;
+pub mod permission;
+pub mod restrictions;
+pub mod secret;
+pub mod token;
+pub mod verify;

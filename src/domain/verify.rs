@@ -1,0 +1,289 @@
+//! The verification rules: whether a found token is valid for one use. Pure, no I/O.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    permission::{Permission, allows},
+    token::Token,
+};
+
+/// Why a verification succeeded or failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid for this use.
+    Ok,
+    /// Not shaped like one of our tokens, or a bad checksum; no lookup was made.
+    Malformed,
+    /// Unknown: never issued, or deleted.
+    NotFound,
+    /// Disabled.
+    Disabled,
+    /// Past its expire time.
+    Expired,
+    /// The client address is missing or not allowed.
+    IpNotAllowed,
+    /// The host is missing or not allowed.
+    HostNotAllowed,
+    /// A required permission is missing.
+    PermissionDenied,
+    /// Read-only, and a required permission is not a read.
+    ReadOnly,
+    /// A requested binding differs from the token's.
+    BindingMismatch,
+}
+
+impl Outcome {
+    /// Returns a stable lowercase name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Malformed => "malformed",
+            Outcome::NotFound => "not_found",
+            Outcome::Disabled => "disabled",
+            Outcome::Expired => "expired",
+            Outcome::IpNotAllowed => "ip_not_allowed",
+            Outcome::HostNotAllowed => "host_not_allowed",
+            Outcome::PermissionDenied => "permission_denied",
+            Outcome::ReadOnly => "read_only",
+            Outcome::BindingMismatch => "binding_mismatch",
+        }
+    }
+}
+
+/// What a token is being used for.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    /// Permissions the use needs; all must be satisfied.
+    pub required: Vec<Permission>,
+    /// The client's address, when known.
+    pub client_ip: Option<IpAddr>,
+    /// The host the token was presented at, when known.
+    pub host: Option<String>,
+    /// Resources the use touches.
+    pub bindings: BTreeMap<String, String>,
+}
+
+/// Decides whether `token` is valid for `usage` at `now`, with a reason for people.
+///
+/// The checks run from the most to the least fundamental, so a disabled token is reported
+/// as disabled even if it also lacks a permission.
+pub fn evaluate(token: &Token, usage: &Usage, now: DateTime<Utc>) -> (Outcome, String) {
+    if !token.enabled {
+        return (Outcome::Disabled, "token is disabled".into());
+    }
+    if token.is_expired(now) {
+        return (Outcome::Expired, "token has expired".into());
+    }
+    if !token.allowed_cidrs.is_empty() {
+        match usage.client_ip {
+            None => {
+                return (
+                    Outcome::IpNotAllowed,
+                    "token is restricted to networks and no client_ip was given".into(),
+                );
+            }
+            Some(ip) if !token.allowed_cidrs.iter().any(|c| c.contains(ip)) => {
+                return (
+                    Outcome::IpNotAllowed,
+                    format!("client {ip} is not in the token's allowed networks"),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    if !token.allowed_hosts.is_empty() {
+        match usage.host.as_deref() {
+            None | Some("") => {
+                return (
+                    Outcome::HostNotAllowed,
+                    "token is restricted to hosts and no host was given".into(),
+                );
+            }
+            Some(host) if !token.allowed_hosts.iter().any(|h| h.matches(host)) => {
+                return (
+                    Outcome::HostNotAllowed,
+                    "host is not among the token's allowed hosts".into(),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, value) in &usage.bindings {
+        if token.bindings.get(key).is_some_and(|bound| bound != value) {
+            return (
+                Outcome::BindingMismatch,
+                format!("token is bound to a different {key}"),
+            );
+        }
+    }
+    if token.read_only {
+        if let Some(write) = usage.required.iter().find(|p| !p.is_read()) {
+            return (
+                Outcome::ReadOnly,
+                format!("token is read-only and {write} is not a read"),
+            );
+        }
+    }
+    if let Some(missing) = usage
+        .required
+        .iter()
+        .find(|p| !allows(&token.permissions, p))
+    {
+        return (
+            Outcome::PermissionDenied,
+            format!("token lacks permission {missing}"),
+        );
+    }
+    (Outcome::Ok, String::new())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use chrono::Duration;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::restrictions::{Cidr, HostPattern};
+
+    pub(crate) fn token(permissions: &[&str]) -> Token {
+        let now = Utc::now();
+        Token {
+            id: Uuid::now_v7(),
+            name: "t".into(),
+            owner: "o".into(),
+            token_type: "personal".into(),
+            description: String::new(),
+            permissions: permissions
+                .iter()
+                .map(|p| Permission::parse(p).unwrap())
+                .collect(),
+            read_only: false,
+            allowed_cidrs: vec![],
+            allowed_hosts: vec![],
+            bindings: BTreeMap::new(),
+            metadata: Default::default(),
+            enabled: true,
+            create_time: now,
+            update_time: now,
+            last_used_time: None,
+            last_used_ip: None,
+            use_count: 0,
+            expire_time: None,
+            created_by: None,
+            display_hint: "ta_abcdef".into(),
+            revision: 1,
+        }
+    }
+
+    fn needs(permissions: &[&str]) -> Usage {
+        Usage {
+            required: permissions
+                .iter()
+                .map(|p| Permission::parse(p).unwrap())
+                .collect(),
+            ..Usage::default()
+        }
+    }
+
+    fn outcome(token: &Token, usage: &Usage) -> Outcome {
+        evaluate(token, usage, Utc::now()).0
+    }
+
+    #[test]
+    fn a_plain_token_with_the_permission_is_ok() {
+        assert_eq!(
+            outcome(&token(&["domains:read"]), &needs(&["domains:read"])),
+            Outcome::Ok
+        );
+        assert_eq!(outcome(&token(&[]), &needs(&[])), Outcome::Ok);
+    }
+
+    #[test]
+    fn a_missing_permission_is_denied_and_named() {
+        let (result, reason) = evaluate(
+            &token(&["domains:read"]),
+            &needs(&["domains:read", "domains:write"]),
+            Utc::now(),
+        );
+        assert_eq!(result, Outcome::PermissionDenied);
+        assert!(reason.contains("domains:write"));
+    }
+
+    #[test]
+    fn disabled_and_expired_come_first() {
+        let mut t = token(&[]);
+        t.enabled = false;
+        t.expire_time = Some(Utc::now() - Duration::seconds(1));
+        assert_eq!(outcome(&t, &needs(&["x:read"])), Outcome::Disabled);
+        t.enabled = true;
+        assert_eq!(outcome(&t, &needs(&["x:read"])), Outcome::Expired);
+        t.expire_time = Some(Utc::now() + Duration::hours(1));
+        assert_eq!(outcome(&t, &needs(&[])), Outcome::Ok);
+    }
+
+    #[test]
+    fn read_only_satisfies_only_reads() {
+        let mut t = token(&["*:*"]);
+        t.read_only = true;
+        assert_eq!(outcome(&t, &needs(&["domains:read"])), Outcome::Ok);
+        assert_eq!(outcome(&t, &needs(&["domains:write"])), Outcome::ReadOnly);
+        assert_eq!(outcome(&t, &needs(&["domains:*"])), Outcome::ReadOnly);
+    }
+
+    #[test]
+    fn cidrs_restrict_the_client() {
+        let mut t = token(&[]);
+        t.allowed_cidrs = vec![
+            Cidr::parse("10.0.0.0/8").unwrap(),
+            Cidr::parse("2001:db8::/32").unwrap(),
+        ];
+        let mut usage = needs(&[]);
+        assert_eq!(
+            outcome(&t, &usage),
+            Outcome::IpNotAllowed,
+            "no client ip fails closed"
+        );
+        usage.client_ip = Some("10.1.2.3".parse().unwrap());
+        assert_eq!(outcome(&t, &usage), Outcome::Ok);
+        usage.client_ip = Some("2001:db8::7".parse().unwrap());
+        assert_eq!(outcome(&t, &usage), Outcome::Ok);
+        usage.client_ip = Some("192.168.0.1".parse().unwrap());
+        assert_eq!(outcome(&t, &usage), Outcome::IpNotAllowed);
+    }
+
+    #[test]
+    fn hosts_restrict_where_the_token_is_presented() {
+        let mut t = token(&[]);
+        t.allowed_hosts = vec![HostPattern::parse("*.example.com").unwrap()];
+        let mut usage = needs(&[]);
+        assert_eq!(outcome(&t, &usage), Outcome::HostNotAllowed);
+        usage.host = Some("api.example.com:443".into());
+        assert_eq!(outcome(&t, &usage), Outcome::Ok);
+        usage.host = Some("evil.com".into());
+        assert_eq!(outcome(&t, &usage), Outcome::HostNotAllowed);
+    }
+
+    #[test]
+    fn bindings_restrict_only_bound_keys() {
+        let mut t = token(&[]);
+        t.bindings.insert("reportId".into(), "r-17".into());
+        let mut usage = needs(&[]);
+        assert_eq!(
+            outcome(&t, &usage),
+            Outcome::Ok,
+            "naming no key is not restricted"
+        );
+        usage.bindings.insert("datasourceId".into(), "d-1".into());
+        assert_eq!(
+            outcome(&t, &usage),
+            Outcome::Ok,
+            "unbound keys are not restricted"
+        );
+        usage.bindings.insert("reportId".into(), "r-17".into());
+        assert_eq!(outcome(&t, &usage), Outcome::Ok);
+        usage.bindings.insert("reportId".into(), "r-18".into());
+        assert_eq!(outcome(&t, &usage), Outcome::BindingMismatch);
+    }
+}
