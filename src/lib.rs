@@ -1,5 +1,14 @@
 //! token-authority: one central service that issues, stores, manages and verifies API
 //! bearer tokens over gRPC.
 
+pub mod bootstrap;
+pub mod config;
 pub mod domain;
+pub mod error;
+pub mod grpc;
 pub mod pb;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod usage;
+pub mod verifier;

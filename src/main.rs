@@ -1,1 +1,81 @@
-fn main() {}
+//! The `token-authority` binary: parses the command line and calls into the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use token_authority::{
+    bootstrap::{self, Mode},
+    config::{Cli, Command},
+    startup::{Application, Settings, shutdown_signal},
+    store, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "token-authority failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let store_options = cli.store.options();
+    match cli.command {
+        Some(Command::Migrate) => {
+            let store = store::connect(&store_options).await?;
+            store.migrate().await?;
+            store.close().await;
+            tracing::info!(store = store.backend(), "migrations applied");
+            Ok(())
+        }
+        Some(Command::Bootstrap(args)) => {
+            let store = store::connect(&store_options).await?;
+            store.migrate().await?;
+            let made = bootstrap::create_admin_token(
+                store.as_ref(),
+                &args.token_prefix,
+                &args.owner,
+                Mode::OnDemand,
+            )
+            .await?;
+            store.close().await;
+            let (token, secret) = made.expect("on-demand bootstrap always makes a token");
+            match &args.bootstrap_token_file {
+                Some(path) => bootstrap::write_secret_file(path, &secret)?,
+                None => println!("{}", secret.expose()),
+            }
+            eprintln!(
+                "admin token {} ({}) created for owner {}",
+                token.id, token.display_hint, token.owner
+            );
+            Ok(())
+        }
+        None => {
+            let serve = cli.serve;
+            let app = Application::build(Settings {
+                listen_addr: serve.listen_addr,
+                store: store_options,
+                token_prefix: serve.token_prefix,
+                bootstrap: true,
+                bootstrap_owner: serve.bootstrap_owner,
+                bootstrap_token_file: serve.bootstrap_token_file,
+                usage_flush_interval: serve.usage_flush_interval,
+                health_check_interval: serve.health_check_interval,
+                shutdown_drain: serve.shutdown_drain,
+            })
+            .await?;
+            if let Some(secret) = app.bootstrap_secret() {
+                eprintln!(
+                    "\nFirst start: an admin token (*:*) was created. Its secret is shown this once:\n\n    {}\n\nKeep it safe; use it as `authorization: Bearer <secret>` to manage tokens.\n",
+                    secret.expose()
+                );
+            }
+            app.run_until_stopped(shutdown_signal()).await
+        }
+    }
+}

@@ -13,3 +13,54 @@ pub use tokenauthority::v1;
 /// The encoded file descriptor set of our protos (and the well-known types they import).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("tokenauthority_descriptor");
+
+/// Prints a secret-bearing field as its length only.
+struct Redacted(usize);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0)
+    }
+}
+
+impl std::fmt::Debug for v1::VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("token", &Redacted(self.token.len()))
+            .field("required_permissions", &self.required_permissions)
+            .field("client_ip", &self.client_ip)
+            .field("host", &self.host)
+            .field("bindings", &self.bindings)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::CreateTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateTokenResponse")
+            .field("token", &self.token)
+            .field("secret", &Redacted(self.secret.len()))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1;
+
+    #[test]
+    fn debug_of_secret_bearing_messages_is_redacted() {
+        let secret = "ta_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL";
+        let verify = v1::VerifyRequest {
+            token: secret.into(),
+            ..Default::default()
+        };
+        let created = v1::CreateTokenResponse {
+            secret: secret.into(),
+            token: None,
+        };
+        let printed = format!("{verify:?} {created:?} {verify:#?}");
+        assert!(!printed.contains("0123456789"), "{printed}");
+        assert!(printed.contains("redacted"));
+    }
+}

@@ -1,0 +1,202 @@
+//! Configuration: command-line flags, each with an environment variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{domain::secret::TokenPrefix, store};
+
+/// One central authority that issues, stores, manages and verifies API bearer tokens.
+#[derive(Debug, Parser)]
+#[command(
+    name = "token-authority",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Where tokens are stored.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// How to log.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Serving options (when no subcommand is given).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// What to do; with none, the service runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Create an admin token (`*:*`) now and print its secret once, for an operator with
+    /// database access (e.g. when every admin token was lost).
+    Bootstrap(BootstrapArgs),
+}
+
+/// Where tokens are stored.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store: postgres://user:pass@host/db or sqlite://path/to/file.db. Without it,
+    /// tokens are kept in a SQLite file under --data-dir.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Folder of the embedded SQLite store, used when no --database-url is given.
+    #[arg(long, env = "TA_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// The most database connections to hold open.
+    #[arg(
+        long,
+        env = "TA_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// How long a call waits for a free database connection before failing (e.g. 5s, 500ms).
+    #[arg(long, env = "TA_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub db_acquire_timeout: Duration,
+}
+
+impl StoreArgs {
+    /// Returns the store options these flags describe.
+    pub fn options(&self) -> store::StoreOptions {
+        store::StoreOptions {
+            url: self
+                .database_url
+                .clone()
+                .filter(|url| !url.is_empty())
+                .unwrap_or_else(|| store::default_sqlite_url(&self.data_dir)),
+            max_connections: self.db_max_connections.max(1),
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format: text for people, json for log pipelines. Levels come from RUST_LOG
+    /// (default info).
+    #[arg(long, env = "TA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Serving options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC port.
+    #[arg(long, env = "TA_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// Prefix of new token secrets: 1 to 16 lowercase letters and digits.
+    #[arg(long, env = "TA_TOKEN_PREFIX", default_value = "ta", value_parser = parse_prefix)]
+    pub token_prefix: TokenPrefix,
+
+    /// Owner of the admin token made on the first start.
+    #[arg(long, env = "TA_BOOTSTRAP_OWNER", default_value = "admin")]
+    pub bootstrap_owner: String,
+
+    /// Write the first start's admin secret to this file (mode 0600) instead of stderr.
+    #[arg(long, env = "TA_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+
+    /// How often usage (last used time, use count) is written to the store.
+    #[arg(long, env = "TA_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub usage_flush_interval: Duration,
+
+    /// How often the store is checked for grpc.health.v1.
+    #[arg(long, env = "TA_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// On SIGTERM or Ctrl-C, how long to report NOT_SERVING before refusing new calls, so
+    /// load balancers stop sending traffic first. In-flight calls always finish.
+    #[arg(long, env = "TA_SHUTDOWN_DRAIN", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
+}
+
+/// Options of `token-authority bootstrap`.
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Owner of the new admin token.
+    #[arg(long, env = "TA_BOOTSTRAP_OWNER", default_value = "admin")]
+    pub owner: String,
+
+    /// Write the secret to this file (mode 0600) instead of stdout.
+    #[arg(long, env = "TA_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+
+    /// Prefix of the new secret.
+    #[arg(long, env = "TA_TOKEN_PREFIX", default_value = "ta", value_parser = parse_prefix)]
+    pub token_prefix: TokenPrefix,
+}
+
+fn parse_prefix(value: &str) -> Result<TokenPrefix, String> {
+    TokenPrefix::parse(value)
+}
+
+/// Parses durations such as `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration such as 250ms, 5s, 2m or 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" | "" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        _ => Err(format!(
+            "{value:?} is not a duration such as 250ms, 5s, 2m or 1h"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn without_a_database_url_the_store_is_sqlite_under_the_data_dir() {
+        let cli = Cli::try_parse_from(["token-authority", "--data-dir", "/tmp/x"]).unwrap();
+        let mut store = cli.store;
+        store.database_url = None;
+        assert_eq!(store.options().url, "sqlite:///tmp/x/token-authority.db");
+    }
+}

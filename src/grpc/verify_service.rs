@@ -1,0 +1,111 @@
+//! VerifyService: tells other services whether a bearer token is valid for a use.
+
+use std::{net::IpAddr, sync::Arc};
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    AppState,
+    convert::{parse_bindings, parse_permissions, token_to_pb},
+};
+use crate::{
+    domain::{
+        restrictions::canonical_ip,
+        token::limits,
+        verify::{Outcome, Usage},
+    },
+    error::Error,
+    pb::v1::{VerifyRequest, VerifyResponse, VerifyResult, verify_service_server::VerifyService},
+};
+
+/// The VerifyService implementation.
+pub struct VerifyApi {
+    state: Arc<AppState>,
+}
+
+impl VerifyApi {
+    /// Builds the service over shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// Parses everything in a Verify request but the token, which the verifier judges.
+fn parse_usage(request: &VerifyRequest) -> Result<Usage, Error> {
+    let client_ip = match request.client_ip.as_str() {
+        "" => None,
+        ip => Some(canonical_ip(
+            ip.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .map_err(|_| Error::invalid("client_ip", "must be an IPv4 or IPv6 address"))?,
+        )),
+    };
+    if request.host.len() > limits::PRESENTED_LEN {
+        return Err(Error::invalid(
+            "host",
+            format!("is longer than {} bytes", limits::PRESENTED_LEN),
+        ));
+    }
+    Ok(Usage {
+        required: parse_permissions(
+            &request.required_permissions,
+            "required_permissions",
+            limits::REQUIRED_PERMISSIONS,
+        )?,
+        client_ip,
+        host: (!request.host.is_empty()).then(|| request.host.clone()),
+        bindings: parse_bindings(&request.bindings, "bindings")?,
+    })
+}
+
+fn result_of(outcome: Outcome) -> VerifyResult {
+    match outcome {
+        Outcome::Ok => VerifyResult::Ok,
+        Outcome::Malformed => VerifyResult::Malformed,
+        Outcome::NotFound => VerifyResult::NotFound,
+        Outcome::Disabled => VerifyResult::Disabled,
+        Outcome::Expired => VerifyResult::Expired,
+        Outcome::IpNotAllowed => VerifyResult::IpNotAllowed,
+        Outcome::HostNotAllowed => VerifyResult::HostNotAllowed,
+        Outcome::PermissionDenied => VerifyResult::PermissionDenied,
+        Outcome::ReadOnly => VerifyResult::ReadOnly,
+        Outcome::BindingMismatch => VerifyResult::BindingMismatch,
+    }
+}
+
+#[tonic::async_trait]
+impl VerifyService for VerifyApi {
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyResponse>, Status> {
+        let request = request.into_inner();
+        if request.token.is_empty() {
+            return Err(Error::invalid("token", "is required").into());
+        }
+        let usage = parse_usage(&request)?;
+        let verdict = self
+            .state
+            .verifier
+            .verify(&request.token, &usage)
+            .await
+            .map_err(Error::from)?;
+        tracing::debug!(
+            result = verdict.outcome.as_str(),
+            token_id = ?verdict.token.as_ref().map(|t| t.id),
+            "verified"
+        );
+        let valid = verdict.is_valid();
+        Ok(Response::new(VerifyResponse {
+            valid,
+            result: result_of(verdict.outcome) as i32,
+            token: if valid {
+                verdict.token.as_ref().map(token_to_pb)
+            } else {
+                None
+            },
+            reason: verdict.reason,
+        }))
+    }
+}

@@ -1,0 +1,268 @@
+//! Startup and shutdown: connect and migrate the store, bootstrap, bind, serve with health
+//! and reflection, and stop gracefully.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    bootstrap::{self, Mode},
+    domain::secret::{TokenPrefix, TokenSecret},
+    grpc::{AppState, authority_layer, token_service::TokenApi, verify_service::VerifyApi},
+    pb::{
+        self,
+        v1::{
+            token_service_server::TokenServiceServer, verify_service_server::VerifyServiceServer,
+        },
+    },
+    store::{self, StoreOptions, TokenStore},
+    usage::{self, UsageRecorder},
+    verifier::Verifier,
+};
+
+/// The gRPC services whose health is reported, besides the overall "" service.
+pub const SERVICE_NAMES: [&str; 2] = [
+    "tokenauthority.v1.TokenService",
+    "tokenauthority.v1.VerifyService",
+];
+
+/// Everything the service needs to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Address of the gRPC port; port 0 picks a free one.
+    pub listen_addr: SocketAddr,
+    /// The store.
+    pub store: StoreOptions,
+    /// Prefix of new secrets.
+    pub token_prefix: TokenPrefix,
+    /// Make an admin token on the first start of an empty store.
+    pub bootstrap: bool,
+    /// Owner of that token.
+    pub bootstrap_owner: String,
+    /// Where to write its secret (else the caller shows it, see [`Application::bootstrap_secret`]).
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// How often usage is written.
+    pub usage_flush_interval: Duration,
+    /// How often the store is checked for health.
+    pub health_check_interval: Duration,
+    /// How long to report NOT_SERVING before refusing new calls at shutdown.
+    pub shutdown_drain: Duration,
+}
+
+/// A built, bound, not yet serving service.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    store: Arc<dyn TokenStore>,
+    state: Arc<AppState>,
+    usage: Arc<UsageRecorder>,
+    bootstrap_secret: Option<TokenSecret>,
+    settings: Settings,
+}
+
+impl Application {
+    /// Connects and migrates the store, makes the first admin token if this is the first
+    /// start, and binds the port.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = store::connect(&settings.store)
+            .await
+            .context("cannot connect to the token store")?;
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the token store")?;
+        let mut bootstrap_secret = None;
+        if settings.bootstrap {
+            let made = bootstrap::create_admin_token(
+                store.as_ref(),
+                &settings.token_prefix,
+                &settings.bootstrap_owner,
+                Mode::FirstStart,
+            )
+            .await?;
+            if let Some((_, secret)) = made {
+                if let Some(path) = &settings.bootstrap_token_file {
+                    bootstrap::write_secret_file(path, &secret)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    tracing::info!(file = %path.display(), "bootstrap admin secret written");
+                }
+                bootstrap_secret = Some(secret);
+            }
+        }
+        let listener = TcpListener::bind(settings.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+        let port = listener.local_addr()?.port();
+        let usage = Arc::new(UsageRecorder::default());
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            verifier: Verifier::new(store.clone(), usage.clone()),
+            prefix: settings.token_prefix.clone(),
+        });
+        Ok(Self {
+            listener,
+            port,
+            store,
+            state,
+            usage,
+            bootstrap_secret,
+            settings,
+        })
+    }
+
+    /// Returns the port the service listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Returns the admin secret made on this start, if it was the first start and no
+    /// bootstrap file was configured; the caller shows it once.
+    pub fn bootstrap_secret(&self) -> Option<&TokenSecret> {
+        self.bootstrap_secret.as_ref()
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, waits the drain time,
+    /// lets in-flight calls finish, writes pending usage and closes the store.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            store,
+            state,
+            usage,
+            settings,
+            ..
+        } = self;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let health_task = tokio::spawn(watch_store_health(
+            store.clone(),
+            health_reporter.clone(),
+            settings.health_check_interval,
+            stop_rx.clone(),
+        ));
+        let flusher =
+            usage::spawn_flusher(usage, store.clone(), settings.usage_flush_interval, stop_rx);
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let drain = settings.shutdown_drain;
+        let reporter = health_reporter.clone();
+        let stopping = async move {
+            shutdown.await;
+            tracing::info!("shutting down: reporting NOT_SERVING");
+            set_status(&reporter, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+            tokio::time::sleep(drain).await;
+        };
+
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, store = store.backend(), "token-authority serving");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let served = Server::builder()
+            .layer(authority_layer())
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
+            .add_service(VerifyServiceServer::new(VerifyApi::new(state)))
+            .serve_with_incoming_shutdown(incoming, stopping)
+            .await;
+
+        health_task.abort();
+        if let Err(error) = flusher.await {
+            tracing::warn!(%error, "usage flusher failed");
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        served.context("gRPC server failed")
+    }
+}
+
+/// Sets the overall and every per-service status.
+async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Reports SERVING while the store answers and NOT_SERVING while it does not.
+async fn watch_store_health(
+    store: Arc<dyn TokenStore>,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut healthy = None;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = crate::usage::stopped(&mut stop) => return,
+        }
+        let ok = matches!(
+            tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await,
+            Ok(Ok(()))
+        );
+        if healthy != Some(ok) {
+            if ok {
+                tracing::info!("token store reachable: SERVING");
+            } else {
+                tracing::warn!("token store unreachable: NOT_SERVING");
+            }
+            if *stop.borrow() {
+                return;
+            }
+            set_status(
+                &reporter,
+                if ok {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                },
+            )
+            .await;
+            healthy = Some(ok);
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C; a second Ctrl-C or SIGTERM exits at once.
+pub async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("cannot listen for SIGTERM");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

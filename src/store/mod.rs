@@ -1,0 +1,196 @@
+//! Where tokens live: one trait, implemented over Postgres (production) and SQLite (the
+//! embedded default) by the same SQL.
+
+mod sql;
+
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+pub use sql::SqlStore;
+
+use crate::domain::{secret::SecretHash, token::Token};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another token of the same owner already has the name.
+    #[error("name already taken for this owner")]
+    NameTaken,
+    /// The database could not be reached or failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A stored row does not parse back into a token.
+    #[error("stored token {id} is corrupt: {reason}")]
+    Corrupt {
+        /// The token's id.
+        id: Uuid,
+        /// What did not parse.
+        reason: String,
+    },
+}
+
+/// The result of a conditional update.
+#[derive(Debug)]
+pub enum UpdateOutcome {
+    /// Written; the token as stored now.
+    Updated(Token),
+    /// No such token (in the caller's scope).
+    NotFound,
+    /// The token changed since it was read; read it again and retry.
+    Conflict,
+}
+
+/// Which tokens a query may touch: all, or one owner's.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Every owner's tokens.
+    All,
+    /// Only this owner's tokens.
+    Owner(&'a str),
+}
+
+impl Scope<'_> {
+    fn owner(&self) -> Option<&str> {
+        match self {
+            Scope::All => None,
+            Scope::Owner(owner) => Some(owner),
+        }
+    }
+}
+
+/// One page request of tokens, oldest first.
+#[derive(Clone, Debug)]
+pub struct ListQuery<'a> {
+    /// Whose tokens.
+    pub scope: Scope<'a>,
+    /// Only tokens created after this one (keyset pagination on the time-ordered id).
+    pub after: Option<Uuid>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Successful uses of one token, gathered in memory and written in batches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageRecord {
+    /// The token used.
+    pub id: Uuid,
+    /// How many successful uses since the last write.
+    pub count: i64,
+    /// The latest of them.
+    pub last_used_time: DateTime<Utc>,
+    /// The client address of the latest, when known.
+    pub last_used_ip: Option<String>,
+}
+
+/// Persistent storage of tokens.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Returns `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Applies the embedded migrations that have not run yet.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Stores a new token under the hash of its secret.
+    async fn insert(&self, token: &Token, hash: &SecretHash) -> Result<(), StoreError>;
+
+    /// Stores the first admin token, unless one was ever made on this store; returns
+    /// whether it was stored. Exactly one of several racing callers wins.
+    async fn insert_bootstrap(&self, token: &Token, hash: &SecretHash) -> Result<bool, StoreError>;
+
+    /// Returns a token by id.
+    async fn get(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError>;
+
+    /// Returns the token whose secret has this hash.
+    async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<Token>, StoreError>;
+
+    /// Returns a page of tokens, oldest first.
+    async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<Token>, StoreError>;
+
+    /// Writes a token's mutable fields if its revision is still `token.revision`.
+    async fn update(&self, token: &Token, scope: Scope<'_>) -> Result<UpdateOutcome, StoreError>;
+
+    /// Enables or disables a token; returns it as stored now.
+    async fn set_enabled(
+        &self,
+        id: Uuid,
+        enabled: bool,
+        now: DateTime<Utc>,
+        scope: Scope<'_>,
+    ) -> Result<Option<Token>, StoreError>;
+
+    /// Deletes a token; returns whether it existed.
+    async fn delete(&self, id: Uuid, scope: Scope<'_>) -> Result<bool, StoreError>;
+
+    /// Adds a batch of uses to the tokens' counters and last-used fields.
+    async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError>;
+
+    /// Closes every connection.
+    async fn close(&self);
+}
+
+/// How to reach the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// `postgres://…` or `sqlite://…`.
+    pub url: String,
+    /// The most connections to hold open.
+    pub max_connections: u32,
+    /// How long to wait for a free connection before failing.
+    pub acquire_timeout: Duration,
+}
+
+/// Returns the URL of the embedded default: a SQLite file under `data_dir`.
+pub fn default_sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("token-authority.db").display())
+}
+
+/// Connects to the store the URL names. SQLite files (and their folder) are created when
+/// missing; writes are durable once acknowledged (WAL with synchronous=FULL).
+pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, StoreError> {
+    let url = options.url.as_str();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await?;
+        Ok(Arc::new(SqlStore::new(pool)))
+    } else if url.starts_with("sqlite:") {
+        let connect = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(dir) = connect.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        Ok(Arc::new(SqlStore::new(pool)))
+    } else {
+        Err(StoreError::Unavailable(sqlx::Error::Configuration(
+            "database url must start with postgres:// or sqlite://".into(),
+        )))
+    }
+}

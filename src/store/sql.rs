@@ -1,0 +1,431 @@
+//! The SQL behind [`TokenStore`], written once and compiled for both Postgres and SQLite.
+//!
+//! Both take `$N` placeholders and `RETURNING`; types map as UUID/BLOB, TIMESTAMPTZ/TEXT and
+//! JSONB/TEXT through sqlx, so one generic implementation serves both backends.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_core::future::BoxFuture;
+use serde_json::{Map, Value};
+use sqlx::{
+    Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Postgres, Sqlite, Type,
+    migrate::{MigrateError, Migrator},
+    types::Json,
+};
+use uuid::Uuid;
+
+use super::{ListQuery, Scope, StoreError, TokenStore, UpdateOutcome, UsageRecord};
+use crate::domain::{
+    permission::Permission,
+    restrictions::{Cidr, HostPattern},
+    secret::SecretHash,
+    token::Token,
+};
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// What differs between the backends: their name and their migrations.
+pub trait Backend: Database {
+    /// `postgres` or `sqlite`.
+    const BACKEND_NAME: &'static str;
+
+    /// Applies this backend's migrations.
+    fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>>;
+}
+
+impl Backend for Postgres {
+    const BACKEND_NAME: &'static str = "postgres";
+
+    fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Box::pin(POSTGRES_MIGRATIONS.run(pool))
+    }
+}
+
+impl Backend for Sqlite {
+    const BACKEND_NAME: &'static str = "sqlite";
+
+    fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Box::pin(SQLITE_MIGRATIONS.run(pool))
+    }
+}
+
+/// A token store over a sqlx pool of either backend.
+pub struct SqlStore<DB: Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: Database> SqlStore<DB> {
+    /// Wraps a connected pool.
+    pub fn new(pool: Pool<DB>) -> Self {
+        Self { pool }
+    }
+}
+
+const COLUMNS: &str = "id, display_hint, name, owner, token_type, description, permissions, read_only, \
+     allowed_cidrs, allowed_hosts, bindings, metadata, enabled, create_time, update_time, \
+     last_used_time, last_used_ip, use_count, expire_time, created_by, revision";
+
+/// A row of `tokens` as the database returns it.
+#[derive(FromRow)]
+struct TokenRow {
+    id: Uuid,
+    display_hint: String,
+    name: String,
+    owner: String,
+    token_type: String,
+    description: String,
+    permissions: Json<Vec<String>>,
+    read_only: bool,
+    allowed_cidrs: Json<Vec<String>>,
+    allowed_hosts: Json<Vec<String>>,
+    bindings: Json<BTreeMap<String, String>>,
+    metadata: Json<Map<String, Value>>,
+    enabled: bool,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+    last_used_time: Option<DateTime<Utc>>,
+    last_used_ip: Option<String>,
+    use_count: i64,
+    expire_time: Option<DateTime<Utc>>,
+    created_by: Option<Uuid>,
+    revision: i64,
+}
+
+impl TryFrom<TokenRow> for Token {
+    type Error = StoreError;
+
+    fn try_from(row: TokenRow) -> Result<Self, StoreError> {
+        let id = row.id;
+        let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+        Ok(Token {
+            id,
+            name: row.name,
+            owner: row.owner,
+            token_type: row.token_type,
+            description: row.description,
+            permissions: row
+                .permissions
+                .0
+                .iter()
+                .map(|p| Permission::parse(p))
+                .collect::<Result<_, _>>()
+                .map_err(corrupt)?,
+            read_only: row.read_only,
+            allowed_cidrs: row
+                .allowed_cidrs
+                .0
+                .iter()
+                .map(|c| Cidr::parse(c))
+                .collect::<Result<_, _>>()
+                .map_err(corrupt)?,
+            allowed_hosts: row
+                .allowed_hosts
+                .0
+                .iter()
+                .map(|h| HostPattern::parse(h))
+                .collect::<Result<_, _>>()
+                .map_err(corrupt)?,
+            bindings: row.bindings.0,
+            metadata: row.metadata.0,
+            enabled: row.enabled,
+            create_time: row.create_time,
+            update_time: row.update_time,
+            last_used_time: row.last_used_time,
+            last_used_ip: row.last_used_ip,
+            use_count: row.use_count,
+            expire_time: row.expire_time,
+            created_by: row.created_by,
+            display_hint: row.display_hint,
+            revision: row.revision,
+        })
+    }
+}
+
+fn strings<T: ToString>(items: &[T]) -> Json<Value> {
+    Json(Value::from(
+        items.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    ))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Json<Value> {
+    Json(serde_json::to_value(value).expect("maps of strings and JSON values serialize"))
+}
+
+/// Turns a unique violation on (owner, name) into [`StoreError::NameTaken`].
+fn map_write_error(error: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &error {
+        let on_name = db.constraint() == Some("tokens_owner_name_key")
+            || db.message().contains("tokens.owner, tokens.name");
+        if db.is_unique_violation() && on_name {
+            return StoreError::NameTaken;
+        }
+    }
+    StoreError::Unavailable(error)
+}
+
+fn scoped(sql: &str, scope: Scope<'_>, owner_param: usize) -> String {
+    match scope {
+        Scope::All => sql.to_owned(),
+        Scope::Owner(_) => format!("{sql} AND owner = ${owner_param}"),
+    }
+}
+
+#[async_trait]
+impl<DB> TokenStore for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> TokenRow: FromRow<'r, DB::Row>,
+    for<'q> Uuid: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Uuid>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    fn backend(&self) -> &'static str {
+        DB::BACKEND_NAME
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        DB::migrate(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert(&self, token: &Token, hash: &SecretHash) -> Result<(), StoreError> {
+        insert_token(&self.pool, token, hash).await
+    }
+
+    async fn insert_bootstrap(&self, token: &Token, hash: &SecretHash) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO system_state (key, value, update_time) VALUES ('bootstrap', $1, $2) \
+             ON CONFLICT (key) DO NOTHING RETURNING key",
+        )
+        .bind(token.id.to_string())
+        .bind(token.create_time)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if claimed.is_none() {
+            return Ok(false);
+        }
+        insert_token(&mut *tx, token, hash).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError> {
+        let sql = scoped(
+            &format!("SELECT {COLUMNS} FROM tokens WHERE id = $1"),
+            scope,
+            2,
+        );
+        let mut statement = sqlx::query_as::<DB, TokenRow>(&sql).bind(id);
+        if let Scope::Owner(owner) = scope {
+            statement = statement.bind(owner);
+        }
+        let row = statement.fetch_optional(&self.pool).await?;
+        row.map(Token::try_from).transpose()
+    }
+
+    async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<Token>, StoreError> {
+        let row: Option<TokenRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1"
+        ))
+        .bind(&hash.as_bytes()[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Token::try_from).transpose()
+    }
+
+    async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<Token>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM tokens WHERE TRUE");
+        let mut next = 1;
+        if query.scope.owner().is_some() {
+            sql.push_str(&format!(" AND owner = ${next}"));
+            next += 1;
+        }
+        if query.after.is_some() {
+            sql.push_str(&format!(" AND id > ${next}"));
+            next += 1;
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${next}"));
+        let mut statement = sqlx::query_as::<DB, TokenRow>(&sql);
+        if let Some(owner) = query.scope.owner() {
+            statement = statement.bind(owner);
+        }
+        if let Some(after) = query.after {
+            statement = statement.bind(after);
+        }
+        let rows = statement
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Token::try_from).collect()
+    }
+
+    async fn update(&self, token: &Token, scope: Scope<'_>) -> Result<UpdateOutcome, StoreError> {
+        let sql = scoped(
+            "UPDATE tokens SET name = $1, token_type = $2, description = $3, permissions = $4, \
+             read_only = $5, allowed_cidrs = $6, allowed_hosts = $7, bindings = $8, metadata = $9, \
+             expire_time = $10, update_time = $11, revision = revision + 1 \
+             WHERE id = $12 AND revision = $13",
+            scope,
+            14,
+        );
+        let returning = format!("{sql} RETURNING {COLUMNS}");
+        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
+            .bind(&token.name)
+            .bind(&token.token_type)
+            .bind(&token.description)
+            .bind(strings(&token.permissions))
+            .bind(token.read_only)
+            .bind(strings(&token.allowed_cidrs))
+            .bind(strings(&token.allowed_hosts))
+            .bind(json(&token.bindings))
+            .bind(json(&token.metadata))
+            .bind(token.expire_time)
+            .bind(token.update_time)
+            .bind(token.id)
+            .bind(token.revision);
+        if let Scope::Owner(owner) = scope {
+            statement = statement.bind(owner);
+        }
+        let row = statement
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_write_error)?;
+        match row {
+            Some(row) => Ok(UpdateOutcome::Updated(row.try_into()?)),
+            None => match self.get(token.id, scope).await? {
+                Some(_) => Ok(UpdateOutcome::Conflict),
+                None => Ok(UpdateOutcome::NotFound),
+            },
+        }
+    }
+
+    async fn set_enabled(
+        &self,
+        id: Uuid,
+        enabled: bool,
+        now: DateTime<Utc>,
+        scope: Scope<'_>,
+    ) -> Result<Option<Token>, StoreError> {
+        let sql = scoped(
+            "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 WHERE id = $3",
+            scope,
+            4,
+        );
+        let returning = format!("{sql} RETURNING {COLUMNS}");
+        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
+            .bind(enabled)
+            .bind(now)
+            .bind(id);
+        if let Scope::Owner(owner) = scope {
+            statement = statement.bind(owner);
+        }
+        let row = statement.fetch_optional(&self.pool).await?;
+        row.map(Token::try_from).transpose()
+    }
+
+    async fn delete(&self, id: Uuid, scope: Scope<'_>) -> Result<bool, StoreError> {
+        let sql = scoped("DELETE FROM tokens WHERE id = $1", scope, 2);
+        let returning = format!("{sql} RETURNING id");
+        let mut statement = sqlx::query_scalar::<DB, Uuid>(&returning).bind(id);
+        if let Scope::Owner(owner) = scope {
+            statement = statement.bind(owner);
+        }
+        let deleted = statement.fetch_optional(&self.pool).await?;
+        Ok(deleted.is_some())
+    }
+
+    async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for record in usage {
+            // Another replica may have written a later use already; keep the later one.
+            sqlx::query(
+                "UPDATE tokens SET use_count = use_count + $1, \
+                 last_used_ip = CASE WHEN last_used_time IS NULL OR last_used_time <= $2 THEN $3 ELSE last_used_ip END, \
+                 last_used_time = CASE WHEN last_used_time IS NULL OR last_used_time <= $2 THEN $2 ELSE last_used_time END \
+                 WHERE id = $4",
+            )
+            .bind(record.count)
+            .bind(record.last_used_time)
+            .bind(record.last_used_ip.as_deref())
+            .bind(record.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_token<'e, DB, E>(
+    executor: E,
+    token: &Token,
+    hash: &SecretHash,
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    E: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Uuid: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Uuid>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO tokens (id, secret_hash, display_hint, name, owner, token_type, description, \
+         permissions, read_only, allowed_cidrs, allowed_hosts, bindings, metadata, enabled, \
+         create_time, update_time, last_used_time, last_used_ip, use_count, expire_time, created_by, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, 0, $17, $18, $19)",
+    )
+    .bind(token.id)
+    .bind(&hash.as_bytes()[..])
+    .bind(token.display_hint.clone())
+    .bind(token.name.clone())
+    .bind(token.owner.clone())
+    .bind(token.token_type.clone())
+    .bind(token.description.clone())
+    .bind(strings(&token.permissions))
+    .bind(token.read_only)
+    .bind(strings(&token.allowed_cidrs))
+    .bind(strings(&token.allowed_hosts))
+    .bind(json(&token.bindings))
+    .bind(json(&token.metadata))
+    .bind(token.enabled)
+    .bind(token.create_time)
+    .bind(token.update_time)
+    .bind(token.expire_time)
+    .bind(token.created_by)
+    .bind(token.revision)
+    .execute(executor)
+    .await
+    .map_err(map_write_error)?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Usage bookkeeping off the hot path: successful verifications are counted in memory and
+//! written to the store in batches, every few seconds and at shutdown.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use tokio::{sync::watch, task::JoinHandle};
+use uuid::Uuid;
+
+use crate::store::{TokenStore, UsageRecord};
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    count: i64,
+    last_used_time: DateTime<Utc>,
+    last_used_ip: Option<IpAddr>,
+}
+
+/// Uses gathered since the last write. Sharded, so recording takes no lock shared by all
+/// requests.
+#[derive(Debug, Default)]
+pub struct UsageRecorder {
+    pending: DashMap<Uuid, Pending>,
+}
+
+impl UsageRecorder {
+    /// Notes one successful use of a token.
+    pub fn record(&self, id: Uuid, at: DateTime<Utc>, ip: Option<IpAddr>) {
+        self.pending
+            .entry(id)
+            .and_modify(|p| {
+                p.count += 1;
+                if at >= p.last_used_time {
+                    p.last_used_time = at;
+                    p.last_used_ip = ip;
+                }
+            })
+            .or_insert(Pending {
+                count: 1,
+                last_used_time: at,
+                last_used_ip: ip,
+            });
+    }
+
+    /// Takes every pending use out of memory.
+    fn drain(&self) -> Vec<UsageRecord> {
+        let mut batch = Vec::with_capacity(self.pending.len());
+        self.pending.retain(|id, p| {
+            batch.push(UsageRecord {
+                id: *id,
+                count: p.count,
+                last_used_time: p.last_used_time,
+                last_used_ip: p.last_used_ip.map(|ip| ip.to_string()),
+            });
+            false
+        });
+        batch
+    }
+
+    /// Puts back uses whose write failed, merged with any recorded since.
+    fn restore(&self, batch: Vec<UsageRecord>) {
+        for record in batch {
+            let ip = record
+                .last_used_ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok());
+            self.pending
+                .entry(record.id)
+                .and_modify(|p| {
+                    p.count += record.count;
+                    if record.last_used_time > p.last_used_time {
+                        p.last_used_time = record.last_used_time;
+                        p.last_used_ip = ip;
+                    }
+                })
+                .or_insert(Pending {
+                    count: record.count,
+                    last_used_time: record.last_used_time,
+                    last_used_ip: ip,
+                });
+        }
+    }
+
+    /// Writes every pending use to the store; on failure keeps them for the next try.
+    /// Returns how many tokens were written.
+    pub async fn flush(&self, store: &dyn TokenStore) -> usize {
+        let batch = self.drain();
+        if batch.is_empty() {
+            return 0;
+        }
+        match store.record_usage(&batch).await {
+            Ok(()) => batch.len(),
+            Err(error) => {
+                tracing::warn!(%error, tokens = batch.len(), "usage write failed; will retry");
+                self.restore(batch);
+                0
+            }
+        }
+    }
+}
+
+/// Flushes `recorder` every `interval` until `shutdown` turns true, then once more.
+pub fn spawn_flusher(
+    recorder: Arc<UsageRecorder>,
+    store: Arc<dyn TokenStore>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    recorder.flush(store.as_ref()).await;
+                }
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+        let written = recorder.flush(store.as_ref()).await;
+        tracing::debug!(tokens = written, "final usage flush");
+    })
+}
+
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+
+    #[test]
+    fn uses_of_one_token_are_merged() {
+        let recorder = UsageRecorder::default();
+        let id = Uuid::now_v7();
+        let t0 = Utc::now();
+        recorder.record(id, t0, Some("10.0.0.1".parse().unwrap()));
+        recorder.record(
+            id,
+            t0 + Duration::seconds(1),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        recorder.record(
+            id,
+            t0 - Duration::seconds(1),
+            Some("10.0.0.3".parse().unwrap()),
+        );
+        let batch = recorder.drain();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].count, 3);
+        assert_eq!(batch[0].last_used_time, t0 + Duration::seconds(1));
+        assert_eq!(batch[0].last_used_ip.as_deref(), Some("10.0.0.2"));
+        assert!(recorder.drain().is_empty(), "drain empties");
+    }
+
+    #[test]
+    fn restored_uses_merge_with_new_ones() {
+        let recorder = UsageRecorder::default();
+        let id = Uuid::now_v7();
+        let t0 = Utc::now();
+        recorder.record(id, t0, None);
+        let batch = recorder.drain();
+        recorder.record(id, t0 + Duration::seconds(1), None);
+        recorder.restore(batch);
+        let merged = recorder.drain();
+        assert_eq!(merged[0].count, 2);
+        assert_eq!(merged[0].last_used_time, t0 + Duration::seconds(1));
+    }
+}
