@@ -3,7 +3,6 @@
 
 use std::{io::Write, path::Path};
 
-use chrono::Utc;
 use uuid::Uuid;
 
 use crate::{
@@ -33,7 +32,7 @@ pub async fn create_admin_token(
 ) -> anyhow::Result<Option<(Token, TokenSecret)>> {
     let owner = parse_owner(owner).map_err(|m| anyhow::anyhow!("bootstrap owner {m}"))?;
     let secret = TokenSecret::generate(prefix);
-    let now = Utc::now();
+    let now = crate::domain::token::now();
     let name = match mode {
         Mode::FirstStart => "bootstrap-admin".to_owned(),
         Mode::OnDemand => format!("admin-{}", now.format("%Y%m%dT%H%M%S%.3fZ")),
@@ -61,21 +60,16 @@ pub async fn create_admin_token(
         display_hint: secret.display_hint(),
         revision: 1,
     };
-    let stored = match mode {
-        Mode::FirstStart => store.insert_bootstrap(&token, &secret.hash()).await?,
-        Mode::OnDemand => {
-            store
-                .insert(&token, &secret.hash())
-                .await
-                .map_err(|e| match e {
-                    StoreError::NameTaken => {
-                        anyhow::anyhow!("an admin token with this name exists; retry")
-                    }
-                    other => other.into(),
-                })?;
-            true
-        }
-    };
+    let only_first = matches!(mode, Mode::FirstStart);
+    let stored = store
+        .insert_admin(&token, &secret.hash(), only_first)
+        .await
+        .map_err(|e| match e {
+            StoreError::NameTaken => {
+                anyhow::anyhow!("an admin token named {} exists already", token.name)
+            }
+            other => other.into(),
+        })?;
     if stored {
         tracing::info!(action = "bootstrap", token_id = %token.id, owner = %token.owner, "admin token created");
     }

@@ -129,6 +129,11 @@ pub struct ServeArgs {
     /// load balancers stop sending traffic first. In-flight calls always finish.
     #[arg(long, env = "TA_SHUTDOWN_DRAIN", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
+
+    /// After the drain, how long in-flight calls and open connections get to finish before
+    /// the process exits anyway.
+    #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 /// Options of `token-authority bootstrap`.

@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 usage_flush_interval: serve.usage_flush_interval,
                 health_check_interval: serve.health_check_interval,
                 shutdown_drain: serve.shutdown_drain,
+                shutdown_timeout: serve.shutdown_timeout,
             })
             .await?;
             if let Some(secret) = app.bootstrap_secret() {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub health_check_interval: Duration,
     /// How long to report NOT_SERVING before refusing new calls at shutdown.
     pub shutdown_drain: Duration,
+    /// How long in-flight calls and open connections may take to finish after that.
+    pub shutdown_timeout: Duration,
 }
 
 /// A built, bound, not yet serving service.
@@ -84,12 +86,14 @@ impl Application {
             )
             .await?;
             if let Some((_, secret)) = made {
-                if let Some(path) = &settings.bootstrap_token_file {
-                    bootstrap::write_secret_file(path, &secret)
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    tracing::info!(file = %path.display(), "bootstrap admin secret written");
+                match &settings.bootstrap_token_file {
+                    Some(path) => {
+                        bootstrap::write_secret_file(path, &secret)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        tracing::info!(file = %path.display(), "bootstrap admin secret written");
+                    }
+                    None => bootstrap_secret = Some(secret),
                 }
-                bootstrap_secret = Some(secret);
             }
         }
         let listener = TcpListener::bind(settings.listen_addr)
@@ -149,37 +153,49 @@ impl Application {
         let flusher =
             usage::spawn_flusher(usage, store.clone(), settings.usage_flush_interval, stop_rx);
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let drain = settings.shutdown_drain;
         let reporter = health_reporter.clone();
+        let draining = Arc::new(tokio::sync::Notify::new());
+        let drained = draining.clone();
         let stopping = async move {
             shutdown.await;
             tracing::info!("shutting down: reporting NOT_SERVING");
             set_status(&reporter, ServingStatus::NotServing).await;
             let _ = stop_tx.send(true);
             tokio::time::sleep(drain).await;
+            drained.notify_one();
+        };
+        // Graceful shutdown waits for every connection to close; a client that never
+        // answers the final GOAWAY must not keep the process alive forever.
+        let shutdown_timeout = settings.shutdown_timeout;
+        let deadline = async move {
+            draining.notified().await;
+            tokio::time::sleep(shutdown_timeout).await;
         };
 
         let addr = listener.local_addr()?;
         tracing::info!(%addr, store = store.backend(), "token-authority serving");
+        // The store answered at build time; per-service statuses exist from the first call.
+        set_status(&health_reporter, ServingStatus::Serving).await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = Server::builder()
+        let server = Server::builder()
             .layer(authority_layer())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
             .add_service(VerifyServiceServer::new(VerifyApi::new(state)))
-            .serve_with_incoming_shutdown(incoming, stopping)
-            .await;
+            .serve_with_incoming_shutdown(incoming, stopping);
+        let served = tokio::select! {
+            served = server => served,
+            () = deadline => {
+                tracing::warn!(timeout = ?shutdown_timeout, "connections still open after the shutdown timeout; stopping anyway");
+                Ok(())
+            }
+        };
 
         health_task.abort();
         if let Err(error) = flusher.await {
@@ -189,6 +205,17 @@ impl Application {
         tracing::info!("stopped");
         served.context("gRPC server failed")
     }
+}
+
+/// A reflection builder that knows every service on the port, both reflection versions
+/// included, so that old (v1alpha) and new (v1) clients can list and describe them all.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 /// Sets the overall and every per-service status.

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-
 use crate::{
     domain::{
         secret::TokenSecret,
@@ -74,7 +72,7 @@ impl Verifier {
         let Some(token) = self.store.find_by_hash(&secret.hash()).await? else {
             return Ok(Verdict::without_token(Outcome::NotFound, "token not found"));
         };
-        let now = Utc::now();
+        let now = crate::domain::token::now();
         let (outcome, reason) = evaluate(&token, usage, now);
         if outcome == Outcome::Ok {
             self.usage.record(token.id, now, usage.client_ip);

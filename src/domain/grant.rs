@@ -74,13 +74,13 @@ pub fn check(caller: &Token, token: &Token, powers: &[Power]) -> Result<(), Stri
                 }
             }
             Power::Expiry => {
-                if let Some(limit) = caller.expire_time {
-                    if token.expire_time.is_none_or(|at| at > limit) {
-                        return Err(format!(
-                            "expire_time: cannot outlive the caller, which expires at {}",
-                            limit.to_rfc3339()
-                        ));
-                    }
+                if let Some(limit) = caller.expire_time
+                    && token.expire_time.is_none_or(|at| at > limit)
+                {
+                    return Err(format!(
+                        "expire_time: cannot outlive the caller, which expires at {}",
+                        limit.to_rfc3339()
+                    ));
                 }
             }
             Power::Cidrs => {

@@ -284,12 +284,8 @@ mod tests {
 
     #[test]
     fn hash_is_sha256_of_the_whole_secret() {
-        let secret = TokenSecret::parse(
-            &TokenSecret::generate(&TokenPrefix::default())
-                .expose()
-                .to_owned(),
-        )
-        .unwrap();
+        let secret =
+            TokenSecret::parse(TokenSecret::generate(&TokenPrefix::default()).expose()).unwrap();
         let expected: [u8; 32] = Sha256::digest(secret.expose().as_bytes()).into();
         assert_eq!(secret.hash().0, expected);
     }

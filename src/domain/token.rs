@@ -43,6 +43,13 @@ pub mod limits {
     pub const PRESENTED_LEN: usize = 512;
 }
 
+/// Returns the current time at the microsecond precision both stores keep, so that what
+/// a call returns equals what a later read returns.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// The type of tokens created without one.
 pub const DEFAULT_TYPE: &str = "personal";
 

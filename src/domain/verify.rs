@@ -118,13 +118,13 @@ pub fn evaluate(token: &Token, usage: &Usage, now: DateTime<Utc>) -> (Outcome, S
             );
         }
     }
-    if token.read_only {
-        if let Some(write) = usage.required.iter().find(|p| !p.is_read()) {
-            return (
-                Outcome::ReadOnly,
-                format!("token is read-only and {write} is not a read"),
-            );
-        }
+    if token.read_only
+        && let Some(write) = usage.required.iter().find(|p| !p.is_read())
+    {
+        return (
+            Outcome::ReadOnly,
+            format!("token is read-only and {write} is not a read"),
+        );
     }
     if let Some(missing) = usage
         .required

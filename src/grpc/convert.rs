@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use prost_types::{Struct, Timestamp, value::Kind};
 use serde_json::{Map, Number, Value};
 use uuid::Uuid;
@@ -87,7 +87,8 @@ pub fn apply_field(
             target.expire_time = match &source.expire_time {
                 None => None,
                 Some(at) => {
-                    let at = timestamp_to_chrono(at, &field)?;
+                    // Stores keep microseconds; so does every time we hand back.
+                    let at = timestamp_to_chrono(at, &field)?.trunc_subsecs(6);
                     if at <= now {
                         return Err(Error::invalid(&field, "must be in the future"));
                     }

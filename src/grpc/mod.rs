@@ -24,14 +24,14 @@ pub struct AppState {
 #[derive(Clone, Debug)]
 pub struct Authority(pub String);
 
-/// Returns a tower layer that records each request's `:authority` as an [`Authority`].
-pub fn authority_layer() -> tower::layer::util::Stack<
-    tower::util::MapRequestLayer<
-        fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>,
-    >,
-    tower::layer::util::Identity,
-> {
-    fn record(mut request: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
+type HttpRequest = http::Request<tonic::body::Body>;
+
+/// A tower layer that records each request's `:authority` as an [`Authority`].
+pub type AuthorityLayer = tower::util::MapRequestLayer<fn(HttpRequest) -> HttpRequest>;
+
+/// Returns the layer that records each request's `:authority` as an [`Authority`].
+pub fn authority_layer() -> AuthorityLayer {
+    fn record(mut request: HttpRequest) -> HttpRequest {
         let authority = request
             .uri()
             .authority()
@@ -48,7 +48,5 @@ pub fn authority_layer() -> tower::layer::util::Stack<
         }
         request
     }
-    tower::ServiceBuilder::new()
-        .map_request(record as fn(_) -> _)
-        .into_inner()
+    tower::util::MapRequestLayer::new(record as fn(HttpRequest) -> HttpRequest)
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -15,7 +15,7 @@ use crate::{
     domain::{
         grant::{self, Power},
         secret::TokenSecret,
-        token::{DEFAULT_TYPE, Token, parse_owner},
+        token::{self, DEFAULT_TYPE, Token, parse_owner},
     },
     error::Error,
     pb::v1::{
@@ -52,7 +52,7 @@ impl TokenApi {
         let spec = request
             .token
             .ok_or_else(|| Error::invalid("token", "is required"))?;
-        let now = Utc::now();
+        let now = token::now();
         let owner = if spec.owner.is_empty() {
             caller.token.owner.clone()
         } else {
@@ -75,7 +75,7 @@ impl TokenApi {
                     "give either ttl or token.expire_time, not both",
                 ));
             }
-            token.expire_time = Some(now + parse_ttl(ttl)?);
+            token.expire_time = Some((now + parse_ttl(ttl)?).trunc_subsecs(6));
         }
         grant::inherit_limits(&caller.token, &mut token);
         grant::check(&caller.token, &token, &Power::ALL).map_err(Error::PermissionDenied)?;
@@ -119,7 +119,7 @@ impl TokenApi {
                 .get(id, caller.scope())
                 .await?
                 .ok_or_else(|| not_found(id))?;
-            let now = Utc::now();
+            let now = token::now();
             let mut updated = current.clone();
             for path in &paths {
                 apply_field(&mut updated, &spec, path, now)?;
@@ -135,7 +135,7 @@ impl TokenApi {
                         actor = %caller.token.id,
                         "token updated"
                     );
-                    return Ok(token);
+                    return Ok(*token);
                 }
                 UpdateOutcome::NotFound => return Err(not_found(id)),
                 UpdateOutcome::Conflict => continue,
@@ -254,7 +254,7 @@ impl TokenService for TokenApi {
         let token = self
             .state
             .store
-            .set_enabled(id, enabled, Utc::now(), caller.scope())
+            .set_enabled(id, enabled, token::now(), caller.scope())
             .await
             .map_err(Error::from)?
             .ok_or_else(|| not_found(id))?;

@@ -43,7 +43,7 @@ pub enum StoreError {
 #[derive(Debug)]
 pub enum UpdateOutcome {
     /// Written; the token as stored now.
-    Updated(Token),
+    Updated(Box<Token>),
     /// No such token (in the caller's scope).
     NotFound,
     /// The token changed since it was read; read it again and retry.
@@ -107,9 +107,15 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Stores a new token under the hash of its secret.
     async fn insert(&self, token: &Token, hash: &SecretHash) -> Result<(), StoreError>;
 
-    /// Stores the first admin token, unless one was ever made on this store; returns
-    /// whether it was stored. Exactly one of several racing callers wins.
-    async fn insert_bootstrap(&self, token: &Token, hash: &SecretHash) -> Result<bool, StoreError>;
+    /// Stores an admin token made by bootstrap and marks the store as bootstrapped. With
+    /// `only_first`, stores nothing (and returns false) when the store was bootstrapped
+    /// before; of several racing first starts exactly one wins.
+    async fn insert_admin(
+        &self,
+        token: &Token,
+        hash: &SecretHash,
+        only_first: bool,
+    ) -> Result<bool, StoreError>;
 
     /// Returns a token by id.
     async fn get(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError>;
@@ -176,11 +182,11 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, Stor
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        if let Some(dir) = connect.get_filename().parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-            }
+        if let Some(dir) = connect.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)

@@ -211,7 +211,12 @@ where
         insert_token(&self.pool, token, hash).await
     }
 
-    async fn insert_bootstrap(&self, token: &Token, hash: &SecretHash) -> Result<bool, StoreError> {
+    async fn insert_admin(
+        &self,
+        token: &Token,
+        hash: &SecretHash,
+        only_first: bool,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let claimed: Option<String> = sqlx::query_scalar(
             "INSERT INTO system_state (key, value, update_time) VALUES ('bootstrap', $1, $2) \
@@ -221,7 +226,7 @@ where
         .bind(token.create_time)
         .fetch_optional(&mut *tx)
         .await?;
-        if claimed.is_none() {
+        if claimed.is_none() && only_first {
             return Ok(false);
         }
         insert_token(&mut *tx, token, hash).await?;
@@ -311,7 +316,7 @@ where
             .await
             .map_err(map_write_error)?;
         match row {
-            Some(row) => Ok(UpdateOutcome::Updated(row.try_into()?)),
+            Some(row) => Ok(UpdateOutcome::Updated(Box::new(row.try_into()?))),
             None => match self.get(token.id, scope).await? {
                 Some(_) => Ok(UpdateOutcome::Conflict),
                 None => Ok(UpdateOutcome::NotFound),

@@ -1,0 +1,293 @@
+//! Starts the real server (real store, real gRPC on a free port) for each test.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use sqlx::{Connection, Executor, PgConnection};
+use tempfile::TempDir;
+use token_authority::{
+    domain::secret::TokenPrefix,
+    pb::v1::{
+        CreateTokenRequest, CreateTokenResponse, Token, VerifyRequest, VerifyResponse,
+        token_service_client::TokenServiceClient, verify_service_client::VerifyServiceClient,
+    },
+    startup::{Application, Settings},
+    store::StoreOptions,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, Status, transport::Channel};
+use uuid::Uuid;
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of one test, kept across restarts of the server.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    /// The SQLite file's folder, removed when the test ends.
+    pub dir: Option<TempDir>,
+}
+
+impl TestDb {
+    /// Makes a fresh, empty database: a new SQLite file, or a new Postgres database on
+    /// the server DATABASE_URL names (scripts/test starts one).
+    pub async fn fresh(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("tokens.db").display());
+                Self {
+                    backend,
+                    url,
+                    dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin_url = std::env::var("DATABASE_URL").expect(
+                    "the Postgres tests need DATABASE_URL; run scripts/test, which starts a throwaway Postgres",
+                );
+                let name = format!("ta_test_{}", Uuid::now_v7().simple());
+                let mut conn = PgConnection::connect(&admin_url)
+                    .await
+                    .expect("cannot reach DATABASE_URL");
+                conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .expect("DATABASE_URL names a database");
+                Self {
+                    backend,
+                    url: format!("{base}/{name}"),
+                    dir: None,
+                }
+            }
+        }
+    }
+
+    /// The SQLite file, for SQLite databases.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.path().join("tokens.db"))
+    }
+}
+
+/// Settings for a test server: a free port, short intervals.
+pub fn test_settings(db: &TestDb) -> Settings {
+    Settings {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        store: StoreOptions {
+            url: db.url.clone(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        },
+        token_prefix: TokenPrefix::default(),
+        bootstrap: true,
+        bootstrap_owner: "admin".into(),
+        bootstrap_token_file: None,
+        usage_flush_interval: Duration::from_millis(100),
+        health_check_interval: Duration::from_millis(100),
+        shutdown_drain: Duration::ZERO,
+        shutdown_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A running server and clients of it.
+pub struct TestApp {
+    /// The bootstrap admin's secret (`*:*`).
+    pub admin: String,
+    pub tokens: TokenServiceClient<Channel>,
+    pub verifier: VerifyServiceClient<Channel>,
+    pub channel: Channel,
+    pub db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a server on a fresh database.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = TestDb::fresh(backend).await;
+    let settings = test_settings(&db);
+    spawn_with(db, settings, None).await
+}
+
+/// Starts a server with these settings; `admin` is the admin secret of an earlier start
+/// on the same database (a restart makes no new one).
+pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -> TestApp {
+    let app = Application::build(settings).await.expect("server starts");
+    let addr: SocketAddr = format!("127.0.0.1:{}", app.port()).parse().unwrap();
+    let admin = app
+        .bootstrap_secret()
+        .map(|s| s.expose().to_owned())
+        .or(admin)
+        .unwrap_or_default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("client connects");
+    TestApp {
+        admin,
+        tokens: TokenServiceClient::new(channel.clone()),
+        verifier: VerifyServiceClient::new(channel.clone()),
+        channel,
+        db,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// Wraps a message with `authorization: Bearer <secret>`.
+pub fn authed<T>(secret: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    request
+}
+
+/// A token spec with a name and permissions; the rest default.
+pub fn spec(name: &str, permissions: &[&str]) -> Token {
+    Token {
+        name: name.into(),
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+impl TestApp {
+    /// Creates a token as the caller with `secret`.
+    pub async fn create_as(
+        &self,
+        secret: &str,
+        token: Token,
+    ) -> Result<CreateTokenResponse, Status> {
+        self.tokens
+            .clone()
+            .create_token(authed(
+                secret,
+                CreateTokenRequest {
+                    token: Some(token),
+                    ttl: None,
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Creates a token as the admin, which must succeed.
+    pub async fn create(&self, token: Token) -> CreateTokenResponse {
+        self.create_as(&self.admin.clone(), token)
+            .await
+            .expect("admin creates a token")
+    }
+
+    /// Verifies a secret for a use.
+    pub async fn verify(&self, request: VerifyRequest) -> VerifyResponse {
+        self.verifier
+            .clone()
+            .verify(request)
+            .await
+            .expect("verify answers")
+            .into_inner()
+    }
+
+    /// Verifies a secret needing these permissions, from nowhere in particular.
+    pub async fn verify_perms(&self, secret: &str, required: &[&str]) -> VerifyResponse {
+        self.verify(VerifyRequest {
+            token: secret.into(),
+            required_permissions: required.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Lists every token visible to the admin.
+    pub async fn all_tokens(&self) -> Vec<Token> {
+        let mut tokens = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .tokens
+                .clone()
+                .list_tokens(authed(
+                    &self.admin,
+                    token_authority::pb::v1::ListTokensRequest {
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                        owner: String::new(),
+                    },
+                ))
+                .await
+                .expect("admin lists tokens")
+                .into_inner();
+            tokens.extend(page.tokens);
+            if page.next_page_token.is_empty() {
+                return tokens;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Lists every token with the usage fields cleared, which the listing itself changes
+    /// (the admin's own use); for comparing the store's state before and after.
+    pub async fn snapshot(&self) -> Vec<Token> {
+        let mut tokens = self.all_tokens().await;
+        for token in &mut tokens {
+            token.use_count = 0;
+            token.last_used_time = None;
+            token.last_used_ip = String::new();
+        }
+        tokens
+    }
+
+    /// Stops the server gracefully and returns its database, for a restart.
+    pub async fn stop(mut self) -> (TestDb, String) {
+        self.shutdown().await;
+        let TestApp { db, admin, .. } = self;
+        (db, admin)
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+    }
+}
+
+/// Runs each named test, `async fn name(backend: Backend)`, once per backend.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

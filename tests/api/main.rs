@@ -1,0 +1,11 @@
+//! The integration suite: the real server, on a real SQLite file and a real Postgres,
+//! driven over real gRPC. Every conformance test runs once per backend.
+
+mod helpers;
+
+mod authorization;
+mod lifecycle;
+mod operations;
+mod persistence;
+mod validation;
+mod verify;

@@ -1,0 +1,220 @@
+//! The operations surface: health (overall, per service, and NOT_SERVING while the store is
+//! unreachable) and reflection v1 and v1alpha.
+
+use std::time::Duration;
+
+use sqlx::{Connection, Executor};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    both_backends,
+    helpers::{Backend, TestApp, spawn_app},
+};
+
+both_backends!(
+    health_reports_serving_overall_and_per_service,
+    reflection_v1_and_v1alpha_describe_every_service
+);
+
+const SERVICES: [&str; 5] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "tokenauthority.v1.TokenService",
+    "tokenauthority.v1.VerifyService",
+];
+
+async fn status(app: &TestApp, service: &str) -> Result<ServingStatus, tonic::Status> {
+    HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status())
+}
+
+async fn wait_for_status(app: &TestApp, want: ServingStatus) {
+    for _ in 0..200 {
+        if status(app, "").await.ok() == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("health never became {want:?}");
+}
+
+async fn health_reports_serving_overall_and_per_service(backend: Backend) {
+    let app = spawn_app(backend).await;
+    wait_for_status(&app, ServingStatus::Serving).await;
+
+    for service in [
+        "",
+        "tokenauthority.v1.TokenService",
+        "tokenauthority.v1.VerifyService",
+    ] {
+        assert_eq!(
+            status(&app, service).await.unwrap(),
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    let unknown = status(&app, "no.such.Service").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_postgres_is_unreachable() {
+    let app = spawn_app(Backend::Postgres).await;
+    let secret = app.create(crate::helpers::spec("t", &[])).await.secret;
+    wait_for_status(&app, ServingStatus::Serving).await;
+    let admin_url = std::env::var("DATABASE_URL").unwrap();
+    let database = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+
+    // Act: refuse new connections to the test's database and end the open ones.
+    admin
+        .execute(format!(r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS false"#).as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'").as_str())
+        .await
+        .unwrap();
+
+    // Assert: NOT_SERVING, everywhere, and Verify says the store is unavailable.
+    wait_for_status(&app, ServingStatus::NotServing).await;
+    assert_eq!(
+        status(&app, "tokenauthority.v1.VerifyService")
+            .await
+            .unwrap(),
+        ServingStatus::NotServing
+    );
+    let outage = app
+        .verifier
+        .clone()
+        .verify(token_authority::pb::v1::VerifyRequest {
+            token: secret.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(outage.code(), Code::Unavailable);
+    assert!(!outage.message().contains(&secret[3..]));
+
+    // And back: SERVING again, without a restart.
+    admin
+        .execute(format!(r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS true"#).as_str())
+        .await
+        .unwrap();
+    wait_for_status(&app, ServingStatus::Serving).await;
+    assert!(app.verify_perms(&secret, &[]).await.valid);
+}
+
+async fn reflection_v1_and_v1alpha_describe_every_service(backend: Backend) {
+    let app = spawn_app(backend).await;
+
+    let v1 = reflect_v1(&app).await;
+    let v1alpha = reflect_v1alpha(&app).await;
+
+    for (version, (services, described)) in [("v1", v1), ("v1alpha", v1alpha)] {
+        let mut services = services;
+        services.sort();
+        assert_eq!(services, SERVICES, "{version} lists every service");
+        for service in SERVICES {
+            assert!(
+                described.iter().any(|(s, ok)| s == service && *ok),
+                "{version} describes {service}"
+            );
+        }
+    }
+}
+
+/// Lists services over reflection v1, then asks for the file of each.
+async fn reflect_v1(app: &TestApp) -> (Vec<String>, Vec<(String, bool)>) {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut client = ServerReflectionClient::new(app.channel.clone());
+    let ask = |request: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut requests = vec![ask(MessageRequest::ListServices(String::new()))];
+    requests.extend(
+        SERVICES
+            .iter()
+            .map(|s| ask(MessageRequest::FileContainingSymbol(s.to_string()))),
+    );
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut services = Vec::new();
+    let mut described = Vec::new();
+    let mut index = 0;
+    while let Some(response) = responses.next().await {
+        match response.unwrap().message_response.unwrap() {
+            MessageResponse::ListServicesResponse(list) => {
+                services = list.service.into_iter().map(|s| s.name).collect()
+            }
+            MessageResponse::FileDescriptorResponse(files) => {
+                described.push((
+                    SERVICES[index].to_owned(),
+                    !files.file_descriptor_proto.is_empty(),
+                ));
+                index += 1;
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }
+    (services, described)
+}
+
+/// The same over reflection v1alpha, as older grpcurl versions speak it.
+async fn reflect_v1alpha(app: &TestApp) -> (Vec<String>, Vec<(String, bool)>) {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut client = ServerReflectionClient::new(app.channel.clone());
+    let ask = |request: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut requests = vec![ask(MessageRequest::ListServices(String::new()))];
+    requests.extend(
+        SERVICES
+            .iter()
+            .map(|s| ask(MessageRequest::FileContainingSymbol(s.to_string()))),
+    );
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut services = Vec::new();
+    let mut described = Vec::new();
+    let mut index = 0;
+    while let Some(response) = responses.next().await {
+        match response.unwrap().message_response.unwrap() {
+            MessageResponse::ListServicesResponse(list) => {
+                services = list.service.into_iter().map(|s| s.name).collect()
+            }
+            MessageResponse::FileDescriptorResponse(files) => {
+                described.push((
+                    SERVICES[index].to_owned(),
+                    !files.file_descriptor_proto.is_empty(),
+                ));
+                index += 1;
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }
+    (services, described)
+}
