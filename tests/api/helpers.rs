@@ -98,6 +98,8 @@ pub fn test_settings(db: &TestDb) -> Settings {
 
 /// A running server and clients of it.
 pub struct TestApp {
+    /// `127.0.0.1:<port>`.
+    pub target: String,
     /// The bootstrap admin's secret (`*:*`).
     pub admin: String,
     pub tokens: TokenServiceClient<Channel>,
@@ -135,6 +137,7 @@ pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -
         .await
         .expect("client connects");
     TestApp {
+        target: addr.to_string(),
         admin,
         tokens: TokenServiceClient::new(channel.clone()),
         verifier: VerifyServiceClient::new(channel.clone()),
@@ -164,6 +167,11 @@ pub fn spec(name: &str, permissions: &[&str]) -> Token {
 }
 
 impl TestApp {
+    /// Returns `host:port`, as command-line clients take it.
+    pub fn channel_target(&self) -> &str {
+        &self.target
+    }
+
     /// Creates a token as the caller with `secret`.
     pub async fn create_as(
         &self,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod authorization;
+mod grpcurl;
 mod lifecycle;
 mod operations;
 mod persistence;

