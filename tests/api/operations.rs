@@ -218,3 +218,42 @@ async fn reflect_v1alpha(app: &TestApp) -> (Vec<String>, Vec<(String, bool)>) {
     }
     (services, described)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_calls_finish() {
+    // Arrange: hold SQLite's write lock, so that a CreateToken stays in flight.
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut blocker = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+    blocker.execute("BEGIN IMMEDIATE").await.unwrap();
+    let mut tokens = app.tokens.clone();
+    let request = crate::helpers::authed(
+        &app.admin,
+        token_authority::pb::v1::CreateTokenRequest {
+            token: Some(crate::helpers::spec("in-flight", &[])),
+            ttl: None,
+        },
+    );
+    let in_flight = tokio::spawn(async move { tokens.create_token(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!in_flight.is_finished(), "the call waits for the lock");
+
+    // Act: shut down while the call is in flight, then let it proceed.
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "shutdown waits for the in-flight call"
+    );
+    blocker.execute("COMMIT").await.unwrap();
+
+    // Assert: the call completed, then the server stopped, and the token was kept.
+    let created = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call succeeded");
+    let (db, admin) = stopping.await.unwrap();
+    let secret = created.into_inner().secret;
+    let settings = crate::helpers::test_settings(&db);
+    let app = crate::helpers::spawn_with(db, settings, Some(admin)).await;
+    assert!(app.verify_perms(&secret, &[]).await.valid);
+}
