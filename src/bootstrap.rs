@@ -58,11 +58,12 @@ pub async fn create_admin_token(
         expire_time: None,
         created_by: None,
         display_hint: secret.display_hint(),
+        secret_hash: secret.hash(),
         revision: 1,
     };
     let only_first = matches!(mode, Mode::FirstStart);
     let stored = store
-        .insert_admin(&token, &secret.hash(), only_first)
+        .insert_admin(&token, only_first)
         .await
         .map_err(|e| match e {
             StoreError::NameTaken => {

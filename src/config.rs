@@ -130,6 +130,20 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_SHUTDOWN_DRAIN", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
 
+    /// The most tokens the Verify cache holds (positive and negative entries each); 0
+    /// disables it, so that every Verify reads the store.
+    #[arg(long, env = "TA_CACHE_MAX_ENTRIES", default_value_t = 1_000_000)]
+    pub cache_max_entries: u64,
+
+    /// How long the Verify cache keeps a token. Changes evict at once on every replica
+    /// (Postgres LISTEN/NOTIFY); this only bounds memory held by unused entries.
+    #[arg(long, env = "TA_CACHE_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// How long the Verify cache remembers that a secret is unknown.
+    #[arg(long, env = "TA_CACHE_NEGATIVE_TTL", default_value = "1m", value_parser = parse_duration)]
+    pub cache_negative_ttl: Duration,
+
     /// After the drain, how long in-flight calls and open connections get to finish before
     /// the process exits anyway.
     #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

@@ -2,10 +2,12 @@
 //! bearer tokens over gRPC.
 
 pub mod bootstrap;
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod invalidation;
 pub mod pb;
 pub mod startup;
 pub mod store;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use token_authority::{
     bootstrap::{self, Mode},
+    cache::CacheSettings,
     config::{Cli, Command},
     startup::{Application, Settings, shutdown_signal},
     store, telemetry,
@@ -68,6 +69,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 health_check_interval: serve.health_check_interval,
                 shutdown_drain: serve.shutdown_drain,
                 shutdown_timeout: serve.shutdown_timeout,
+                cache: CacheSettings {
+                    max_entries: serve.cache_max_entries,
+                    ttl: serve.cache_ttl,
+                    negative_ttl: serve.cache_negative_ttl,
+                },
             })
             .await?;
             if let Some(secret) = app.bootstrap_secret() {

@@ -10,8 +10,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     bootstrap::{self, Mode},
+    cache::{CacheSettings, TokenCache},
     domain::secret::{TokenPrefix, TokenSecret},
     grpc::{AppState, authority_layer, token_service::TokenApi, verify_service::VerifyApi},
+    invalidation,
     pb::{
         self,
         v1::{
@@ -52,6 +54,8 @@ pub struct Settings {
     pub shutdown_drain: Duration,
     /// How long in-flight calls and open connections may take to finish after that.
     pub shutdown_timeout: Duration,
+    /// The Verify cache.
+    pub cache: CacheSettings,
 }
 
 /// A built, bound, not yet serving service.
@@ -101,9 +105,12 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
         let port = listener.local_addr()?.port();
         let usage = Arc::new(UsageRecorder::default());
+        // Not trusted until the change listener says so (at once for SQLite).
+        let cache = Arc::new(TokenCache::new(settings.cache, false));
         let state = Arc::new(AppState {
             store: store.clone(),
-            verifier: Verifier::new(store.clone(), usage.clone()),
+            cache: cache.clone(),
+            verifier: Verifier::new(store.clone(), cache, usage.clone()),
             prefix: settings.token_prefix.clone(),
         });
         Ok(Self {
@@ -150,6 +157,8 @@ impl Application {
             settings.health_check_interval,
             stop_rx.clone(),
         ));
+        let change_listener =
+            invalidation::spawn_listener(store.clone(), state.cache.clone(), stop_rx.clone());
         let flusher =
             usage::spawn_flusher(usage, store.clone(), settings.usage_flush_interval, stop_rx);
 
@@ -198,6 +207,7 @@ impl Application {
         };
 
         health_task.abort();
+        change_listener.abort();
         if let Err(error) = flusher.await {
             tracing::warn!(%error, "usage flusher failed");
         }

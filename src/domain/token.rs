@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{
     permission::Permission,
     restrictions::{Cidr, HostPattern},
+    secret::SecretHash,
 };
 
 /// Limits on what a client may put in a token; exceeding one is `InvalidArgument`.
@@ -96,6 +97,9 @@ pub struct Token {
     pub created_by: Option<Uuid>,
     /// The secret's prefix and first characters.
     pub display_hint: String,
+    /// The SHA-256 of the secret: the store's and the cache's key. Not a secret itself,
+    /// and never returned by the API.
+    pub secret_hash: SecretHash,
     /// Bumped on every change, for optimistic concurrency.
     pub revision: i64,
 }

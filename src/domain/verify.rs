@@ -173,6 +173,7 @@ pub(crate) mod tests {
             expire_time: None,
             created_by: None,
             display_hint: "ta_abcdef".into(),
+            secret_hash: crate::domain::secret::SecretHash([7; 32]),
             revision: 1,
         }
     }

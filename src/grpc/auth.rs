@@ -1,6 +1,8 @@
 //! Who is calling the management API: the bearer token in `authorization`, verified by the
 //! same path as Verify, and the `tokens:<action>` permission each call needs.
 
+use std::sync::Arc;
+
 use tonic::Request;
 
 use super::{AppState, Authority};
@@ -44,7 +46,7 @@ impl Action {
 #[derive(Debug)]
 pub struct Caller {
     /// The caller's own token.
-    pub token: Token,
+    pub token: Arc<Token>,
 }
 
 impl Caller {

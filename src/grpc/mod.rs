@@ -7,7 +7,9 @@ pub mod verify_service;
 
 use std::sync::Arc;
 
-use crate::{domain::secret::TokenPrefix, store::TokenStore, verifier::Verifier};
+use crate::{
+    cache::TokenCache, domain::secret::TokenPrefix, store::TokenStore, verifier::Verifier,
+};
 
 /// What the services share.
 pub struct AppState {
@@ -15,6 +17,8 @@ pub struct AppState {
     pub store: Arc<dyn TokenStore>,
     /// The verification path.
     pub verifier: Verifier,
+    /// The Verify cache, evicted here on every change made through this replica.
+    pub cache: Arc<TokenCache>,
     /// The prefix of new secrets.
     pub prefix: TokenPrefix,
 }

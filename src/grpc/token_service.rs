@@ -79,7 +79,9 @@ impl TokenApi {
         }
         grant::inherit_limits(&caller.token, &mut token);
         grant::check(&caller.token, &token, &Power::ALL).map_err(Error::PermissionDenied)?;
-        self.state.store.insert(&token, &secret.hash()).await?;
+        self.state.store.insert(&token).await?;
+        let token = Arc::new(token);
+        self.state.cache.insert_new(token.clone());
         tracing::info!(
             action = "create",
             token_id = %token.id,
@@ -128,6 +130,7 @@ impl TokenApi {
             updated.update_time = now;
             match self.state.store.update(&updated, caller.scope()).await? {
                 UpdateOutcome::Updated(token) => {
+                    self.state.cache.invalidate(&token.secret_hash);
                     tracing::info!(
                         action = "update",
                         token_id = %id,
@@ -258,6 +261,7 @@ impl TokenService for TokenApi {
             .await
             .map_err(Error::from)?
             .ok_or_else(|| not_found(id))?;
+        self.state.cache.invalidate(&token.secret_hash);
         tracing::info!(
             action = if enabled { "enable" } else { "disable" },
             token_id = %id,
@@ -274,15 +278,14 @@ impl TokenService for TokenApi {
     ) -> Result<Response<()>, Status> {
         let caller = authorize(&self.state, &request, Action::Delete).await?;
         let id = convert::parse_id(&request.get_ref().id, "id")?;
-        if !self
+        let deleted = self
             .state
             .store
             .delete(id, caller.scope())
             .await
             .map_err(Error::from)?
-        {
-            return Err(not_found(id).into());
-        }
+            .ok_or_else(|| not_found(id))?;
+        self.state.cache.invalidate(&deleted.secret_hash);
         tracing::info!(action = "delete", token_id = %id, actor = %caller.token.id, "token deleted");
         Ok(Response::new(()))
     }
@@ -311,6 +314,7 @@ fn blank_token(owner: String, secret: &TokenSecret, created_by: Uuid, now: DateT
         expire_time: None,
         created_by: Some(created_by),
         display_hint: secret.display_hint(),
+        secret_hash: secret.hash(),
         revision: 1,
     }
 }

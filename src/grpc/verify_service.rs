@@ -101,7 +101,7 @@ impl VerifyService for VerifyApi {
             valid,
             result: result_of(verdict.outcome) as i32,
             token: if valid {
-                verdict.token.as_ref().map(token_to_pb)
+                verdict.token.as_deref().map(token_to_pb)
             } else {
                 None
             },

@@ -26,6 +26,9 @@ pub enum StoreError {
     /// The database could not be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The change feed's connection was lost.
+    #[error("change feed connection lost")]
+    FeedLost,
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -92,6 +95,17 @@ pub struct UsageRecord {
     pub last_used_ip: Option<String>,
 }
 
+/// Changes made by any replica, as the hashes of the changed tokens' secrets.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Waits for the next changed token. An error means the feed broke: changes may have
+    /// been missed, so whoever caches must stop trusting its cache and subscribe again.
+    async fn next(&mut self) -> Result<SecretHash, StoreError>;
+}
+
+/// The notification channel of token changes (Postgres), fed by a trigger on `tokens`.
+pub const CHANGE_CHANNEL: &str = "token_changes";
+
 /// Persistent storage of tokens.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
@@ -105,17 +119,12 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
 
     /// Stores a new token under the hash of its secret.
-    async fn insert(&self, token: &Token, hash: &SecretHash) -> Result<(), StoreError>;
+    async fn insert(&self, token: &Token) -> Result<(), StoreError>;
 
     /// Stores an admin token made by bootstrap and marks the store as bootstrapped. With
     /// `only_first`, stores nothing (and returns false) when the store was bootstrapped
     /// before; of several racing first starts exactly one wins.
-    async fn insert_admin(
-        &self,
-        token: &Token,
-        hash: &SecretHash,
-        only_first: bool,
-    ) -> Result<bool, StoreError>;
+    async fn insert_admin(&self, token: &Token, only_first: bool) -> Result<bool, StoreError>;
 
     /// Returns a token by id.
     async fn get(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError>;
@@ -138,11 +147,15 @@ pub trait TokenStore: Send + Sync + 'static {
         scope: Scope<'_>,
     ) -> Result<Option<Token>, StoreError>;
 
-    /// Deletes a token; returns whether it existed.
-    async fn delete(&self, id: Uuid, scope: Scope<'_>) -> Result<bool, StoreError>;
+    /// Deletes a token; returns it as it was, if it existed.
+    async fn delete(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError>;
 
     /// Adds a batch of uses to the tokens' counters and last-used fields.
     async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError>;
+
+    /// Starts listening for changes made by any replica. `None` means the store has no
+    /// other replicas to hear from (SQLite is single-node).
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError>;
 
     /// Closes every connection.
     async fn close(&self);

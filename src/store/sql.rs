@@ -3,7 +3,7 @@
 //! Both take `$N` placeholders and `RETURNING`; types map as UUID/BLOB, TIMESTAMPTZ/TEXT and
 //! JSONB/TEXT through sqlx, so one generic implementation serves both backends.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,11 +12,15 @@ use serde_json::{Map, Value};
 use sqlx::{
     Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Postgres, Sqlite, Type,
     migrate::{MigrateError, Migrator},
+    postgres::PgListener,
     types::Json,
 };
 use uuid::Uuid;
 
-use super::{ListQuery, Scope, StoreError, TokenStore, UpdateOutcome, UsageRecord};
+use super::{
+    CHANGE_CHANNEL, ChangeFeed, ListQuery, Scope, StoreError, TokenStore, UpdateOutcome,
+    UsageRecord,
+};
 use crate::domain::{
     permission::Permission,
     restrictions::{Cidr, HostPattern},
@@ -34,6 +38,11 @@ pub trait Backend: Database {
 
     /// Applies this backend's migrations.
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>>;
+
+    /// Listens for changes made by any replica, where the backend can tell.
+    fn subscribe(
+        pool: &Pool<Self>,
+    ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>>;
 }
 
 impl Backend for Postgres {
@@ -42,6 +51,70 @@ impl Backend for Postgres {
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>> {
         Box::pin(POSTGRES_MIGRATIONS.run(pool))
     }
+
+    fn subscribe(
+        pool: &Pool<Self>,
+    ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>> {
+        Box::pin(async move {
+            let mut listener = PgListener::connect_with(pool).await?;
+            // Named, so operators (and the tests) can find it in pg_stat_activity.
+            sqlx::query("SET application_name = 'token-authority-listener'")
+                .execute(&mut listener)
+                .await?;
+            listener.listen(CHANGE_CHANNEL).await?;
+            Ok(Some(
+                Box::new(PgChangeFeed { listener }) as Box<dyn ChangeFeed>
+            ))
+        })
+    }
+}
+
+/// How long the change feed may be silent before its connection is checked.
+const FEED_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Postgres LISTEN on [`CHANGE_CHANNEL`], with a heartbeat so that a silently dead
+/// connection is noticed within about two seconds, not at the next TCP timeout.
+struct PgChangeFeed {
+    listener: PgListener,
+}
+
+#[async_trait]
+impl ChangeFeed for PgChangeFeed {
+    async fn next(&mut self) -> Result<SecretHash, StoreError> {
+        loop {
+            // try_recv reads whole messages only, so a timeout cannot cut one in half.
+            match tokio::time::timeout(FEED_HEARTBEAT, self.listener.try_recv()).await {
+                Ok(Ok(Some(notification))) => match parse_hash(notification.payload()) {
+                    Some(hash) => return Ok(hash),
+                    None => tracing::warn!(
+                        payload = notification.payload(),
+                        "ignoring a malformed change notification"
+                    ),
+                },
+                Ok(Ok(None)) => return Err(StoreError::FeedLost),
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_silent) => {
+                    let ping = sqlx::query("SELECT 1").execute(&mut self.listener);
+                    match tokio::time::timeout(FEED_HEARTBEAT, ping).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => return Err(error.into()),
+                        Err(_) => return Err(StoreError::FeedLost),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_hash(hex: &str) -> Option<SecretHash> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(SecretHash(bytes))
 }
 
 impl Backend for Sqlite {
@@ -49,6 +122,13 @@ impl Backend for Sqlite {
 
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>> {
         Box::pin(SQLITE_MIGRATIONS.run(pool))
+    }
+
+    fn subscribe(
+        _pool: &Pool<Self>,
+    ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>> {
+        // One process owns a SQLite file: every change is made, and evicted, here.
+        Box::pin(async { Ok(None) })
     }
 }
 
@@ -64,7 +144,7 @@ impl<DB: Database> SqlStore<DB> {
     }
 }
 
-const COLUMNS: &str = "id, display_hint, name, owner, token_type, description, permissions, read_only, \
+const COLUMNS: &str = "id, secret_hash, display_hint, name, owner, token_type, description, permissions, read_only, \
      allowed_cidrs, allowed_hosts, bindings, metadata, enabled, create_time, update_time, \
      last_used_time, last_used_ip, use_count, expire_time, created_by, revision";
 
@@ -72,6 +152,7 @@ const COLUMNS: &str = "id, display_hint, name, owner, token_type, description, p
 #[derive(FromRow)]
 struct TokenRow {
     id: Uuid,
+    secret_hash: Vec<u8>,
     display_hint: String,
     name: String,
     owner: String,
@@ -139,6 +220,12 @@ impl TryFrom<TokenRow> for Token {
             expire_time: row.expire_time,
             created_by: row.created_by,
             display_hint: row.display_hint,
+            secret_hash: SecretHash(
+                row.secret_hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("secret_hash is not 32 bytes".into()))?,
+            ),
             revision: row.revision,
         })
     }
@@ -183,6 +270,7 @@ where
     for<'q> Uuid: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
@@ -207,16 +295,11 @@ where
         Ok(())
     }
 
-    async fn insert(&self, token: &Token, hash: &SecretHash) -> Result<(), StoreError> {
-        insert_token(&self.pool, token, hash).await
+    async fn insert(&self, token: &Token) -> Result<(), StoreError> {
+        insert_token(&self.pool, token).await
     }
 
-    async fn insert_admin(
-        &self,
-        token: &Token,
-        hash: &SecretHash,
-        only_first: bool,
-    ) -> Result<bool, StoreError> {
+    async fn insert_admin(&self, token: &Token, only_first: bool) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let claimed: Option<String> = sqlx::query_scalar(
             "INSERT INTO system_state (key, value, update_time) VALUES ('bootstrap', $1, $2) \
@@ -229,7 +312,7 @@ where
         if claimed.is_none() && only_first {
             return Ok(false);
         }
-        insert_token(&mut *tx, token, hash).await?;
+        insert_token(&mut *tx, token).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -348,15 +431,15 @@ where
         row.map(Token::try_from).transpose()
     }
 
-    async fn delete(&self, id: Uuid, scope: Scope<'_>) -> Result<bool, StoreError> {
+    async fn delete(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError> {
         let sql = scoped("DELETE FROM tokens WHERE id = $1", scope, 2);
-        let returning = format!("{sql} RETURNING id");
-        let mut statement = sqlx::query_scalar::<DB, Uuid>(&returning).bind(id);
+        let returning = format!("{sql} RETURNING {COLUMNS}");
+        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning).bind(id);
         if let Scope::Owner(owner) = scope {
             statement = statement.bind(owner);
         }
-        let deleted = statement.fetch_optional(&self.pool).await?;
-        Ok(deleted.is_some())
+        let row = statement.fetch_optional(&self.pool).await?;
+        row.map(Token::try_from).transpose()
     }
 
     async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError> {
@@ -380,23 +463,23 @@ where
         Ok(())
     }
 
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        DB::subscribe(&self.pool).await
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
 }
 
-async fn insert_token<'e, DB, E>(
-    executor: E,
-    token: &Token,
-    hash: &SecretHash,
-) -> Result<(), StoreError>
+async fn insert_token<'e, DB, E>(executor: E, token: &Token) -> Result<(), StoreError>
 where
     DB: Database,
     E: Executor<'e, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> Uuid: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
@@ -411,7 +494,7 @@ where
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, 0, $17, $18, $19)",
     )
     .bind(token.id)
-    .bind(&hash.as_bytes()[..])
+    .bind(token.secret_hash.as_bytes().to_vec())
     .bind(token.display_hint.clone())
     .bind(token.name.clone())
     .bind(token.owner.clone())

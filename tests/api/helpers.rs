@@ -93,6 +93,11 @@ pub fn test_settings(db: &TestDb) -> Settings {
         health_check_interval: Duration::from_millis(100),
         shutdown_drain: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(10),
+        cache: token_authority::cache::CacheSettings {
+            max_entries: 10_000,
+            ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(3600),
+        },
     }
 }
 

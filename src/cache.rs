@@ -1,0 +1,253 @@
+//! The Verify cache: tokens by the SHA-256 of their secret, in front of the store.
+//!
+//! Positive and negative entries, bounded in entries, with a TTL. Correctness never rests
+//! on the TTL: every change to a token evicts it at once here and, through the store's
+//! change feed (Postgres LISTEN/NOTIFY), on every other replica. While the feed is down the
+//! cache is not trusted: lookups bypass it until the feed listens again and the cache has
+//! been flushed.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use moka::sync::Cache;
+
+use crate::domain::{secret::SecretHash, token::Token};
+
+/// What the cache knows about a hash.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    /// The token with this secret.
+    Found(Arc<Token>),
+    /// No token has this secret (a negative entry).
+    Missing,
+}
+
+/// Cache limits.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheSettings {
+    /// The most entries held; 0 disables the cache (every Verify reads the store).
+    pub max_entries: u64,
+    /// How long a found token is kept.
+    pub ttl: Duration,
+    /// How long a miss is kept.
+    pub negative_ttl: Duration,
+}
+
+/// A bounded concurrent cache with invalidation that is safe against racing fills.
+pub struct TokenCache {
+    found: Option<Cache<SecretHash, Arc<Token>>>,
+    missing: Option<Cache<SecretHash, ()>>,
+    /// False while changes made elsewhere might not reach us (the feed is down).
+    trusted: AtomicBool,
+    /// Bumped by every invalidation, so that a fill which raced one is dropped.
+    epoch: AtomicU64,
+}
+
+impl TokenCache {
+    /// Builds a cache; `trusted` says whether it may serve before a change feed is up.
+    pub fn new(settings: CacheSettings, trusted: bool) -> Self {
+        let enabled = settings.max_entries > 0;
+        Self {
+            found: enabled.then(|| {
+                Cache::builder()
+                    .max_capacity(settings.max_entries)
+                    .time_to_live(settings.ttl)
+                    .build()
+            }),
+            missing: enabled.then(|| {
+                Cache::builder()
+                    .max_capacity(settings.max_entries)
+                    .time_to_live(settings.negative_ttl)
+                    .build()
+            }),
+            trusted: AtomicBool::new(trusted),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// Returns the cached entry, or `None` on a miss or while the cache is not trusted.
+    pub fn get(&self, hash: &SecretHash) -> Option<Entry> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        if let Some(token) = self.found.as_ref()?.get(hash) {
+            return Some(Entry::Found(token));
+        }
+        self.missing.as_ref()?.get(hash).map(|()| Entry::Missing)
+    }
+
+    /// Returns the current epoch; read it before the store lookup whose result you will
+    /// pass to [`TokenCache::fill`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Caches a store lookup's result unless an invalidation happened since `epoch`.
+    pub fn fill(&self, hash: SecretHash, entry: Entry, epoch: u64) {
+        if !self.trusted.load(Ordering::Acquire) || self.epoch() != epoch {
+            return;
+        }
+        match entry {
+            Entry::Found(token) => {
+                if let Some(found) = &self.found {
+                    found.insert(hash, token);
+                }
+            }
+            Entry::Missing => {
+                if let Some(missing) = &self.missing {
+                    missing.insert(hash, ());
+                }
+            }
+        }
+        // An invalidation between the check above and the insert may have run before the
+        // insert landed; if the epoch moved, drop what we inserted.
+        if self.epoch() != epoch {
+            self.remove(&hash);
+        }
+    }
+
+    /// Caches a token just created here, replacing any negative entry for its hash.
+    pub fn insert_new(&self, token: Arc<Token>) {
+        let hash = token.secret_hash;
+        if let Some(missing) = &self.missing {
+            missing.invalidate(&hash);
+        }
+        if let Some(found) = &self.found {
+            found.insert(hash, token);
+        }
+    }
+
+    /// Evicts one hash, after its token changed.
+    pub fn invalidate(&self, hash: &SecretHash) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.remove(hash);
+    }
+
+    /// Evicts everything.
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(found) = &self.found {
+            found.invalidate_all();
+        }
+        if let Some(missing) = &self.missing {
+            missing.invalidate_all();
+        }
+    }
+
+    /// Sets whether the cache may serve lookups.
+    pub fn set_trusted(&self, trusted: bool) {
+        self.trusted.store(trusted, Ordering::Release);
+    }
+
+    /// Returns whether the cache may serve lookups.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    /// Returns the number of cached tokens (approximate, for reports).
+    pub fn len(&self) -> u64 {
+        self.found.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.entry_count()
+        })
+    }
+
+    /// Returns whether no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, hash: &SecretHash) {
+        if let Some(found) = &self.found {
+            found.invalidate(hash);
+        }
+        if let Some(missing) = &self.missing {
+            missing.invalidate(hash);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::verify::tests::token;
+
+    fn cache() -> TokenCache {
+        TokenCache::new(
+            CacheSettings {
+                max_entries: 100,
+                ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(60),
+            },
+            true,
+        )
+    }
+
+    #[test]
+    fn fills_are_served_and_invalidations_evict() {
+        let cache = cache();
+        let t = Arc::new(token(&[]));
+        let hash = t.secret_hash;
+        cache.fill(hash, Entry::Found(t.clone()), cache.epoch());
+        assert!(matches!(cache.get(&hash), Some(Entry::Found(_))));
+        cache.invalidate(&hash);
+        assert!(cache.get(&hash).is_none());
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_dropped() {
+        let cache = cache();
+        let t = Arc::new(token(&[]));
+        let before_read = cache.epoch();
+        cache.invalidate(&t.secret_hash); // the token changed while we read the store
+        cache.fill(t.secret_hash, Entry::Found(t.clone()), before_read);
+        assert!(
+            cache.get(&t.secret_hash).is_none(),
+            "the stale read is not cached"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_cache_serves_nothing_and_stores_nothing() {
+        let cache = cache();
+        let t = Arc::new(token(&[]));
+        cache.fill(t.secret_hash, Entry::Found(t.clone()), cache.epoch());
+        cache.set_trusted(false);
+        assert!(cache.get(&t.secret_hash).is_none());
+        let other = SecretHash([9; 32]);
+        cache.fill(other, Entry::Missing, cache.epoch());
+        cache.set_trusted(true);
+        assert!(cache.get(&other).is_none());
+    }
+
+    #[test]
+    fn creating_a_token_replaces_a_negative_entry() {
+        let cache = cache();
+        let t = Arc::new(token(&[]));
+        cache.fill(t.secret_hash, Entry::Missing, cache.epoch());
+        assert!(matches!(cache.get(&t.secret_hash), Some(Entry::Missing)));
+        cache.insert_new(t.clone());
+        assert!(matches!(cache.get(&t.secret_hash), Some(Entry::Found(_))));
+    }
+
+    #[test]
+    fn a_disabled_cache_never_hits() {
+        let cache = TokenCache::new(
+            CacheSettings {
+                max_entries: 0,
+                ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(60),
+            },
+            true,
+        );
+        let t = Arc::new(token(&[]));
+        cache.insert_new(t.clone());
+        cache.fill(t.secret_hash, Entry::Found(t.clone()), cache.epoch());
+        assert!(cache.get(&t.secret_hash).is_none());
+    }
+}

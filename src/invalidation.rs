@@ -1,0 +1,67 @@
+//! Keeps the Verify cache honest across replicas: listens to the store's change feed and
+//! evicts what other replicas changed. While the feed is down the cache is bypassed; when it
+//! is back, the cache is flushed (changes may have been missed) and trusted again.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{cache::TokenCache, store::TokenStore, usage::stopped};
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Spawns the listener. For a store without other replicas (SQLite) it trusts the cache
+/// and ends at once.
+pub fn spawn_listener(
+    store: Arc<dyn TokenStore>,
+    cache: Arc<TokenCache>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut retry = RETRY_MIN;
+        loop {
+            let subscribed = tokio::select! {
+                subscribed = store.subscribe() => subscribed,
+                () = stopped(&mut shutdown) => return,
+            };
+            let mut feed = match subscribed {
+                Ok(Some(feed)) => feed,
+                Ok(None) => {
+                    cache.set_trusted(true);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?retry, "cannot listen for token changes; Verify bypasses the cache");
+                    tokio::select! {
+                        () = tokio::time::sleep(retry) => {}
+                        () = stopped(&mut shutdown) => return,
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                    continue;
+                }
+            };
+            // Listening now: anything changed before this point is flushed, anything after
+            // will be heard.
+            cache.invalidate_all();
+            cache.set_trusted(true);
+            retry = RETRY_MIN;
+            tracing::info!("listening for token changes; Verify cache trusted");
+            loop {
+                let next = tokio::select! {
+                    next = feed.next() => next,
+                    () = stopped(&mut shutdown) => return,
+                };
+                match next {
+                    Ok(hash) => cache.invalidate(&hash),
+                    Err(error) => {
+                        cache.set_trusted(false);
+                        cache.invalidate_all();
+                        tracing::warn!(%error, "lost the token change feed; Verify bypasses the cache until it is back");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
