@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sqlx::{
     Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Postgres, Sqlite, Type,
     migrate::{MigrateError, Migrator},
-    postgres::PgListener,
+    postgres::{PgListener, PgPoolOptions},
     types::Json,
 };
 use uuid::Uuid;
@@ -56,15 +56,24 @@ impl Backend for Postgres {
         pool: &Pool<Self>,
     ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>> {
         Box::pin(async move {
-            let mut listener = PgListener::connect_with(pool).await?;
+            // A connection of its own, not one of the request pool's: the feed is only as
+            // good as the connection it listens on, and it must not take a request's place.
             // Named, so operators (and the tests) can find it in pg_stat_activity.
-            sqlx::query("SET application_name = 'token-authority-listener'")
-                .execute(&mut listener)
+            let options = pool
+                .connect_options()
+                .as_ref()
+                .clone()
+                .application_name("token-authority-listener");
+            let own_pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
                 .await?;
+            let mut listener = PgListener::connect_with(&own_pool).await?;
             listener.listen(CHANGE_CHANNEL).await?;
-            Ok(Some(
-                Box::new(PgChangeFeed { listener }) as Box<dyn ChangeFeed>
-            ))
+            Ok(Some(Box::new(PgChangeFeed {
+                listener,
+                _pool: own_pool,
+            }) as Box<dyn ChangeFeed>))
         })
     }
 }
@@ -76,6 +85,8 @@ const FEED_HEARTBEAT: Duration = Duration::from_secs(1);
 /// connection is noticed within about two seconds, not at the next TCP timeout.
 struct PgChangeFeed {
     listener: PgListener,
+    /// The listener's own one-connection pool, closed with the feed.
+    _pool: Pool<Postgres>,
 }
 
 #[async_trait]

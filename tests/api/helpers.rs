@@ -1,6 +1,12 @@
 //! Starts the real server (real store, real gRPC on a free port) for each test.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
@@ -280,6 +286,110 @@ impl TestApp {
                 .expect("server stops cleanly");
         }
     }
+}
+
+/// The server binary, for tests of whole processes.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_token-authority");
+
+/// A server process of the real binary, with its output collected.
+pub struct Process {
+    child: Child,
+    pub port: u16,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    /// The stderr lines read so far.
+    pub seen: Vec<String>,
+}
+
+impl Process {
+    /// Starts the binary in `cwd` with a clean environment plus `env`, waiting until it
+    /// logs (on stderr, as JSON) the address it serves on.
+    pub fn start(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BINARY);
+        command
+            .current_dir(cwd)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TA_LISTEN_ADDR", "127.0.0.1:0")
+            .env("TA_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("the binary starts");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        let mut process = Self {
+            child,
+            port: 0,
+            stdout,
+            stderr,
+            seen: Vec::new(),
+        };
+        let serving = loop {
+            let line = process
+                .stderr
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the server logs its address in time");
+            process.seen.push(line.clone());
+            if line.contains("token-authority serving") {
+                break line;
+            }
+        };
+        let value: serde_json::Value = serde_json::from_str(&serving).unwrap();
+        let addr: std::net::SocketAddr = value["addr"].as_str().unwrap().parse().unwrap();
+        process.port = addr.port();
+        process
+    }
+
+    /// Sends SIGTERM and returns (exit success, stdout, stderr), waiting at most 10 s.
+    /// Async, so that the test's own clients keep running and answer the server's
+    /// graceful GOAWAY.
+    pub async fn terminate(mut self) -> (bool, String, String) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let mut log = self.seen.join("\n");
+                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                panic!("the server did not exit within 30 s of SIGTERM:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let drain = |rx: &std::sync::mpsc::Receiver<String>, mut all: String| {
+            while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        };
+        let stdout = drain(&self.stdout, String::new());
+        let stderr = drain(&self.stderr, self.seen.join("\n") + "\n");
+        (status.success(), stdout, stderr)
+    }
+}
+
+fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Runs each named test, `async fn name(backend: Backend)`, once per backend.

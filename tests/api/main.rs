@@ -8,5 +8,6 @@ mod grpcurl;
 mod lifecycle;
 mod operations;
 mod persistence;
+mod replicas;
 mod validation;
 mod verify;

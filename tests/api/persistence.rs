@@ -1,11 +1,7 @@
 //! Nothing lost, nothing leaked: restarts keep every token, the secret never reaches the
 //! store or the logs, and the binary's own commands (serve, migrate, bootstrap) work.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::process::Command;
 
 use prost_types::FieldMask;
 use sha2::{Digest, Sha256};
@@ -18,7 +14,9 @@ use token_authority::pb::v1::{
 
 use crate::{
     both_backends,
-    helpers::{Backend, TestDb, authed, spawn_app, spawn_with, spec, test_settings},
+    helpers::{
+        BINARY, Backend, Process, TestDb, authed, spawn_app, spawn_with, spec, test_settings,
+    },
 };
 
 both_backends!(
@@ -26,8 +24,6 @@ both_backends!(
     the_secret_never_reaches_the_store,
     a_bootstrap_file_is_private_and_written_once
 );
-
-const BINARY: &str = env!("CARGO_BIN_EXE_token-authority");
 
 async fn a_restart_keeps_every_token(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -188,107 +184,6 @@ async fn a_bootstrap_file_is_private_and_written_once(backend: Backend) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A server process of the real binary, with its output collected.
-struct Process {
-    child: Child,
-    port: u16,
-    stdout: std::sync::mpsc::Receiver<String>,
-    stderr: std::sync::mpsc::Receiver<String>,
-    /// The stderr lines read so far.
-    seen: Vec<String>,
-}
-
-impl Process {
-    /// Starts the binary in `cwd` with a clean environment plus `env`, waiting until it
-    /// logs (on stderr, as JSON) the address it serves on.
-    fn start(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BINARY);
-        command
-            .current_dir(cwd)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("TA_LISTEN_ADDR", "127.0.0.1:0")
-            .env("TA_LOG_FORMAT", "json")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("the binary starts");
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
-        let mut process = Self {
-            child,
-            port: 0,
-            stdout,
-            stderr,
-            seen: Vec::new(),
-        };
-        let serving = loop {
-            let line = process
-                .stderr
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the server logs its address in time");
-            process.seen.push(line.clone());
-            if line.contains("token-authority serving") {
-                break line;
-            }
-        };
-        let value: serde_json::Value = serde_json::from_str(&serving).unwrap();
-        let addr: std::net::SocketAddr = value["addr"].as_str().unwrap().parse().unwrap();
-        process.port = addr.port();
-        process
-    }
-
-    /// Sends SIGTERM and returns (exit success, stdout, stderr), waiting at most 10 s.
-    /// Async, so that the test's own clients keep running and answer the server's
-    /// graceful GOAWAY.
-    async fn terminate(mut self) -> (bool, String, String) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                let mut log = self.seen.join("\n");
-                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-                panic!("the server did not exit within 30 s of SIGTERM:\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let drain = |rx: &std::sync::mpsc::Receiver<String>, mut all: String| {
-            while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        };
-        let stdout = drain(&self.stdout, String::new());
-        let stderr = drain(&self.stderr, self.seen.join("\n") + "\n");
-        (status.success(), stdout, stderr)
-    }
-}
-
-fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 #[tokio::test]
