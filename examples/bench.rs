@@ -1,0 +1,490 @@
+//! Load benchmark for a running token-authority, over real gRPC (HTTP/2 on loopback).
+//!
+//! ```sh
+//! cargo run --release --example bench -- health noop verify \
+//!     --target http://127.0.0.1:50051 --admin-secret-file /tmp/benchdata/admin.secret
+//! ```
+//!
+//! Each scenario runs `--concurrency` tasks, each with one call in flight, spread
+//! round-robin over `--connections` HTTP/2 connections, for `--warmup` (not recorded) and
+//! then `--duration`, and prints successful calls/s, p50 / p99 / p99.9 latency in
+//! microseconds (HDR histogram) and the error count. The scenarios that make tokens
+//! (all but `health`) need the secret of a `*:*` token and leave their tokens (owner
+//! `bench`) in the server's store: point it at a throwaway data directory.
+//!
+//! `noop` hosts, in this process, a VerifyService that answers every Verify with a
+//! prepared copy of a real Verify reply: the same request and reply bytes over the same
+//! transport with no verification, so its rate is the ceiling for Verify on this machine.
+//! `compare` alternates noop, verify and health and prints the medians and the ratios.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use token_authority::{
+    config::parse_duration,
+    pb::v1::{
+        CreateTokenRequest, CreateTokenResponse, Token, VerifyRequest, VerifyResponse,
+        token_service_client::TokenServiceClient, verify_service_client::VerifyServiceClient,
+    },
+};
+use tonic::{
+    Request,
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[path = "bench/load.rs"]
+mod load;
+#[path = "bench/noop.rs"]
+mod noop;
+#[path = "bench/report.rs"]
+mod report;
+
+use load::{Caller, Measured};
+use report::{Printer, Row};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// grpc.health.v1 Health/Check of "": the transport with almost no work.
+    Health,
+    /// Verify of one valid token (made first), needing domains:read, from 10.1.2.3.
+    Verify,
+    /// Verify cycling through --tokens distinct valid tokens (made first).
+    VerifyMany,
+    /// CreateToken of a new token (owner bench) each call.
+    Create,
+    /// Verify against a no-op VerifyService hosted by this tool that returns a real
+    /// Verify reply without verifying: the ceiling for Verify's bytes.
+    Noop,
+    /// noop, verify, health alternately for --rounds rounds; medians and ratios.
+    Compare,
+    /// Verify at a fixed --rate (open loop), latency from each call's due time.
+    LatencyAt,
+}
+
+/// Drives a running token-authority over gRPC and reports throughput and latency.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+struct Args {
+    /// Scenarios to run, in order.
+    #[arg(value_enum, required = true)]
+    scenarios: Vec<Scenario>,
+
+    /// The token-authority server.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+
+    /// Calls in flight at once (one task each).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+
+    /// HTTP/2 connections the calls are spread over, round-robin.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+
+    /// How long each run is measured.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// How long each run sends before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+
+    /// Secret of a `*:*` token, for the scenarios that make tokens.
+    #[arg(long, env = "TA_ADMIN", hide_env_values = true)]
+    admin_secret: Option<String>,
+
+    /// File holding that secret (e.g. the server's --bootstrap-token-file); wins over
+    /// --admin-secret.
+    #[arg(long)]
+    admin_secret_file: Option<PathBuf>,
+
+    /// Rounds of `compare`.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+
+    /// Distinct tokens of `verify-many`.
+    #[arg(long, default_value_t = 1000)]
+    tokens: usize,
+
+    /// Calls per second of `latency-at`; without it, `latency-at` first measures Verify's
+    /// closed-loop throughput and uses half of it.
+    #[arg(long)]
+    rate: Option<f64>,
+
+    /// Also print each result as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+
+    /// Worker threads of the load generator's runtime (default: one per core).
+    #[arg(long)]
+    client_threads: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    anyhow::ensure!(args.tokens > 0, "--tokens must be at least 1");
+    anyhow::ensure!(!args.duration.is_zero(), "--duration must be more than 0");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("bench-client");
+    if let Some(threads) = args.client_threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    runtime.build()?.block_on(async {
+        let mut bench = Bench::new(args).await?;
+        bench.run_all().await
+    })
+}
+
+/// The run's settings, its setup connection and what it has made so far.
+struct Bench {
+    args: Args,
+    target: String,
+    /// A connection for setup and probes, never used by the load.
+    control: Channel,
+    authorization: Option<MetadataValue<Ascii>>,
+    /// The `verify` scenario's request (one token), made on first use.
+    single: Option<Arc<[VerifyRequest]>>,
+    /// The `verify-many` requests, made on first use.
+    many: Option<Arc<[VerifyRequest]>>,
+    printer: Printer,
+}
+
+impl Bench {
+    async fn new(args: Args) -> anyhow::Result<Self> {
+        let target = if args.target.contains("://") {
+            args.target.clone()
+        } else {
+            format!("http://{}", args.target)
+        };
+        let secret = match &args.admin_secret_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => args.admin_secret.clone(),
+        };
+        let authorization = secret
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("Bearer {s}").parse::<MetadataValue<Ascii>>())
+            .transpose()
+            .context("the admin secret is not a valid header value")?;
+        let control = connect(&target)
+            .await
+            .with_context(|| format!("cannot connect to {target}; is the server running?"))?;
+        let printer = Printer::new(args.json);
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        printer.note(format_args!(
+            "target {target}; {cores} cores; client threads {}; warmup {:?}, duration {:?}",
+            args.client_threads
+                .map_or_else(|| "one per core".to_owned(), |n| n.to_string()),
+            args.warmup,
+            args.duration
+        ));
+        Ok(Self {
+            args,
+            target,
+            control,
+            authorization,
+            single: None,
+            many: None,
+            printer,
+        })
+    }
+
+    async fn run_all(&mut self) -> anyhow::Result<()> {
+        for scenario in self.args.scenarios.clone() {
+            match scenario {
+                Scenario::Compare => self.compare().await?,
+                Scenario::LatencyAt => self.latency_at().await?,
+                _ => {
+                    let row = self.run(scenario, None).await?;
+                    self.printer.row(&row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// noop, verify, health alternately, `--rounds` times, then the medians and ratios.
+    async fn compare(&mut self) -> anyhow::Result<()> {
+        // Make the token before round one, so that every round measures the same thing.
+        self.single_requests().await?;
+        let mut rows = Vec::new();
+        for round in 1..=self.args.rounds {
+            for scenario in [Scenario::Noop, Scenario::Verify, Scenario::Health] {
+                let row = self.run(scenario, Some(round)).await?;
+                self.printer.row(&row);
+                rows.push(row);
+            }
+        }
+        self.printer.compare_summary(&rows, self.args.rounds);
+        Ok(())
+    }
+
+    /// Verify at a fixed rate, open loop.
+    async fn latency_at(&mut self) -> anyhow::Result<()> {
+        let rate = match self.args.rate {
+            Some(rate) => rate,
+            None => {
+                let max = self.run(Scenario::Verify, None).await?;
+                self.printer.row(&max);
+                let half = (max.calls_per_sec() / 2.0).floor();
+                self.printer.note(format_args!(
+                    "latency-at: no --rate given; using half of the Verify throughput just measured: {half} calls/s"
+                ));
+                half
+            }
+        };
+        let requests = self.single_requests().await?;
+        let channels = connect_many(&self.target, self.args.connections).await?;
+        let callers = self.verify_callers(&channels, &requests);
+        let measured = load::open_loop(callers, rate, self.args.warmup, self.args.duration).await?;
+        let reply_bytes = Some(self.probe_verify(&requests[0]).await?.encoded_len());
+        let row = self.row("latency-at", None, measured, reply_bytes);
+        self.printer.row(&row);
+        Ok(())
+    }
+
+    /// Runs one closed-loop scenario.
+    async fn run(&mut self, scenario: Scenario, round: Option<usize>) -> anyhow::Result<Row> {
+        match scenario {
+            Scenario::Health => {
+                let channels = connect_many(&self.target, self.args.connections).await?;
+                let callers = self.spread(&channels, |channel, _| Caller::Health {
+                    client: HealthClient::new(channel),
+                    request: HealthCheckRequest::default(),
+                });
+                let measured = self.closed(callers).await;
+                let reply = HealthClient::new(self.control.clone())
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .context("Health/Check")?
+                    .into_inner();
+                Ok(self.row("health", round, measured, Some(reply.encoded_len())))
+            }
+            Scenario::Verify => {
+                let requests = self.single_requests().await?;
+                let channels = connect_many(&self.target, self.args.connections).await?;
+                let callers = self.verify_callers(&channels, &requests);
+                let measured = self.closed(callers).await;
+                let reply = self.probe_verify(&requests[0]).await?;
+                Ok(self.row("verify", round, measured, Some(reply.encoded_len())))
+            }
+            Scenario::VerifyMany => {
+                let requests = self.many_requests().await?;
+                let channels = connect_many(&self.target, self.args.connections).await?;
+                let callers = self.verify_callers(&channels, &requests);
+                let measured = self.closed(callers).await;
+                let reply = self.probe_verify(&requests[0]).await?;
+                Ok(self.row("verify-many", round, measured, Some(reply.encoded_len())))
+            }
+            Scenario::Create => {
+                let authorization = self.authorization("create")?;
+                let run_id: u32 = rand::random();
+                // One token first: checks the secret, and gives the reply's size.
+                let probe = self
+                    .create_token(format!("bench-{run_id:08x}-probe"))
+                    .await?;
+                let channels = connect_many(&self.target, self.args.connections).await?;
+                let callers = self.spread(&channels, |channel, task| Caller::Create {
+                    client: TokenServiceClient::new(channel),
+                    authorization: authorization.clone(),
+                    prefix: format!("bench-{run_id:08x}-{task}"),
+                    made: 0,
+                });
+                let measured = self.closed(callers).await;
+                Ok(self.row("create", round, measured, Some(probe.encoded_len())))
+            }
+            Scenario::Noop => {
+                let requests = self.single_requests().await?;
+                let reply = self.real_reply().await?;
+                let reply_bytes = reply.encoded_len();
+                let server = noop::NoopServer::start(reply).await?;
+                let channels =
+                    connect_many(&format!("http://{}", server.addr), self.args.connections).await?;
+                let callers = self.verify_callers(&channels, &requests);
+                let measured = self.closed(callers).await;
+                drop(channels);
+                server.stop().await;
+                Ok(self.row("noop", round, measured, Some(reply_bytes)))
+            }
+            Scenario::Compare | Scenario::LatencyAt => {
+                unreachable!("run_all handles {scenario:?}")
+            }
+        }
+    }
+
+    fn row(
+        &self,
+        scenario: &'static str,
+        round: Option<usize>,
+        measured: Measured,
+        reply_bytes: Option<usize>,
+    ) -> Row {
+        Row {
+            scenario,
+            round,
+            concurrency: self.args.concurrency,
+            connections: self.args.connections,
+            measured,
+            reply_bytes,
+        }
+    }
+
+    async fn closed(&self, callers: Vec<Caller>) -> Measured {
+        load::closed_loop(callers, self.args.warmup, self.args.duration).await
+    }
+
+    /// One caller per task; task `i` uses connection `i % connections`.
+    fn spread(&self, channels: &[Channel], make: impl Fn(Channel, usize) -> Caller) -> Vec<Caller> {
+        (0..self.args.concurrency)
+            .map(|task| make(channels[task % channels.len()].clone(), task))
+            .collect()
+    }
+
+    /// Verify callers over `requests`, each task starting at a different one.
+    fn verify_callers(&self, channels: &[Channel], requests: &Arc<[VerifyRequest]>) -> Vec<Caller> {
+        let concurrency = self.args.concurrency;
+        self.spread(channels, |channel, task| Caller::Verify {
+            client: VerifyServiceClient::new(channel),
+            requests: requests.clone(),
+            next: task * requests.len() / concurrency,
+        })
+    }
+
+    fn authorization(&self, scenario: &str) -> anyhow::Result<MetadataValue<Ascii>> {
+        self.authorization.clone().with_context(|| {
+            format!(
+                "{scenario} makes tokens: pass --admin-secret-file FILE or --admin-secret SECRET (or set TA_ADMIN), the secret of a *:* token such as the bootstrap one"
+            )
+        })
+    }
+
+    /// Creates a token (owner `bench`, permission `domains:read`) as the admin.
+    async fn create_token(&self, name: String) -> anyhow::Result<CreateTokenResponse> {
+        let mut request = Request::new(CreateTokenRequest {
+            token: Some(Token {
+                name,
+                owner: "bench".into(),
+                permissions: vec!["domains:read".into()],
+                ..Default::default()
+            }),
+            ttl: None,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization("this scenario")?);
+        let created = TokenServiceClient::new(self.control.clone())
+            .create_token(request)
+            .await
+            .map_err(|status| anyhow::anyhow!("CreateToken: {}", load::status_text(&status)))?;
+        Ok(created.into_inner())
+    }
+
+    /// The `verify` scenario's request, making its token on first use.
+    async fn single_requests(&mut self) -> anyhow::Result<Arc<[VerifyRequest]>> {
+        if let Some(requests) = &self.single {
+            return Ok(requests.clone());
+        }
+        self.authorization("verify")?;
+        let name = format!("bench-{:016x}", rand::random::<u64>());
+        let secret = self.create_token(name).await?.secret;
+        let requests: Arc<[VerifyRequest]> = Arc::from(vec![verify_request(secret)]);
+        let reply = self.probe_verify(&requests[0]).await?;
+        if !reply.valid {
+            bail!("the new token does not verify: {reply:?}");
+        }
+        self.single = Some(requests.clone());
+        Ok(requests)
+    }
+
+    /// The `verify-many` requests, making their tokens on first use.
+    async fn many_requests(&mut self) -> anyhow::Result<Arc<[VerifyRequest]>> {
+        if let Some(requests) = &self.many {
+            return Ok(requests.clone());
+        }
+        self.authorization("verify-many")?;
+        let count = self.args.tokens;
+        self.printer
+            .note(format_args!("verify-many: creating {count} tokens"));
+        let run_id: u32 = rand::random();
+        let started = std::time::Instant::now();
+        let secrets: Vec<String> = futures::stream::iter(0..count)
+            .map(|n| self.create_token(format!("bench-{run_id:08x}-many-{n}")))
+            .buffer_unordered(16)
+            .map_ok(|created| created.secret)
+            .try_collect()
+            .await?;
+        self.printer.note(format_args!(
+            "verify-many: {count} tokens created in {:.1?}",
+            started.elapsed()
+        ));
+        let requests: Arc<[VerifyRequest]> = secrets.into_iter().map(verify_request).collect();
+        self.many = Some(requests.clone());
+        Ok(requests)
+    }
+
+    /// Calls the real server's Verify once, outside any measurement.
+    async fn probe_verify(&self, request: &VerifyRequest) -> anyhow::Result<VerifyResponse> {
+        Ok(VerifyServiceClient::new(self.control.clone())
+            .verify(request.clone())
+            .await
+            .map_err(|status| anyhow::anyhow!("Verify: {}", load::status_text(&status)))?
+            .into_inner())
+    }
+
+    /// A real Verify reply for the `verify` scenario's request, fetched now, for the no-op
+    /// server to serve. Fetched before every noop run, so that the no-op reply follows the
+    /// real one (e.g. once the server has written the token's usage, when its cache is
+    /// off, the reply grows by the usage fields); the `reply_bytes` column shows both.
+    async fn real_reply(&mut self) -> anyhow::Result<VerifyResponse> {
+        let requests = self.single_requests().await?;
+        let reply = self.probe_verify(&requests[0]).await?;
+        if !reply.valid {
+            bail!("Verify of the bench token is no longer valid: {reply:?}");
+        }
+        Ok(reply)
+    }
+}
+
+/// The `verify` scenario's request for a secret.
+fn verify_request(secret: String) -> VerifyRequest {
+    VerifyRequest {
+        token: secret,
+        required_permissions: vec!["domains:read".into()],
+        client_ip: "10.1.2.3".into(),
+        ..Default::default()
+    }
+}
+
+/// Opens one HTTP/2 connection.
+async fn connect(target: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(target.to_owned())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+/// Opens `n` separate HTTP/2 connections (one tonic Channel each).
+async fn connect_many(target: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        channels.push(
+            connect(target)
+                .await
+                .with_context(|| format!("cannot connect to {target}"))?,
+        );
+    }
+    Ok(channels)
+}
