@@ -27,5 +27,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "tokenauthority.v1.CreateTokenResponse",
         ])
         .compile_fds(descriptors)?;
+    compile_verify_wire(&out_dir)?;
+    Ok(())
+}
+
+/// Compiles the server side of VerifyService once more, with `VerifyResponse.token` as
+/// `bytes`: on the wire an embedded message and a bytes field are the same, so the server
+/// can answer with a token it encoded once, when it was cached, and clients still see a
+/// `Token`. Reflection serves the real descriptors, not these.
+fn compile_verify_wire(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let source = fs::read_to_string("proto/tokenauthority/v1/verify.proto")?;
+    let wire = source
+        .replace("import \"tokenauthority/v1/token.proto\";", "")
+        .replace("  Token token = 3;", "  bytes token = 3;");
+    if !wire.contains("bytes token = 3;") || wire.contains("token.proto") {
+        return Err("verify.proto changed: update compile_verify_wire in build.rs".into());
+    }
+    let wire_dir = out_dir.join("wire");
+    fs::create_dir_all(wire_dir.join("tokenauthority/v1"))?;
+    fs::write(wire_dir.join("tokenauthority/v1/verify.proto"), wire)?;
+    let descriptors = protox::compile(["tokenauthority/v1/verify.proto"], [&wire_dir])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .out_dir(&wire_dir)
+        .bytes(".")
+        .skip_debug(["tokenauthority.v1.VerifyRequest"])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Measures the Verify cache's memory: resident bytes per cached token, for N tokens shaped
-//! like real ones (a few permissions, a CIDR, a binding, a little metadata).
+//! Measures the Verify cache's memory: resident bytes per cached token (as the cache keeps
+//! it, encoded), for N tokens shaped like real ones (a few permissions, a CIDR, a binding, a little metadata).
 //!
 //!     cargo run --release --example cache_memory -- 1000000
 //!
@@ -16,6 +16,7 @@ use token_authority::{
         secret::{TokenPrefix, TokenSecret},
         token::{Token, now},
     },
+    encoded::EncodedToken,
 };
 use uuid::Uuid;
 
@@ -74,7 +75,8 @@ fn main() {
     );
     let before = resident_bytes();
     for i in 0..count {
-        cache.insert_new(Arc::new(sample_token(i)));
+        let token = sample_token(i);
+        cache.insert_new(token.secret_hash, Arc::new(EncodedToken::new(&token)));
     }
     let cached = cache.len();
     let after = resident_bytes();

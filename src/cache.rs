@@ -18,13 +18,13 @@ use std::{
 
 use quick_cache::sync::Cache;
 
-use crate::domain::{secret::SecretHash, token::Token};
+use crate::{domain::secret::SecretHash, encoded::EncodedToken};
 
 /// What the cache knows about a hash.
 #[derive(Clone, Debug)]
 pub enum Entry {
     /// The token with this secret.
-    Found(Arc<Token>),
+    Found(Arc<EncodedToken>),
     /// No token has this secret (a negative entry).
     Missing,
 }
@@ -87,7 +87,7 @@ impl<V: Clone> TtlCache<V> {
 
 /// A bounded concurrent cache with invalidation that is safe against racing fills.
 pub struct TokenCache {
-    found: Option<TtlCache<Arc<Token>>>,
+    found: Option<TtlCache<Arc<EncodedToken>>>,
     missing: Option<TtlCache<()>>,
     /// False while changes made elsewhere might not reach us (the feed is down).
     trusted: AtomicBool,
@@ -149,8 +149,7 @@ impl TokenCache {
     }
 
     /// Caches a token just created here, replacing any negative entry for its hash.
-    pub fn insert_new(&self, token: Arc<Token>) {
-        let hash = token.secret_hash;
+    pub fn insert_new(&self, hash: SecretHash, token: Arc<EncodedToken>) {
         if let Some(missing) = &self.missing {
             missing.remove(&hash);
         }
@@ -211,6 +210,12 @@ mod tests {
     use super::*;
     use crate::domain::verify::tests::token;
 
+    /// A cached token and its hash.
+    fn cached() -> (SecretHash, Arc<EncodedToken>) {
+        let t = token(&[]);
+        (t.secret_hash, Arc::new(EncodedToken::new(&t)))
+    }
+
     fn cache() -> TokenCache {
         TokenCache::new(
             CacheSettings {
@@ -225,8 +230,7 @@ mod tests {
     #[test]
     fn fills_are_served_and_invalidations_evict() {
         let cache = cache();
-        let t = Arc::new(token(&[]));
-        let hash = t.secret_hash;
+        let (hash, t) = cached();
         cache.fill(hash, Entry::Found(t.clone()), cache.epoch());
         assert!(matches!(cache.get(&hash), Some(Entry::Found(_))));
         cache.invalidate(&hash);
@@ -236,23 +240,20 @@ mod tests {
     #[test]
     fn a_fill_that_raced_an_invalidation_is_dropped() {
         let cache = cache();
-        let t = Arc::new(token(&[]));
+        let (hash, t) = cached();
         let before_read = cache.epoch();
-        cache.invalidate(&t.secret_hash); // the token changed while we read the store
-        cache.fill(t.secret_hash, Entry::Found(t.clone()), before_read);
-        assert!(
-            cache.get(&t.secret_hash).is_none(),
-            "the stale read is not cached"
-        );
+        cache.invalidate(&hash); // the token changed while we read the store
+        cache.fill(hash, Entry::Found(t.clone()), before_read);
+        assert!(cache.get(&hash).is_none(), "the stale read is not cached");
     }
 
     #[test]
     fn an_untrusted_cache_serves_nothing_and_stores_nothing() {
         let cache = cache();
-        let t = Arc::new(token(&[]));
-        cache.fill(t.secret_hash, Entry::Found(t.clone()), cache.epoch());
+        let (hash, t) = cached();
+        cache.fill(hash, Entry::Found(t.clone()), cache.epoch());
         cache.set_trusted(false);
-        assert!(cache.get(&t.secret_hash).is_none());
+        assert!(cache.get(&hash).is_none());
         let other = SecretHash([9; 32]);
         cache.fill(other, Entry::Missing, cache.epoch());
         cache.set_trusted(true);
@@ -262,11 +263,11 @@ mod tests {
     #[test]
     fn creating_a_token_replaces_a_negative_entry() {
         let cache = cache();
-        let t = Arc::new(token(&[]));
-        cache.fill(t.secret_hash, Entry::Missing, cache.epoch());
-        assert!(matches!(cache.get(&t.secret_hash), Some(Entry::Missing)));
-        cache.insert_new(t.clone());
-        assert!(matches!(cache.get(&t.secret_hash), Some(Entry::Found(_))));
+        let (hash, t) = cached();
+        cache.fill(hash, Entry::Missing, cache.epoch());
+        assert!(matches!(cache.get(&hash), Some(Entry::Missing)));
+        cache.insert_new(hash, t.clone());
+        assert!(matches!(cache.get(&hash), Some(Entry::Found(_))));
     }
 
     #[test]
@@ -279,11 +280,11 @@ mod tests {
             },
             true,
         );
-        let t = Arc::new(token(&[]));
-        cache.insert_new(t.clone());
-        assert!(cache.get(&t.secret_hash).is_some());
+        let (hash, t) = cached();
+        cache.insert_new(hash, t.clone());
+        assert!(cache.get(&hash).is_some());
         std::thread::sleep(Duration::from_millis(30));
-        assert!(cache.get(&t.secret_hash).is_none());
+        assert!(cache.get(&hash).is_none());
     }
 
     #[test]
@@ -296,11 +297,11 @@ mod tests {
             },
             true,
         );
+        let (_, t) = cached();
         for i in 0..1000u32 {
-            let mut t = token(&[]);
-            t.secret_hash = SecretHash([0; 32]);
-            t.secret_hash.0[..4].copy_from_slice(&i.to_le_bytes());
-            cache.insert_new(Arc::new(t));
+            let mut hash = SecretHash([0; 32]);
+            hash.0[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert_new(hash, t.clone());
         }
         assert!(cache.len() <= 110, "{}", cache.len());
     }
@@ -315,9 +316,9 @@ mod tests {
             },
             true,
         );
-        let t = Arc::new(token(&[]));
-        cache.insert_new(t.clone());
-        cache.fill(t.secret_hash, Entry::Found(t.clone()), cache.epoch());
-        assert!(cache.get(&t.secret_hash).is_none());
+        let (hash, t) = cached();
+        cache.insert_new(hash, t.clone());
+        cache.fill(hash, Entry::Found(t.clone()), cache.epoch());
+        assert!(cache.get(&hash).is_none());
     }
 }

@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod encoded;
 pub mod error;
 pub mod grpc;
 pub mod invalidation;

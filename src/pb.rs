@@ -10,6 +10,12 @@ pub mod tokenauthority {
 
 pub use tokenauthority::v1;
 
+/// The server side of VerifyService as it goes on the wire: the same messages, but the
+/// response's `token` is the pre-encoded `Token` (see build.rs). Clients use [`v1`].
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/wire/tokenauthority.v1.rs"));
+}
+
 /// The encoded file descriptor set of our protos (and the well-known types they import).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("tokenauthority_descriptor");
@@ -24,6 +30,18 @@ impl std::fmt::Debug for Redacted {
 }
 
 impl std::fmt::Debug for v1::VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("token", &Redacted(self.token.len()))
+            .field("required_permissions", &self.required_permissions)
+            .field("client_ip", &self.client_ip)
+            .field("host", &self.host)
+            .field("bindings", &self.bindings)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for wire::VerifyRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifyRequest")
             .field("token", &Redacted(self.token.len()))

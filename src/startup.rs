@@ -15,10 +15,8 @@ use crate::{
     grpc::{AppState, authority_layer, token_service::TokenApi, verify_service::VerifyApi},
     invalidation,
     pb::{
-        self,
-        v1::{
-            token_service_server::TokenServiceServer, verify_service_server::VerifyServiceServer,
-        },
+        self, v1::token_service_server::TokenServiceServer,
+        wire::verify_service_server::VerifyServiceServer,
     },
     store::{self, StoreOptions, TokenStore},
     usage::{self, UsageRecorder},

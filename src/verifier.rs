@@ -1,6 +1,8 @@
-//! The one verification path, shared by the Verify RPC and the management API's caller
-//! authentication: parse and checksum first, then the cache, then a lookup by hash, then
-//! the rules.
+//! The verification paths: parse and checksum first, then a lookup by hash, then the rules.
+//!
+//! The Verify RPC looks tokens up in the cache before the store, and gets back the token
+//! in its encoded form. The management API's caller authentication always reads the store:
+//! it is rare, and it needs the whole token to judge what the caller may grant.
 
 use std::sync::Arc;
 
@@ -11,22 +13,23 @@ use crate::{
         token::{Token, limits, now},
         verify::{Outcome, Usage, evaluate},
     },
+    encoded::EncodedToken,
     store::{StoreError, TokenStore},
     usage::UsageRecorder,
 };
 
-/// The answer to one verification.
+/// The answer to one verification; `T` is the form in which the token comes back.
 #[derive(Clone, Debug)]
-pub struct Verdict {
+pub struct Verdict<T> {
     /// Why it passed or failed.
     pub outcome: Outcome,
     /// A short explanation for people; never the secret.
     pub reason: String,
     /// The token, when one was found (also when it failed a rule).
-    pub token: Option<Arc<Token>>,
+    pub token: Option<Arc<T>>,
 }
 
-impl Verdict {
+impl<T> Verdict<T> {
     fn without_token(outcome: Outcome, reason: impl Into<String>) -> Self {
         Self {
             outcome,
@@ -62,51 +65,78 @@ impl Verifier {
         }
     }
 
-    /// Verifies a presented secret for a use. Malformed secrets are answered without a
-    /// lookup; only store failures are errors.
-    pub async fn verify(&self, presented: &str, usage: &Usage) -> Result<Verdict, StoreError> {
-        if presented.len() > limits::PRESENTED_LEN {
-            return Ok(Verdict::without_token(
-                Outcome::Malformed,
-                "not a token of this service",
-            ));
-        }
-        let secret = match TokenSecret::parse(presented) {
+    /// Verifies a presented secret for a use, through the cache. Malformed secrets are
+    /// answered without a lookup; only store failures are errors.
+    pub async fn verify(
+        &self,
+        presented: &str,
+        usage: &Usage,
+    ) -> Result<Verdict<EncodedToken>, StoreError> {
+        let secret = match parse(presented) {
             Ok(secret) => secret,
-            Err(malformed) => {
-                return Ok(Verdict::without_token(
-                    Outcome::Malformed,
-                    malformed.to_string(),
-                ));
+            Err(verdict) => return Ok(verdict),
+        };
+        let hash = secret.hash();
+        let token = match self.cache.get(&hash) {
+            Some(Entry::Found(token)) => Some(token),
+            Some(Entry::Missing) => None,
+            None => {
+                let epoch = self.cache.epoch();
+                let found = self.store.find_by_hash(&hash).await?;
+                let token = found.map(|t| Arc::new(EncodedToken::new(&t)));
+                let entry = token.clone().map_or(Entry::Missing, Entry::Found);
+                self.cache.fill(hash, entry, epoch);
+                token
             }
         };
-        let Some(token) = self.lookup(&secret).await? else {
-            return Ok(Verdict::without_token(Outcome::NotFound, "token not found"));
+        Ok(self.judge(token, usage, |t| t.id))
+    }
+
+    /// Verifies a management caller's secret against the store (never the cache).
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+        usage: &Usage,
+    ) -> Result<Verdict<Token>, StoreError> {
+        let secret = match parse(presented) {
+            Ok(secret) => secret,
+            Err(verdict) => return Ok(verdict),
+        };
+        let token = self.store.find_by_hash(&secret.hash()).await?.map(Arc::new);
+        Ok(self.judge(token, usage, |t| t.id))
+    }
+
+    /// Applies the rules to a found (or missing) token and records a successful use.
+    fn judge<T: crate::domain::verify::Subject>(
+        &self,
+        token: Option<Arc<T>>,
+        usage: &Usage,
+        id: impl Fn(&T) -> uuid::Uuid,
+    ) -> Verdict<T> {
+        let Some(token) = token else {
+            return Verdict::without_token(Outcome::NotFound, "token not found");
         };
         let now = now();
-        let (outcome, reason) = evaluate(&token, usage, now);
+        let (outcome, reason) = evaluate(token.as_ref(), usage, now);
         if outcome == Outcome::Ok {
-            self.usage.record(token.id, now, usage.client_ip);
+            self.usage.record(id(&token), now, usage.client_ip);
         }
-        Ok(Verdict {
+        Verdict {
             outcome,
             reason,
             token: Some(token),
-        })
-    }
-
-    /// Finds the token of a secret, in the cache or else in the store (filling the cache).
-    async fn lookup(&self, secret: &TokenSecret) -> Result<Option<Arc<Token>>, StoreError> {
-        let hash = secret.hash();
-        match self.cache.get(&hash) {
-            Some(Entry::Found(token)) => return Ok(Some(token)),
-            Some(Entry::Missing) => return Ok(None),
-            None => {}
         }
-        let epoch = self.cache.epoch();
-        let found = self.store.find_by_hash(&hash).await?.map(Arc::new);
-        let entry = found.clone().map_or(Entry::Missing, Entry::Found);
-        self.cache.fill(hash, entry, epoch);
-        Ok(found)
     }
+}
+
+/// Parses a presented secret, or answers MALFORMED.
+fn parse<T>(presented: &str) -> Result<TokenSecret, Verdict<T>> {
+    if presented.len() > limits::PRESENTED_LEN {
+        return Err(Verdict::without_token(
+            Outcome::Malformed,
+            "not a token of this service",
+        ));
+    }
+    TokenSecret::parse(presented)
+        .map_err(|malformed| Verdict::without_token(Outcome::Malformed, malformed.to_string()))
 }

@@ -91,6 +91,18 @@ impl Permission {
         self.resource.covers(&other.resource) && self.action.covers(&other.action)
     }
 
+    /// Returns whether a held permission, given as its text (`resource:action`, already
+    /// validated), grants this one. The same rule as [`Permission::covers`], without
+    /// parsing the held side into a value.
+    pub fn is_covered_by_text(&self, held: &str) -> bool {
+        fn side(held: &str, required: &Segment) -> bool {
+            held == "*" || matches!(required, Segment::Name(name) if name == held)
+        }
+        held.split_once(':').is_some_and(|(resource, action)| {
+            side(resource, &self.resource) && side(action, &self.action)
+        })
+    }
+
     /// Returns whether the action is exactly `read`, the only one a read-only token satisfies.
     pub fn is_read(&self) -> bool {
         self.action == Segment::Name(READ.to_owned())
@@ -171,6 +183,28 @@ mod tests {
         assert!(!p("domains:read").covers(&p("domains:*")));
         assert!(!p("*:read").covers(&p("*:*")));
         assert!(!p("*:read").covers(&p("domains:write")));
+    }
+
+    #[test]
+    fn text_coverage_agrees_with_parsed_coverage() {
+        let all = [
+            "*:*",
+            "domains:*",
+            "*:read",
+            "domains:read",
+            "domains:write",
+            "backends:read",
+            "*:write",
+        ];
+        for held in all {
+            for required in all {
+                assert_eq!(
+                    p(required).is_covered_by_text(held),
+                    p(held).covers(&p(required)),
+                    "{held} covers {required}"
+                );
+            }
+        }
     }
 
     #[test]

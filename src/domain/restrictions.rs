@@ -88,15 +88,7 @@ impl HostPattern {
 
     /// Returns whether a presented host (a port, if any, is ignored) matches.
     pub fn matches(&self, presented: &str) -> bool {
-        let host = normalize_host(presented);
-        match self.0.strip_prefix("*.") {
-            Some(parent) => {
-                host.len() > parent.len() + 1
-                    && host.ends_with(parent)
-                    && host.as_bytes()[host.len() - parent.len() - 1] == b'.'
-            }
-            None => host == self.0,
-        }
+        host_pattern_matches(&self.0, &normalize_host(presented))
     }
 
     /// Returns whether everything this pattern matches is matched by `other`.
@@ -114,6 +106,19 @@ impl HostPattern {
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Returns whether a stored host pattern matches a host already passed through
+/// [`normalize_host`].
+pub fn host_pattern_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => {
+            host.len() > parent.len() + 1
+                && host.ends_with(parent)
+                && host.as_bytes()[host.len() - parent.len() - 1] == b'.'
+        }
+        None => host == pattern,
     }
 }
 

@@ -65,18 +65,75 @@ pub struct Usage {
     pub bindings: BTreeMap<String, String>,
 }
 
+/// What the rules need to know of a token. Implemented by the stored [`Token`] and by the
+/// cache's compact, encoded form, so that both are judged by the same code.
+pub trait Subject {
+    /// Whether the token is enabled.
+    fn enabled(&self) -> bool;
+    /// Whether only reads are satisfied.
+    fn read_only(&self) -> bool;
+    /// When the token expires.
+    fn expire_time(&self) -> Option<DateTime<Utc>>;
+    /// Whether the token is limited to some networks.
+    fn restricts_networks(&self) -> bool;
+    /// Whether a client address is inside the token's networks.
+    fn network_allows(&self, ip: IpAddr) -> bool;
+    /// Whether the token is limited to some hosts.
+    fn restricts_hosts(&self) -> bool;
+    /// Whether a presented host matches one of the token's hosts.
+    fn host_allows(&self, host: &str) -> bool;
+    /// The token's binding on `key`, if it has one.
+    fn binding(&self, key: &str) -> Option<&str>;
+    /// Whether the token's permissions cover `required`.
+    fn allows(&self, required: &Permission) -> bool;
+}
+
+impl Subject for Token {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn expire_time(&self) -> Option<DateTime<Utc>> {
+        self.expire_time
+    }
+    fn restricts_networks(&self) -> bool {
+        !self.allowed_cidrs.is_empty()
+    }
+    fn network_allows(&self, ip: IpAddr) -> bool {
+        self.allowed_cidrs.iter().any(|c| c.contains(ip))
+    }
+    fn restricts_hosts(&self) -> bool {
+        !self.allowed_hosts.is_empty()
+    }
+    fn host_allows(&self, host: &str) -> bool {
+        self.allowed_hosts.iter().any(|h| h.matches(host))
+    }
+    fn binding(&self, key: &str) -> Option<&str> {
+        self.bindings.get(key).map(String::as_str)
+    }
+    fn allows(&self, required: &Permission) -> bool {
+        allows(&self.permissions, required)
+    }
+}
+
 /// Decides whether `token` is valid for `usage` at `now`, with a reason for people.
 ///
 /// The checks run from the most to the least fundamental, so a disabled token is reported
 /// as disabled even if it also lacks a permission.
-pub fn evaluate(token: &Token, usage: &Usage, now: DateTime<Utc>) -> (Outcome, String) {
-    if !token.enabled {
+pub fn evaluate<S: Subject + ?Sized>(
+    token: &S,
+    usage: &Usage,
+    now: DateTime<Utc>,
+) -> (Outcome, String) {
+    if !token.enabled() {
         return (Outcome::Disabled, "token is disabled".into());
     }
-    if token.is_expired(now) {
+    if token.expire_time().is_some_and(|at| at <= now) {
         return (Outcome::Expired, "token has expired".into());
     }
-    if !token.allowed_cidrs.is_empty() {
+    if token.restricts_networks() {
         match usage.client_ip {
             None => {
                 return (
@@ -84,7 +141,7 @@ pub fn evaluate(token: &Token, usage: &Usage, now: DateTime<Utc>) -> (Outcome, S
                     "token is restricted to networks and no client_ip was given".into(),
                 );
             }
-            Some(ip) if !token.allowed_cidrs.iter().any(|c| c.contains(ip)) => {
+            Some(ip) if !token.network_allows(ip) => {
                 return (
                     Outcome::IpNotAllowed,
                     format!("client {ip} is not in the token's allowed networks"),
@@ -93,7 +150,7 @@ pub fn evaluate(token: &Token, usage: &Usage, now: DateTime<Utc>) -> (Outcome, S
             Some(_) => {}
         }
     }
-    if !token.allowed_hosts.is_empty() {
+    if token.restricts_hosts() {
         match usage.host.as_deref() {
             None | Some("") => {
                 return (
@@ -101,7 +158,7 @@ pub fn evaluate(token: &Token, usage: &Usage, now: DateTime<Utc>) -> (Outcome, S
                     "token is restricted to hosts and no host was given".into(),
                 );
             }
-            Some(host) if !token.allowed_hosts.iter().any(|h| h.matches(host)) => {
+            Some(host) if !token.host_allows(host) => {
                 return (
                     Outcome::HostNotAllowed,
                     "host is not among the token's allowed hosts".into(),
@@ -111,14 +168,14 @@ pub fn evaluate(token: &Token, usage: &Usage, now: DateTime<Utc>) -> (Outcome, S
         }
     }
     for (key, value) in &usage.bindings {
-        if token.bindings.get(key).is_some_and(|bound| bound != value) {
+        if token.binding(key).is_some_and(|bound| bound != value) {
             return (
                 Outcome::BindingMismatch,
                 format!("token is bound to a different {key}"),
             );
         }
     }
-    if token.read_only
+    if token.read_only()
         && let Some(write) = usage.required.iter().find(|p| !p.is_read())
     {
         return (
@@ -126,11 +183,7 @@ pub fn evaluate(token: &Token, usage: &Usage, now: DateTime<Utc>) -> (Outcome, S
             format!("token is read-only and {write} is not a read"),
         );
     }
-    if let Some(missing) = usage
-        .required
-        .iter()
-        .find(|p| !allows(&token.permissions, p))
-    {
+    if let Some(missing) = usage.required.iter().find(|p| !token.allows(p)) {
         return (
             Outcome::PermissionDenied,
             format!("token lacks permission {missing}"),

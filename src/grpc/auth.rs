@@ -73,7 +73,7 @@ pub async fn authorize<T>(
         host: request.extensions().get::<Authority>().map(|a| a.0.clone()),
         bindings: Default::default(),
     };
-    let verdict = state.verifier.verify(presented, &usage).await?;
+    let verdict = state.verifier.authenticate(presented, &usage).await?;
     match verdict.outcome {
         Outcome::Ok => Ok(Caller {
             token: verdict.token.expect("a valid verdict carries its token"),

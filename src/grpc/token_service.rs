@@ -17,6 +17,7 @@ use crate::{
         secret::TokenSecret,
         token::{self, DEFAULT_TYPE, Token, parse_owner},
     },
+    encoded::EncodedToken,
     error::Error,
     pb::v1::{
         CreateTokenRequest, CreateTokenResponse, DeleteTokenRequest, GetTokenRequest,
@@ -80,8 +81,9 @@ impl TokenApi {
         grant::inherit_limits(&caller.token, &mut token);
         grant::check(&caller.token, &token, &Power::ALL).map_err(Error::PermissionDenied)?;
         self.state.store.insert(&token).await?;
-        let token = Arc::new(token);
-        self.state.cache.insert_new(token.clone());
+        self.state
+            .cache
+            .insert_new(token.secret_hash, Arc::new(EncodedToken::new(&token)));
         tracing::info!(
             action = "create",
             token_id = %token.id,

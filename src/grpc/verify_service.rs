@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     AppState,
-    convert::{parse_bindings, parse_permissions, token_to_pb},
+    convert::{parse_bindings, parse_permissions},
 };
 use crate::{
     domain::{
@@ -15,7 +15,7 @@ use crate::{
         verify::{Outcome, Usage},
     },
     error::Error,
-    pb::v1::{VerifyRequest, VerifyResponse, VerifyResult, verify_service_server::VerifyService},
+    pb::wire::{VerifyRequest, VerifyResponse, VerifyResult, verify_service_server::VerifyService},
 };
 
 /// The VerifyService implementation.
@@ -100,10 +100,10 @@ impl VerifyService for VerifyApi {
         Ok(Response::new(VerifyResponse {
             valid,
             result: result_of(verdict.outcome) as i32,
-            token: if valid {
-                verdict.token.as_deref().map(token_to_pb)
-            } else {
-                None
+            // The token as encoded when it was cached: a hit encodes nothing again.
+            token: match (&verdict.token, valid) {
+                (Some(token), true) => token.encoded().clone(),
+                _ => Default::default(),
             },
             reason: verdict.reason,
         }))
