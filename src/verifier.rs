@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::{
     cache::{Entry, TokenCache},
     domain::{
-        secret::TokenSecret,
+        secret::{SecretHash, TokenSecret},
         token::{Token, limits, now},
         verify::{Outcome, Usage, evaluate},
     },
@@ -72,11 +72,10 @@ impl Verifier {
         presented: &str,
         usage: &Usage,
     ) -> Result<Verdict<EncodedToken>, StoreError> {
-        let secret = match parse(presented) {
-            Ok(secret) => secret,
+        let hash = match parse(presented) {
+            Ok(hash) => hash,
             Err(verdict) => return Ok(verdict),
         };
-        let hash = secret.hash();
         let token = match self.cache.get(&hash) {
             Some(Entry::Found(token)) => Some(token),
             Some(Entry::Missing) => None,
@@ -98,11 +97,11 @@ impl Verifier {
         presented: &str,
         usage: &Usage,
     ) -> Result<Verdict<Token>, StoreError> {
-        let secret = match parse(presented) {
-            Ok(secret) => secret,
+        let hash = match parse(presented) {
+            Ok(hash) => hash,
             Err(verdict) => return Ok(verdict),
         };
-        let token = self.store.find_by_hash(&secret.hash()).await?.map(Arc::new);
+        let token = self.store.find_by_hash(&hash).await?.map(Arc::new);
         Ok(self.judge(token, usage, |t| t.id))
     }
 
@@ -129,14 +128,14 @@ impl Verifier {
     }
 }
 
-/// Parses a presented secret, or answers MALFORMED.
-fn parse<T>(presented: &str) -> Result<TokenSecret, Verdict<T>> {
+/// Checks a presented secret and returns its hash, or answers MALFORMED.
+fn parse<T>(presented: &str) -> Result<SecretHash, Verdict<T>> {
     if presented.len() > limits::PRESENTED_LEN {
         return Err(Verdict::without_token(
             Outcome::Malformed,
             "not a token of this service",
         ));
     }
-    TokenSecret::parse(presented)
+    TokenSecret::hash_of_presented(presented)
         .map_err(|malformed| Verdict::without_token(Outcome::Malformed, malformed.to_string()))
 }

@@ -99,22 +99,15 @@ impl TokenSecret {
     /// Any well-formed prefix is accepted, so that tokens issued before a change of the
     /// configured prefix keep working.
     pub fn parse(value: &str) -> Result<Self, MalformedSecret> {
-        let (prefix, body) = value.split_once('_').ok_or(MalformedSecret::Shape)?;
-        if !is_valid_prefix(prefix)
-            || body.len() != RANDOM_LEN + CHECKSUM_LEN
-            || !body.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
-            return Err(MalformedSecret::Shape);
-        }
-        let (signed, checksum) = value.split_at(value.len() - CHECKSUM_LEN);
-        let expected = encode_base62(
-            &crc32fast::hash(signed.as_bytes()).to_be_bytes(),
-            CHECKSUM_LEN,
-        );
-        if checksum != expected {
-            return Err(MalformedSecret::Checksum);
-        }
+        check(value)?;
         Ok(Self(value.to_owned()))
+    }
+
+    /// Checks a presented secret's shape and checksum and returns its hash, without
+    /// copying it: the Verify hot path.
+    pub fn hash_of_presented(value: &str) -> Result<SecretHash, MalformedSecret> {
+        check(value)?;
+        Ok(SecretHash(Sha256::digest(value.as_bytes()).into()))
     }
 
     /// Returns the plaintext, for the one place it is shown: the CreateToken response.
@@ -160,6 +153,32 @@ impl fmt::Debug for SecretHash {
             self.0[0], self.0[1], self.0[2], self.0[3]
         )
     }
+}
+
+/// Checks a secret's shape and checksum, allocating nothing.
+fn check(value: &str) -> Result<(), MalformedSecret> {
+    let (prefix, body) = value.split_once('_').ok_or(MalformedSecret::Shape)?;
+    if !is_valid_prefix(prefix)
+        || body.len() != RANDOM_LEN + CHECKSUM_LEN
+        || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(MalformedSecret::Shape);
+    }
+    let (signed, checksum) = value.split_at(value.len() - CHECKSUM_LEN);
+    if checksum.as_bytes() != checksum_digits(crc32fast::hash(signed.as_bytes())) {
+        return Err(MalformedSecret::Checksum);
+    }
+    Ok(())
+}
+
+/// The CRC32 in exactly six base62 digits.
+fn checksum_digits(mut crc: u32) -> [u8; CHECKSUM_LEN] {
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for digit in digits.iter_mut().rev() {
+        *digit = ALPHABET[(crc % 62) as usize];
+        crc /= 62;
+    }
+    digits
 }
 
 /// Encodes a big-endian number in exactly `width` base62 digits (the caller picks a width
@@ -280,6 +299,27 @@ mod tests {
             "4gfFC3"
         );
         assert_eq!(encode_base62(&61u32.to_be_bytes(), CHECKSUM_LEN), "00000z");
+    }
+
+    #[test]
+    fn checksum_digits_match_the_general_encoding() {
+        for crc in [0, 1, 61, 62, 3843, 1_000_000, u32::MAX - 1, u32::MAX] {
+            let general = encode_base62(&crc.to_be_bytes(), CHECKSUM_LEN);
+            assert_eq!(checksum_digits(crc), general.as_bytes(), "{crc}");
+        }
+    }
+
+    #[test]
+    fn hashing_a_presented_secret_checks_it_first() {
+        let secret = TokenSecret::generate(&TokenPrefix::default());
+        assert_eq!(
+            TokenSecret::hash_of_presented(secret.expose()),
+            Ok(secret.hash())
+        );
+        assert_eq!(
+            TokenSecret::hash_of_presented("ta_nope"),
+            Err(MalformedSecret::Shape)
+        );
     }
 
     #[test]

@@ -110,15 +110,22 @@ pub fn apply_field(
     Ok(())
 }
 
-/// Parses a list of permissions, dropping duplicates.
+/// Parses a list of permissions, dropping duplicates (keeping the first of each). Lists
+/// are short (at most 64), so a linear check beats hashing.
 pub fn parse_permissions(
     values: &[String],
     field: &str,
     max: usize,
 ) -> Result<Vec<Permission>, Error> {
-    let mut parsed = parse_list(values, field, max, Permission::parse)?;
-    let mut seen = std::collections::HashSet::new();
-    parsed.retain(|p| seen.insert(p.clone()));
+    token::check_count(values.len(), max).map_err(|m| Error::invalid(field, m))?;
+    let mut parsed: Vec<Permission> = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let permission =
+            Permission::parse(value).map_err(|m| Error::invalid(format!("{field}[{i}]"), m))?;
+        if !parsed.contains(&permission) {
+            parsed.push(permission);
+        }
+    }
     Ok(parsed)
 }
 
