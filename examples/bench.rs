@@ -12,10 +12,14 @@
 //! (all but `health`) need the secret of a `*:*` token and leave their tokens (owner
 //! `bench`) in the server's store: point it at a throwaway data directory.
 //!
-//! `noop` hosts, in this process, a VerifyService that answers every Verify with a
-//! prepared copy of a real Verify reply: the same request and reply bytes over the same
-//! transport with no verification, so its rate is the ceiling for Verify on this machine.
-//! `compare` alternates noop, verify and health and prints the medians and the ratios.
+//! `noop` hosts, in this process (or, with `--noop-in-child`, in a child process, as the
+//! real server is), a VerifyService that answers every Verify with a copy of a real Verify
+//! reply fetched just before: the same request and reply bytes over the same transport
+//! with no verification, so its rate is the ceiling for Verify on this machine. `compare`
+//! alternates noop, verify and health and prints the medians, the ratios of the medians and
+//! the per-round ratios; on a small shared machine rounds vary by 10-20%, so quote it with
+//! enough rounds. `latency-at` is an open loop whose latency counts from each call's due
+//! time; its "due-to-sent lag" shows how much of that the load generator itself added.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -72,7 +76,7 @@ enum Scenario {
 #[command(name = "bench")]
 struct Args {
     /// Scenarios to run, in order.
-    #[arg(value_enum, required = true)]
+    #[arg(value_enum, required_unless_present = "serve_noop")]
     scenarios: Vec<Scenario>,
 
     /// The token-authority server.
@@ -124,10 +128,24 @@ struct Args {
     /// Worker threads of the load generator's runtime (default: one per core).
     #[arg(long)]
     client_threads: Option<usize>,
+
+    /// Host the no-op server in a child process (this program run again) instead of in
+    /// this one, so that, like the real server, it shares no process with the client
+    /// (in-process hosting measured ~4% slower on a 2-core machine, which flatters
+    /// verify/noop).
+    #[arg(long)]
+    noop_in_child: bool,
+
+    /// Internal: be the child of --noop-in-child.
+    #[arg(long, hide = true)]
+    serve_noop: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.serve_noop {
+        return noop::serve_child();
+    }
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
@@ -185,11 +203,12 @@ impl Bench {
         let printer = Printer::new(args.json);
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         printer.note(format_args!(
-            "target {target}; {cores} cores; client threads {}; warmup {:?}, duration {:?}",
+            "target {target}; {cores} cores; client threads {}; warmup {:?}, duration {:?}; no-op server {}",
             args.client_threads
                 .map_or_else(|| "one per core".to_owned(), |n| n.to_string()),
             args.warmup,
-            args.duration
+            args.duration,
+            noop_host(&args),
         ));
         Ok(Self {
             args,
@@ -218,8 +237,9 @@ impl Bench {
 
     /// noop, verify, health alternately, `--rounds` times, then the medians and ratios.
     async fn compare(&mut self) -> anyhow::Result<()> {
-        // Make the token before round one, so that every round measures the same thing.
-        self.single_requests().await?;
+        // Make the token before round one, and let the server write its usage, so that every
+        // round's no-op reply has the fields of the real replies.
+        self.settle_usage().await?;
         let mut rows = Vec::new();
         for round in 1..=self.args.rounds {
             for scenario in [Scenario::Noop, Scenario::Verify, Scenario::Health] {
@@ -228,7 +248,8 @@ impl Bench {
                 rows.push(row);
             }
         }
-        self.printer.compare_summary(&rows, self.args.rounds);
+        self.printer
+            .compare_summary(&rows, self.args.rounds, noop_host(&self.args));
         Ok(())
     }
 
@@ -310,7 +331,7 @@ impl Bench {
                 let requests = self.single_requests().await?;
                 let reply = self.real_reply().await?;
                 let reply_bytes = reply.encoded_len();
-                let server = noop::NoopServer::start(reply).await?;
+                let server = noop::Noop::start(reply, self.args.noop_in_child).await?;
                 let channels =
                     connect_many(&format!("http://{}", server.addr), self.args.connections).await?;
                 let callers = self.verify_callers(&channels, &requests);
@@ -444,6 +465,30 @@ impl Bench {
             .into_inner())
     }
 
+    /// Waits (at most 6 s) until real Verify replies carry the token's usage fields, which
+    /// appear once the server has written its first use (every --usage-flush-interval, 5 s
+    /// by default) unless the server's cache keeps the token as first read.
+    async fn settle_usage(&mut self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(6);
+        loop {
+            let reply = self.real_reply().await?;
+            if reply
+                .token
+                .as_ref()
+                .is_some_and(|t| t.last_used_time.is_some())
+            {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                self.printer.note(
+                    "real Verify replies carry no usage fields after 6 s (the server's cache keeps tokens as first read, or usage is written later); the summary compares reply sizes",
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// A real Verify reply for the `verify` scenario's request, fetched now, for the no-op
     /// server to serve. Fetched before every noop run, so that the no-op reply follows the
     /// real one (e.g. once the server has written the token's usage, when its cache is
@@ -455,6 +500,15 @@ impl Bench {
             bail!("Verify of the bench token is no longer valid: {reply:?}");
         }
         Ok(reply)
+    }
+}
+
+/// Where the no-op server runs, for the report.
+fn noop_host(args: &Args) -> &'static str {
+    if args.noop_in_child {
+        "in a child process"
+    } else {
+        "in this process"
     }
 }
 

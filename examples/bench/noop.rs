@@ -2,9 +2,16 @@
 //! prepared reply, so that its throughput is the ceiling of what Verify's bytes cost over
 //! gRPC on this machine, with no verification work at all.
 
-use std::{net::SocketAddr, thread::JoinHandle, time::Duration};
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    process::Stdio,
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use anyhow::Context;
+use prost::Message;
 use token_authority::{
     grpc::authority_layer,
     pb::v1::{
@@ -12,7 +19,12 @@ use token_authority::{
         verify_service_server::{VerifyService, VerifyServiceServer},
     },
 };
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::TcpListener,
+    process::{Child, ChildStdin, Command},
+    sync::oneshot,
+};
 use tonic::{
     Request, Response, Status,
     transport::{Server, server::TcpIncoming},
@@ -108,4 +120,103 @@ impl NoopServer {
             eprintln!("note: the no-op server did not stop within 5 s; leaving it behind");
         }
     }
+}
+
+/// A no-op server in this process or in a child process.
+pub struct Noop {
+    /// Where it listens, on loopback.
+    pub addr: SocketAddr,
+    host: Host,
+}
+
+enum Host {
+    InProcess(NoopServer),
+    /// The child stops when its stdin closes.
+    Child {
+        child: Child,
+        stdin: ChildStdin,
+    },
+}
+
+impl Noop {
+    /// Starts a no-op server answering `reply`, here or in a child process (this program
+    /// run again with `--serve-noop`).
+    pub async fn start(reply: VerifyResponse, in_child: bool) -> anyhow::Result<Self> {
+        if !in_child {
+            let server = NoopServer::start(reply).await?;
+            return Ok(Self {
+                addr: server.addr,
+                host: Host::InProcess(server),
+            });
+        }
+        let exe = std::env::current_exe().context("cannot find this program to re-run")?;
+        let mut child = Command::new(exe)
+            .arg("--serve-noop")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the no-op server's process")?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let encoded = reply.encode_to_vec();
+        stdin
+            .write_all(&u32::try_from(encoded.len())?.to_be_bytes())
+            .await?;
+        stdin.write_all(&encoded).await?;
+        stdin.flush().await?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .await?;
+        let addr = line.trim().parse().with_context(|| {
+            format!("the no-op server's process said {line:?}, not its address")
+        })?;
+        Ok(Self {
+            addr,
+            host: Host::Child { child, stdin },
+        })
+    }
+
+    /// Stops the server.
+    pub async fn stop(self) {
+        match self.host {
+            Host::InProcess(server) => server.stop().await,
+            Host::Child { mut child, stdin } => {
+                drop(stdin);
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
+                    eprintln!(
+                        "note: the no-op server's process did not stop within 5 s; killing it"
+                    );
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// The child side of [`Noop::start`]: reads the reply (a 4-byte big-endian length, then
+/// the encoded VerifyResponse) from stdin, serves it, prints the address on stdout, and
+/// stops when stdin closes (also when the parent dies).
+pub fn serve_child() -> anyhow::Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    let mut len = [0u8; 4];
+    stdin.read_exact(&mut len)?;
+    let mut encoded = vec![0u8; u32::from_be_bytes(len) as usize];
+    stdin.read_exact(&mut encoded)?;
+    let reply = VerifyResponse::decode(encoded.as_slice()).context("the reply does not decode")?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = control.block_on(NoopServer::start(reply))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", server.addr)?;
+    stdout.flush()?;
+    let mut rest = Vec::new();
+    let _ = stdin.read_to_end(&mut rest);
+    control.block_on(server.stop());
+    Ok(())
 }

@@ -156,7 +156,7 @@ impl Printer {
 
     /// Prints the comparison: per-round ratios, each scenario's median, and the ratios of
     /// the medians.
-    pub fn compare_summary(&mut self, rows: &[Row], rounds: usize) {
+    pub fn compare_summary(&mut self, rows: &[Row], rounds: usize, noop_host: &str) {
         let per = |scenario: &str| -> Vec<&Row> {
             rows.iter().filter(|r| r.scenario == scenario).collect()
         };
@@ -172,7 +172,7 @@ impl Printer {
         };
         println!();
         println!(
-            "compare: {rounds} round(s) of noop, verify, health, alternating; conc {}, conns {}; medians:",
+            "compare: {rounds} round(s) of noop, verify, health, alternating; conc {}, conns {}; no-op server {noop_host}; medians:",
             first.concurrency, first.connections
         );
         println!(
@@ -205,30 +205,36 @@ impl Printer {
                 .collect()
         };
         let show = |values: &[f64]| {
-            values
+            let each = values
                 .iter()
                 .map(|v| format!("{v:.3}"))
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" ");
+            format!(
+                "per round: {each}; their median {:.3}",
+                median(values.to_vec())
+            )
         };
         let (rounds_noop, rounds_health) = (per_round(&noop), per_round(&health));
         println!(
-            "verify/noop   = {verify_noop:.3}  (per round: {})",
+            "verify/noop   = {verify_noop:.3}  (ratio of the medians; {})",
             show(&rounds_noop)
         );
         println!(
-            "verify/health = {verify_health:.3}  (per round: {})",
+            "verify/health = {verify_health:.3}  (ratio of the medians; {})",
             show(&rounds_health)
         );
         let bytes =
             |rs: &[&Row]| -> Vec<usize> { rs.iter().filter_map(|r| r.reply_bytes).collect() };
         let (noop_bytes, verify_bytes) = (bytes(&noop), bytes(&verify));
+        let all = noop_bytes.iter().chain(&verify_bytes);
+        let spread = all.clone().max().unwrap_or(&0) - all.min().unwrap_or(&0);
         println!(
             "reply bytes   noop {noop_bytes:?}, verify {verify_bytes:?}{}",
-            if noop_bytes == verify_bytes {
-                ""
+            if spread <= 4 {
+                " (same message; use_count's varint grows as the server counts uses)"
             } else {
-                " (differ: the server's reply changed between rounds, e.g. usage fields written)"
+                " (DIFFER: the real reply changed between rounds, so the no-op reply did not match it in every round)"
             }
         );
         if self.json {
@@ -236,6 +242,7 @@ impl Printer {
                 "{}",
                 json!({
                     "summary": "compare",
+                    "noop_host": noop_host,
                     "noop_reply_bytes": noop_bytes,
                     "verify_reply_bytes": verify_bytes,
                     "rounds": rounds,
@@ -245,7 +252,9 @@ impl Printer {
                     "verify_over_noop": verify_noop,
                     "verify_over_health": verify_health,
                     "verify_over_noop_per_round": rounds_noop,
+                    "verify_over_noop_median_of_rounds": median(rounds_noop.clone()),
                     "verify_over_health_per_round": rounds_health,
+                    "verify_over_health_median_of_rounds": median(rounds_health.clone()),
                 })
             );
         }
