@@ -13,9 +13,9 @@
 //! `bench`) in the server's store: point it at a throwaway data directory.
 //!
 //! `noop` hosts, in this process (or, with `--noop-in-child`, in a child process, as the
-//! real server is), a VerifyService that answers every Verify with a copy of a real Verify
-//! reply fetched just before: the same request and reply bytes over the same transport
-//! with no verification, so its rate is the ceiling for Verify on this machine. `compare`
+//! real server is), a VerifyService that answers every Verify with a real Verify reply
+//! fetched just before, its token encoded once as the real server's cache hits are: the
+//! same request and reply bytes over the same transport with no verification, so its rate is the ceiling for Verify on this machine. `compare`
 //! alternates noop, verify and health and prints the medians, the ratios of the medians and
 //! the per-round ratios; on a small shared machine rounds vary by 10-20%, so quote it with
 //! enough rounds. `latency-at` is an open loop whose latency counts from each call's due
@@ -331,7 +331,7 @@ impl Bench {
                 let requests = self.single_requests().await?;
                 let reply = self.real_reply().await?;
                 let reply_bytes = reply.encoded_len();
-                let server = noop::Noop::start(reply, self.args.noop_in_child).await?;
+                let server = noop::Noop::start(&reply, self.args.noop_in_child).await?;
                 let channels =
                     connect_many(&format!("http://{}", server.addr), self.args.connections).await?;
                 let callers = self.verify_callers(&channels, &requests);

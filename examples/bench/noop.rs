@@ -1,6 +1,11 @@
 //! The no-op VerifyService: the production transport stack answering every Verify with a
 //! prepared reply, so that its throughput is the ceiling of what Verify's bytes cost over
 //! gRPC on this machine, with no verification work at all.
+//!
+//! It is served, like the real VerifyService, through `pb::wire`: the same messages on the
+//! wire, with the reply's token as bytes encoded once, as a cache hit answers it. A no-op
+//! that re-encoded a `Token` on every call would do more work than the real Verify and
+//! would be no ceiling.
 
 use std::{
     io::{Read, Write},
@@ -14,9 +19,12 @@ use anyhow::Context;
 use prost::Message;
 use token_authority::{
     grpc::authority_layer,
-    pb::v1::{
-        VerifyRequest, VerifyResponse,
-        verify_service_server::{VerifyService, VerifyServiceServer},
+    pb::{
+        v1,
+        wire::{
+            VerifyRequest, VerifyResponse,
+            verify_service_server::{VerifyService, VerifyServiceServer},
+        },
     },
 };
 use tokio::{
@@ -30,7 +38,7 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 
-/// Answers every Verify with a clone of one reply.
+/// Answers every Verify with a clone of one reply (its token is one shared buffer).
 struct NoopVerify {
     reply: VerifyResponse,
 }
@@ -47,6 +55,17 @@ impl VerifyService for NoopVerify {
     }
 }
 
+/// The reply as the real server sends it: the same bytes, the token encoded once.
+fn to_wire(reply: &v1::VerifyResponse) -> anyhow::Result<VerifyResponse> {
+    let encoded = reply.encode_to_vec();
+    let wire = VerifyResponse::decode(encoded.as_slice()).context("re-decoding the reply")?;
+    anyhow::ensure!(
+        wire.encode_to_vec() == encoded,
+        "the wire form of the reply encodes differently"
+    );
+    Ok(wire)
+}
+
 /// A no-op server running on its own tokio runtime and threads.
 pub struct NoopServer {
     /// Where it listens, on loopback.
@@ -60,7 +79,8 @@ impl NoopServer {
     /// tonic settings as the production server (see `src/startup.rs`): the same
     /// `:authority` layer, `serve_with_incoming` over a `TcpIncoming` with TCP_NODELAY,
     /// and a multi-threaded runtime with a worker per core, as `#[tokio::main]` gives it.
-    pub async fn start(reply: VerifyResponse) -> anyhow::Result<Self> {
+    pub async fn start(reply: &v1::VerifyResponse) -> anyhow::Result<Self> {
+        let reply = to_wire(reply)?;
         let (bound_tx, bound_rx) = oneshot::channel::<std::io::Result<SocketAddr>>();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -141,7 +161,7 @@ enum Host {
 impl Noop {
     /// Starts a no-op server answering `reply`, here or in a child process (this program
     /// run again with `--serve-noop`).
-    pub async fn start(reply: VerifyResponse, in_child: bool) -> anyhow::Result<Self> {
+    pub async fn start(reply: &v1::VerifyResponse, in_child: bool) -> anyhow::Result<Self> {
         if !in_child {
             let server = NoopServer::start(reply).await?;
             return Ok(Self {
@@ -207,11 +227,12 @@ pub fn serve_child() -> anyhow::Result<()> {
     stdin.read_exact(&mut len)?;
     let mut encoded = vec![0u8; u32::from_be_bytes(len) as usize];
     stdin.read_exact(&mut encoded)?;
-    let reply = VerifyResponse::decode(encoded.as_slice()).context("the reply does not decode")?;
+    let reply =
+        v1::VerifyResponse::decode(encoded.as_slice()).context("the reply does not decode")?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let server = control.block_on(NoopServer::start(reply))?;
+    let server = control.block_on(NoopServer::start(&reply))?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", server.addr)?;
     stdout.flush()?;
