@@ -19,7 +19,9 @@
 //! alternates noop, verify and health and prints the medians, the ratios of the medians and
 //! the per-round ratios; on a small shared machine rounds vary by 10-20%, so quote it with
 //! enough rounds. `latency-at` is an open loop whose latency counts from each call's due
-//! time; its "due-to-sent lag" shows how much of that the load generator itself added.
+//! time; its "due-to-sent lag" shows how much of that the load generator itself added,
+//! and `--against-noop` runs the same load against the no-op server, for the latency this
+//! machine, transport and load generator give on their own.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -135,6 +137,12 @@ struct Args {
     /// verify/noop).
     #[arg(long)]
     noop_in_child: bool,
+
+    /// Send `latency-at`'s load to the no-op server instead of --target: the latency of
+    /// this machine, transport and load generator alone at that rate, to set the server's
+    /// figures against (its row is `latency-noop`).
+    #[arg(long)]
+    against_noop: bool,
 
     /// Internal: be the child of --noop-in-child.
     #[arg(long, hide = true)]
@@ -268,11 +276,28 @@ impl Bench {
             }
         };
         let requests = self.single_requests().await?;
-        let channels = connect_many(&self.target, self.args.connections).await?;
+        let (noop, target) = if self.args.against_noop {
+            let reply = self.real_reply().await?;
+            let server = noop::Noop::start(&reply, self.args.noop_in_child).await?;
+            let target = format!("http://{}", server.addr);
+            (Some((server, reply.encoded_len())), target)
+        } else {
+            (None, self.target.clone())
+        };
+        let channels = connect_many(&target, self.args.connections).await?;
         let callers = self.verify_callers(&channels, &requests);
         let measured = load::open_loop(callers, rate, self.args.warmup, self.args.duration).await?;
-        let reply_bytes = Some(self.probe_verify(&requests[0]).await?.encoded_len());
-        let row = self.row("latency-at", None, measured, reply_bytes);
+        drop(channels);
+        let row = match noop {
+            Some((server, reply_bytes)) => {
+                server.stop().await;
+                self.row("latency-noop", None, measured, Some(reply_bytes))
+            }
+            None => {
+                let reply_bytes = self.probe_verify(&requests[0]).await?.encoded_len();
+                self.row("latency-at", None, measured, Some(reply_bytes))
+            }
+        };
         self.printer.row(&row);
         Ok(())
     }
