@@ -3,8 +3,6 @@
 
 use std::{io::Write, path::Path};
 
-use uuid::Uuid;
-
 use crate::{
     domain::{
         permission::Permission,
@@ -38,28 +36,11 @@ pub async fn create_admin_token(
         Mode::OnDemand => format!("admin-{}", now.format("%Y%m%dT%H%M%S%.3fZ")),
     };
     let token = Token {
-        id: Uuid::now_v7(),
         name,
-        owner,
         token_type: "service".to_owned(),
         description: "admin token made by bootstrap".to_owned(),
         permissions: vec![Permission::all()],
-        read_only: false,
-        allowed_cidrs: Vec::new(),
-        allowed_hosts: Vec::new(),
-        bindings: Default::default(),
-        metadata: Default::default(),
-        enabled: true,
-        create_time: now,
-        update_time: now,
-        last_used_time: None,
-        last_used_ip: None,
-        use_count: 0,
-        expire_time: None,
-        created_by: None,
-        display_hint: secret.display_hint(),
-        secret_hash: secret.hash(),
-        revision: 1,
+        ..Token::new(owner, &secret, None, now)
     };
     let only_first = matches!(mode, Mode::FirstStart);
     let stored = store

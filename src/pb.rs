@@ -29,29 +29,24 @@ impl std::fmt::Debug for Redacted {
     }
 }
 
-impl std::fmt::Debug for v1::VerifyRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyRequest")
-            .field("token", &Redacted(self.token.len()))
-            .field("required_permissions", &self.required_permissions)
-            .field("client_ip", &self.client_ip)
-            .field("host", &self.host)
-            .field("bindings", &self.bindings)
-            .finish()
-    }
+/// A `Debug` for a VerifyRequest (of either module) that prints the token's length only.
+macro_rules! redacted_verify_request_debug {
+    ($($message:ty),*) => {$(
+        impl std::fmt::Debug for $message {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("VerifyRequest")
+                    .field("token", &Redacted(self.token.len()))
+                    .field("required_permissions", &self.required_permissions)
+                    .field("client_ip", &self.client_ip)
+                    .field("host", &self.host)
+                    .field("bindings", &self.bindings)
+                    .finish()
+            }
+        }
+    )*};
 }
 
-impl std::fmt::Debug for wire::VerifyRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyRequest")
-            .field("token", &Redacted(self.token.len()))
-            .field("required_permissions", &self.required_permissions)
-            .field("client_ip", &self.client_ip)
-            .field("host", &self.host)
-            .field("bindings", &self.bindings)
-            .finish()
-    }
-}
+redacted_verify_request_debug!(v1::VerifyRequest, wire::VerifyRequest);
 
 impl std::fmt::Debug for v1::CreateTokenResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

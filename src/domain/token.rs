@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{
     permission::Permission,
     restrictions::{Cidr, HostPattern},
-    secret::SecretHash,
+    secret::{SecretHash, TokenSecret},
 };
 
 /// Limits on what a client may put in a token; exceeding one is `InvalidArgument`.
@@ -105,6 +105,40 @@ pub struct Token {
 }
 
 impl Token {
+    /// Starts a new token for `owner` with the given secret: enabled, no permissions, no
+    /// restrictions, the default type, an empty name for the caller to set.
+    pub fn new(
+        owner: String,
+        secret: &TokenSecret,
+        created_by: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Token {
+            id: Uuid::now_v7(),
+            name: String::new(),
+            owner,
+            token_type: DEFAULT_TYPE.to_owned(),
+            description: String::new(),
+            permissions: Vec::new(),
+            read_only: false,
+            allowed_cidrs: Vec::new(),
+            allowed_hosts: Vec::new(),
+            bindings: BTreeMap::new(),
+            metadata: Map::new(),
+            enabled: true,
+            create_time: now,
+            update_time: now,
+            last_used_time: None,
+            last_used_ip: None,
+            use_count: 0,
+            expire_time: None,
+            created_by,
+            display_hint: secret.display_hint(),
+            secret_hash: secret.hash(),
+            revision: 1,
+        }
+    }
+
     /// Returns whether the token holds `*:*`, which lets it manage every owner's tokens.
     pub fn is_admin(&self) -> bool {
         self.permissions.contains(&Permission::all())

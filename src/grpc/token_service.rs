@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, SubsecRound, Utc};
+use chrono::{Duration, SubsecRound};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -15,7 +15,7 @@ use crate::{
     domain::{
         grant::{self, Power},
         secret::TokenSecret,
-        token::{self, DEFAULT_TYPE, Token, parse_owner},
+        token::{self, Token, parse_owner},
     },
     encoded::EncodedToken,
     error::Error,
@@ -65,7 +65,7 @@ impl TokenApi {
             ));
         }
         let secret = TokenSecret::generate(&self.state.prefix);
-        let mut token = blank_token(owner, &secret, caller.token.id, now);
+        let mut token = Token::new(owner, &secret, Some(caller.token.id), now);
         for path in SETTABLE_FIELDS {
             apply_field(&mut token, &spec, path, now)?;
         }
@@ -290,34 +290,6 @@ impl TokenService for TokenApi {
         self.state.cache.invalidate(&deleted.secret_hash);
         tracing::info!(action = "delete", token_id = %id, actor = %caller.token.id, "token deleted");
         Ok(Response::new(()))
-    }
-}
-
-/// A token with defaults for everything a client may set, about to be filled in.
-fn blank_token(owner: String, secret: &TokenSecret, created_by: Uuid, now: DateTime<Utc>) -> Token {
-    Token {
-        id: Uuid::now_v7(),
-        name: String::new(),
-        owner,
-        token_type: DEFAULT_TYPE.to_owned(),
-        description: String::new(),
-        permissions: Vec::new(),
-        read_only: false,
-        allowed_cidrs: Vec::new(),
-        allowed_hosts: Vec::new(),
-        bindings: Default::default(),
-        metadata: Default::default(),
-        enabled: true,
-        create_time: now,
-        update_time: now,
-        last_used_time: None,
-        last_used_ip: None,
-        use_count: 0,
-        expire_time: None,
-        created_by: Some(created_by),
-        display_hint: secret.display_hint(),
-        secret_hash: secret.hash(),
-        revision: 1,
     }
 }
 

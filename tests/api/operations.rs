@@ -133,91 +133,56 @@ async fn reflection_v1_and_v1alpha_describe_every_service(backend: Backend) {
     }
 }
 
-/// Lists services over reflection v1, then asks for the file of each.
-async fn reflect_v1(app: &TestApp) -> (Vec<String>, Vec<(String, bool)>) {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut client = ServerReflectionClient::new(app.channel.clone());
-    let ask = |request: MessageRequest| ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    };
-    let mut requests = vec![ask(MessageRequest::ListServices(String::new()))];
-    requests.extend(
-        SERVICES
-            .iter()
-            .map(|s| ask(MessageRequest::FileContainingSymbol(s.to_string()))),
-    );
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut services = Vec::new();
-    let mut described = Vec::new();
-    let mut index = 0;
-    while let Some(response) = responses.next().await {
-        match response.unwrap().message_response.unwrap() {
-            MessageResponse::ListServicesResponse(list) => {
-                services = list.service.into_iter().map(|s| s.name).collect()
+/// Defines `async fn $name(app) -> (services, [(service, described)])`: lists services
+/// over reflection `$version`, then asks for the file that declares each.
+macro_rules! reflect {
+    ($name:ident, $version:ident) => {
+        async fn $name(app: &TestApp) -> (Vec<String>, Vec<(String, bool)>) {
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse,
+            };
+            let mut client = ServerReflectionClient::new(app.channel.clone());
+            let ask = |request: MessageRequest| ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            };
+            let mut requests = vec![ask(MessageRequest::ListServices(String::new()))];
+            requests.extend(
+                SERVICES
+                    .iter()
+                    .map(|s| ask(MessageRequest::FileContainingSymbol(s.to_string()))),
+            );
+            let mut responses = client
+                .server_reflection_info(tokio_stream::iter(requests))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut services = Vec::new();
+            let mut described = Vec::new();
+            while let Some(response) = responses.next().await {
+                match response.unwrap().message_response.unwrap() {
+                    MessageResponse::ListServicesResponse(list) => {
+                        services = list.service.into_iter().map(|s| s.name).collect()
+                    }
+                    MessageResponse::FileDescriptorResponse(files) => {
+                        described.push((
+                            SERVICES[described.len()].to_owned(),
+                            !files.file_descriptor_proto.is_empty(),
+                        ));
+                    }
+                    other => panic!("unexpected reflection answer {other:?}"),
+                }
             }
-            MessageResponse::FileDescriptorResponse(files) => {
-                described.push((
-                    SERVICES[index].to_owned(),
-                    !files.file_descriptor_proto.is_empty(),
-                ));
-                index += 1;
-            }
-            other => panic!("unexpected reflection answer {other:?}"),
+            (services, described)
         }
-    }
-    (services, described)
+    };
 }
 
-/// The same over reflection v1alpha, as older grpcurl versions speak it.
-async fn reflect_v1alpha(app: &TestApp) -> (Vec<String>, Vec<(String, bool)>) {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut client = ServerReflectionClient::new(app.channel.clone());
-    let ask = |request: MessageRequest| ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    };
-    let mut requests = vec![ask(MessageRequest::ListServices(String::new()))];
-    requests.extend(
-        SERVICES
-            .iter()
-            .map(|s| ask(MessageRequest::FileContainingSymbol(s.to_string()))),
-    );
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut services = Vec::new();
-    let mut described = Vec::new();
-    let mut index = 0;
-    while let Some(response) = responses.next().await {
-        match response.unwrap().message_response.unwrap() {
-            MessageResponse::ListServicesResponse(list) => {
-                services = list.service.into_iter().map(|s| s.name).collect()
-            }
-            MessageResponse::FileDescriptorResponse(files) => {
-                described.push((
-                    SERVICES[index].to_owned(),
-                    !files.file_descriptor_proto.is_empty(),
-                ));
-                index += 1;
-            }
-            other => panic!("unexpected reflection answer {other:?}"),
-        }
-    }
-    (services, described)
-}
+reflect!(reflect_v1, v1);
+// Older grpcurl versions speak v1alpha.
+reflect!(reflect_v1alpha, v1alpha);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_calls_finish() {
