@@ -172,6 +172,9 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
 }
 
+/// Pooled Postgres connections idle longer than this are pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Returns the URL of the embedded default: a SQLite file under `data_dir`.
 pub fn default_sqlite_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("token-authority.db").display())
@@ -185,6 +188,17 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, Stor
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection before handing it out, a second round trip per
+            // query; ping only those idle long enough to have been dropped unnoticed.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         Ok(Arc::new(SqlStore::new(pool)))
