@@ -195,39 +195,22 @@ pub fn evaluate<S: Subject + ?Sized>(
 #[cfg(test)]
 pub(crate) mod tests {
     use chrono::Duration;
-    use uuid::Uuid;
 
     use super::*;
-    use crate::domain::restrictions::{Cidr, HostPattern};
+    use crate::domain::{
+        restrictions::{Cidr, HostPattern},
+        secret::{TokenPrefix, TokenSecret},
+    };
 
     pub(crate) fn token(permissions: &[&str]) -> Token {
-        let now = Utc::now();
+        let secret = TokenSecret::generate(&TokenPrefix::default());
         Token {
-            id: Uuid::now_v7(),
             name: "t".into(),
-            owner: "o".into(),
-            token_type: "personal".into(),
-            description: String::new(),
             permissions: permissions
                 .iter()
                 .map(|p| Permission::parse(p).unwrap())
                 .collect(),
-            read_only: false,
-            allowed_cidrs: vec![],
-            allowed_hosts: vec![],
-            bindings: BTreeMap::new(),
-            metadata: Default::default(),
-            enabled: true,
-            create_time: now,
-            update_time: now,
-            last_used_time: None,
-            last_used_ip: None,
-            use_count: 0,
-            expire_time: None,
-            created_by: None,
-            display_hint: "ta_abcdef".into(),
-            secret_hash: crate::domain::secret::SecretHash([7; 32]),
-            revision: 1,
+            ..Token::new("o".into(), &secret, None, Utc::now())
         }
     }
 

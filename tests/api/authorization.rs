@@ -344,34 +344,13 @@ async fn permissions_the_caller_lacks_cannot_be_granted(backend: Backend) {
 async fn tokens_cannot_outlive_their_creator(backend: Backend) {
     let app = spawn_app(backend).await;
     let caller = app
-        .tokens
-        .clone()
-        .create_token(authed(
-            &app.admin,
-            CreateTokenRequest {
-                token: Some(spec("expiring", &["tokens:create"])),
-                ttl: Some(prost_types::Duration {
-                    seconds: 3600,
-                    nanos: 0,
-                }),
-            },
-        ))
+        .create_with_ttl(&app.admin, spec("expiring", &["tokens:create"]), 3600)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let caller_expiry = caller.token.unwrap().expire_time.unwrap();
 
-    let longer = CreateTokenRequest {
-        token: Some(spec("longer", &[])),
-        ttl: Some(prost_types::Duration {
-            seconds: 7200,
-            nanos: 0,
-        }),
-    };
     let err = app
-        .tokens
-        .clone()
-        .create_token(authed(&caller.secret, longer))
+        .create_with_ttl(&caller.secret, spec("longer", &[]), 7200)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);

@@ -202,6 +202,27 @@ impl TestApp {
             .map(|r| r.into_inner())
     }
 
+    /// Creates a token with a `ttl` of `seconds`, as the caller with `secret`.
+    pub async fn create_with_ttl(
+        &self,
+        secret: &str,
+        token: Token,
+        seconds: i64,
+    ) -> Result<CreateTokenResponse, Status> {
+        let ttl = Some(prost_types::Duration { seconds, nanos: 0 });
+        self.tokens
+            .clone()
+            .create_token(authed(
+                secret,
+                CreateTokenRequest {
+                    token: Some(token),
+                    ttl,
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// Creates a token as the admin, which must succeed.
     pub async fn create(&self, token: Token) -> CreateTokenResponse {
         self.create_as(&self.admin.clone(), token)

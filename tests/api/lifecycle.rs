@@ -358,21 +358,9 @@ async fn ttl_sets_the_expire_time(backend: Backend) {
     let before = chrono::Utc::now().timestamp();
 
     let created = app
-        .tokens
-        .clone()
-        .create_token(authed(
-            &app.admin,
-            CreateTokenRequest {
-                token: Some(spec("short-lived", &[])),
-                ttl: Some(prost_types::Duration {
-                    seconds: 3600,
-                    nanos: 0,
-                }),
-            },
-        ))
+        .create_with_ttl(&app.admin, spec("short-lived", &[]), 3600)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
 
     let expires = created.token.unwrap().expire_time.unwrap().seconds;
     assert!(

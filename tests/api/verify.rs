@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use token_authority::pb::v1::{CreateTokenRequest, GetTokenRequest, VerifyRequest, VerifyResult};
+use token_authority::pb::v1::{GetTokenRequest, VerifyRequest, VerifyResult};
 use tonic::Code;
 
 use crate::{
@@ -75,21 +75,9 @@ async fn an_unknown_token_is_not_found(backend: Backend) {
 async fn an_expired_token_is_expired(backend: Backend) {
     let app = spawn_app(backend).await;
     let created = app
-        .tokens
-        .clone()
-        .create_token(authed(
-            &app.admin,
-            CreateTokenRequest {
-                token: Some(spec("brief", &[])),
-                ttl: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-            },
-        ))
+        .create_with_ttl(&app.admin, spec("brief", &[]), 1)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(app.verify_perms(&created.secret, &[]).await.valid);
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
