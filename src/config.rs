@@ -4,7 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{domain::secret::TokenPrefix, store};
+use crate::{
+    check::{self, CheckSettings},
+    domain::secret::TokenPrefix,
+    store,
+};
 
 /// One central authority that issues, stores, manages and verifies API bearer tokens.
 #[derive(Debug, Parser)]
@@ -148,6 +152,107 @@ pub struct ServeArgs {
     /// the process exits anyway.
     #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// How Envoy ext_authz Check requests are read and answered.
+    #[command(flatten)]
+    pub ext_authz: ExtAuthzArgs,
+}
+
+/// Options of the Envoy ext_authz `Check` service.
+#[derive(Debug, Args)]
+pub struct ExtAuthzArgs {
+    /// A header that may carry the secret instead of `Authorization: Bearer`; empty for none.
+    #[arg(long, env = "TA_EXT_AUTHZ_API_KEY_HEADER", default_value = "x-api-key")]
+    pub ext_authz_api_key_header: String,
+
+    /// A path prefix (e.g. /api/v1) skipped before the default mapping takes the first path
+    /// segment as the resource.
+    #[arg(long, env = "TA_EXT_AUTHZ_PATH_PREFIX", default_value = "")]
+    pub ext_authz_path_prefix: String,
+
+    /// A TOML file of method and path rules naming the permissions requests need.
+    #[arg(long, env = "TA_EXT_AUTHZ_RULES")]
+    pub ext_authz_rules: Option<PathBuf>,
+
+    /// Comma-separated networks of proxies whose x-forwarded-for is believed (e.g. the load
+    /// balancer in front of Envoy). Empty: the client is the peer Envoy saw.
+    #[arg(long, env = "TA_EXT_AUTHZ_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub ext_authz_trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// The header that tells the upstream the token's id.
+    #[arg(long, env = "TA_EXT_AUTHZ_ID_HEADER", default_value = "x-token-id")]
+    pub ext_authz_id_header: String,
+
+    /// The header that tells the upstream the token's owner.
+    #[arg(
+        long,
+        env = "TA_EXT_AUTHZ_OWNER_HEADER",
+        default_value = "x-token-owner"
+    )]
+    pub ext_authz_owner_header: String,
+
+    /// The header that tells the upstream the token's name.
+    #[arg(long, env = "TA_EXT_AUTHZ_NAME_HEADER", default_value = "x-token-name")]
+    pub ext_authz_name_header: String,
+
+    /// The header that tells the upstream the token's type.
+    #[arg(long, env = "TA_EXT_AUTHZ_TYPE_HEADER", default_value = "x-token-type")]
+    pub ext_authz_type_header: String,
+
+    /// Pass the credential header on to the upstream (by default Envoy removes it, so the
+    /// secret travels no further).
+    #[arg(long, env = "TA_EXT_AUTHZ_FORWARD_CREDENTIAL")]
+    pub ext_authz_forward_credential: bool,
+
+    /// The realm named in WWW-Authenticate challenges.
+    #[arg(long, env = "TA_EXT_AUTHZ_REALM", default_value = "token-authority")]
+    pub ext_authz_realm: String,
+}
+
+impl ExtAuthzArgs {
+    /// Returns the Check settings these flags describe, reading the rules file.
+    pub fn settings(&self) -> Result<CheckSettings, String> {
+        let header = |flag: &str, value: &str| {
+            check::header_name(value).map_err(|e| format!("--{flag}: {e}"))
+        };
+        let api_key_header = match self.ext_authz_api_key_header.trim() {
+            "" => None,
+            name => Some(header("ext-authz-api-key-header", name)?),
+        };
+        if self.ext_authz_realm.contains(['"', '\\']) || self.ext_authz_realm.is_empty() {
+            return Err(
+                "--ext-authz-realm: must be non-empty, without quotes or backslashes".into(),
+            );
+        }
+        Ok(CheckSettings {
+            api_key_header,
+            path_prefix: check::path_prefix(&self.ext_authz_path_prefix)
+                .map_err(|e| format!("--ext-authz-path-prefix: {e}"))?,
+            rules: match &self.ext_authz_rules {
+                Some(path) => {
+                    check::Rules::load(path).map_err(|e| format!("--ext-authz-rules: {e}"))?
+                }
+                None => check::Rules::default(),
+            },
+            trusted_proxies: self.ext_authz_trusted_proxies.clone(),
+            identity_headers: check::IdentityHeaders {
+                id: header("ext-authz-id-header", &self.ext_authz_id_header)?,
+                owner: header("ext-authz-owner-header", &self.ext_authz_owner_header)?,
+                name: header("ext-authz-name-header", &self.ext_authz_name_header)?,
+                kind: header("ext-authz-type-header", &self.ext_authz_type_header)?,
+            },
+            forward_credential: self.ext_authz_forward_credential,
+            realm: self.ext_authz_realm.clone(),
+        })
+    }
+}
+
+fn parse_net(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{value:?} is not a network such as 10.0.0.0/8 or an address"))
 }
 
 /// Options of `token-authority bootstrap`.
@@ -203,6 +308,42 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn ext_authz_flags_make_check_settings() {
+        let cli = Cli::try_parse_from([
+            "token-authority",
+            "--ext-authz-api-key-header",
+            "X-Key",
+            "--ext-authz-trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7",
+            "--ext-authz-path-prefix",
+            "/api",
+        ])
+        .unwrap();
+        let settings = cli.serve.ext_authz.settings().unwrap();
+        assert_eq!(settings.api_key_header.as_deref(), Some("x-key"));
+        assert_eq!(settings.trusted_proxies.len(), 2);
+        assert_eq!(settings.path_prefix, vec!["api".to_owned()]);
+        assert_eq!(settings.identity_headers.id, "x-token-id");
+
+        let cli =
+            Cli::try_parse_from(["token-authority", "--ext-authz-api-key-header", ""]).unwrap();
+        assert_eq!(cli.serve.ext_authz.settings().unwrap().api_key_header, None);
+        let cli =
+            Cli::try_parse_from(["token-authority", "--ext-authz-id-header", "x id"]).unwrap();
+        assert!(
+            cli.serve
+                .ext_authz
+                .settings()
+                .unwrap_err()
+                .contains("--ext-authz-id-header")
+        );
+        assert!(
+            Cli::try_parse_from(["token-authority", "--ext-authz-trusted-proxies", "nope"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ use crate::{
 };
 
 // Field numbers of tokenauthority.v1.Token (proto/tokenauthority/v1/token.proto).
+const NAME: u32 = 2;
+const OWNER: u32 = 3;
+const TYPE: u32 = 4;
 const PERMISSIONS: u32 = 6;
 const ALLOWED_CIDRS: u32 = 8;
 const ALLOWED_HOSTS: u32 = 9;
@@ -61,6 +64,26 @@ impl EncodedToken {
     /// Returns the encoded `tokenauthority.v1.Token`.
     pub fn encoded(&self) -> &Bytes {
         &self.encoded
+    }
+
+    /// Returns the token's name.
+    pub fn name(&self) -> &str {
+        self.strings(NAME).next().unwrap_or_default()
+    }
+
+    /// Returns the token's owner.
+    pub fn owner(&self) -> &str {
+        self.strings(OWNER).next().unwrap_or_default()
+    }
+
+    /// Returns the token's type.
+    pub fn token_type(&self) -> &str {
+        self.strings(TYPE).next().unwrap_or_default()
+    }
+
+    /// Returns the token's permissions, as stored (`resource:action`).
+    pub fn permissions(&self) -> impl Iterator<Item = &str> {
+        self.strings(PERMISSIONS)
     }
 
     /// Returns the values of a repeated string field, as bytes.
@@ -318,5 +341,15 @@ mod tests {
         assert_eq!(decoded, token_to_pb(&t));
         assert_eq!(encoded.binding("reportId"), Some("r-17"));
         assert_eq!(encoded.binding("nope"), None);
+        assert_eq!(encoded.name(), t.name);
+        assert_eq!(encoded.owner(), t.owner);
+        assert_eq!(encoded.token_type(), t.token_type);
+        assert_eq!(
+            encoded.permissions().collect::<Vec<_>>(),
+            t.permissions
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        );
     }
 }

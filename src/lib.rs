@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod check;
 pub mod config;
 pub mod domain;
 pub mod encoded;

@@ -58,6 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => {
             let serve = cli.serve;
+            let ext_authz = serve.ext_authz.settings().map_err(anyhow::Error::msg)?;
             let app = Application::build(Settings {
                 listen_addr: serve.listen_addr,
                 store: store_options,
@@ -74,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ttl: serve.cache_ttl,
                     negative_ttl: serve.cache_negative_ttl,
                 },
+                ext_authz,
             })
             .await?;
             if let Some(secret) = app.bootstrap_secret() {

@@ -11,8 +11,14 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     bootstrap::{self, Mode},
     cache::{CacheSettings, TokenCache},
+    check::CheckSettings,
     domain::secret::{TokenPrefix, TokenSecret},
-    grpc::{AppState, authority_layer, token_service::TokenApi, verify_service::VerifyApi},
+    grpc::{
+        AppState, authority_layer,
+        ext_authz::{AuthorizationServer, ExtAuthzApi},
+        token_service::TokenApi,
+        verify_service::VerifyApi,
+    },
     invalidation,
     pb::{
         self, v1::token_service_server::TokenServiceServer,
@@ -24,9 +30,10 @@ use crate::{
 };
 
 /// The gRPC services whose health is reported, besides the overall "" service.
-pub const SERVICE_NAMES: [&str; 2] = [
+pub const SERVICE_NAMES: [&str; 3] = [
     "tokenauthority.v1.TokenService",
     "tokenauthority.v1.VerifyService",
+    "envoy.service.auth.v3.Authorization",
 ];
 
 /// Everything the service needs to start.
@@ -54,6 +61,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// The Verify cache.
     pub cache: CacheSettings,
+    /// How Envoy ext_authz Check requests are read and answered.
+    pub ext_authz: CheckSettings,
 }
 
 /// A built, bound, not yet serving service.
@@ -194,7 +203,11 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
-            .add_service(VerifyServiceServer::new(VerifyApi::new(state)))
+            .add_service(VerifyServiceServer::new(VerifyApi::new(state.clone())))
+            .add_service(AuthorizationServer::new(ExtAuthzApi::new(
+                state,
+                Arc::new(settings.ext_authz),
+            )))
             .serve_with_incoming_shutdown(incoming, stopping);
         let served = tokio::select! {
             served = server => served,

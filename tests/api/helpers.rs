@@ -104,6 +104,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
             ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(3600),
         },
+        ext_authz: token_authority::check::CheckSettings::default(),
     }
 }
 
