@@ -55,6 +55,7 @@ async fn health_reports_serving_overall_and_per_service(backend: Backend) {
         "",
         "tokenauthority.v1.TokenService",
         "tokenauthority.v1.VerifyService",
+        "envoy.service.auth.v3.Authorization",
     ] {
         assert_eq!(
             status(&app, service).await.unwrap(),
