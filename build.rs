@@ -28,6 +28,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ])
         .compile_fds(descriptors)?;
     compile_verify_wire(&out_dir)?;
+    // Envoy's ext_authz API, for reflection only: the Rust types come from envoy-types.
+    let envoy = protox::compile(
+        ["envoy/service/auth/v3/external_auth.proto"],
+        ["proto/third_party"],
+    )?;
+    fs::write(
+        out_dir.join("envoy_authz_descriptor.bin"),
+        envoy.encode_to_vec(),
+    )?;
     Ok(())
 }
 

@@ -20,6 +20,11 @@ pub mod wire {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("tokenauthority_descriptor");
 
+/// The encoded file descriptor set of Envoy's ext_authz API (`envoy.service.auth.v3`),
+/// compiled from proto/third_party for reflection; the types come from envoy-types.
+pub const ENVOY_AUTHZ_FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("envoy_authz_descriptor");
+
 /// Prints a secret-bearing field as its length only.
 struct Redacted(usize);
 

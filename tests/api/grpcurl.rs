@@ -45,6 +45,7 @@ async fn the_readme_grpcurl_examples_work() {
         "grpc.reflection.v1alpha.ServerReflection",
         "tokenauthority.v1.TokenService",
         "tokenauthority.v1.VerifyService",
+        "envoy.service.auth.v3.Authorization",
     ] {
         assert!(
             services.lines().any(|l| l == service),
@@ -142,6 +143,29 @@ async fn the_readme_grpcurl_examples_work() {
     let answer = verify(&app);
     assert_eq!(answer["valid"], true, "{answer}");
     assert_eq!(answer["token"]["owner"], "team-billing");
+
+    let check = json_of(&grpcurl(
+        &app,
+        None,
+        Some(json!({"attributes": {
+            "source": {"address": {"socketAddress": {"address": "10.1.2.3", "portValue": 50123}}},
+            "request": {"http": {"method": "GET", "path": "/domains/17", "host": "api.example.com",
+              "headers": {"authorization": format!("Bearer {secret}")}}}
+        }})),
+        &["envoy.service.auth.v3.Authorization/Check"],
+    ));
+    assert_eq!(check["status"].get("code"), None, "OK: {check}");
+    let identity = &check["okResponse"]["headers"];
+    assert!(
+        identity.as_array().unwrap().iter().any(
+            |h| h["header"]["key"] == "x-token-owner" && h["header"]["value"] == "team-billing"
+        ),
+        "{check}"
+    );
+    assert_eq!(
+        check["okResponse"]["headersToRemove"],
+        json!(["authorization"])
+    );
 
     grpcurl(
         &app,

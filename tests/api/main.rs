@@ -4,6 +4,7 @@
 mod helpers;
 
 mod authorization;
+mod envoy;
 mod ext_authz;
 mod grpcurl;
 mod lifecycle;

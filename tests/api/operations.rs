@@ -20,7 +20,8 @@ both_backends!(
     reflection_v1_and_v1alpha_describe_every_service
 );
 
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
+    "envoy.service.auth.v3.Authorization",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
