@@ -734,6 +734,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_rules_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/rules.toml");
+        let settings = CheckSettings {
+            rules: Rules::load(&path).unwrap(),
+            ..CheckSettings::default()
+        };
+        assert_eq!(settings.rules.len(), 3);
+        let export = need(&settings, "POST", "/reports/r-1/export").unwrap();
+        assert_eq!(export.permissions, perms(&["reports:export"]));
+        assert!(need(&settings, "GET", "/catalogue/a/b").unwrap().permissions.is_empty());
+        assert!(Rules::load(Path::new("/no/such/file")).is_err());
+    }
+
+    #[test]
     fn bad_rules_files_name_the_rule_and_field() {
         for (text, expected) in [
             ("[[rule]]\npath = \"x\"\npermissions = []", "rule 1: path"),
