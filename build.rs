@@ -37,6 +37,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("envoy_authz_descriptor.bin"),
         envoy.encode_to_vec(),
     )?;
+    compile_ext_authz_wire(&out_dir)?;
+    Ok(())
+}
+
+/// Compiles the server's lean, zero-copy view of Envoy's Check (proto/wire/ext_authz.proto):
+/// request fields are `Bytes` slices of the received buffer, and the response's
+/// sub-messages are pre-encoded bytes.
+fn compile_ext_authz_wire(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let wire_dir = out_dir.join("ext_authz_wire");
+    fs::create_dir_all(&wire_dir)?;
+    let descriptors = protox::compile(["ext_authz.proto"], ["proto/wire"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .out_dir(&wire_dir)
+        .bytes(".")
+        // Requests carry bearer secrets in their headers: no derived Debug.
+        .skip_debug(["."])
+        .compile_fds(descriptors)?;
     Ok(())
 }
 

@@ -27,6 +27,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, authorization_client::AuthorizationClient,
+};
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use token_authority::{
@@ -62,6 +65,11 @@ enum Scenario {
     Verify,
     /// Verify cycling through --tokens distinct valid tokens (made first).
     VerifyMany,
+    /// Envoy ext_authz Check of an HTTP request (GET /domains/1 from 10.1.2.3, the headers
+    /// Envoy sends) bearing the `verify` scenario's token: the same judgement as `verify`.
+    Check,
+    /// verify and check alternately for --rounds rounds; medians and check/verify.
+    CompareCheck,
     /// CreateToken of a new token (owner bench) each call.
     Create,
     /// Verify against a no-op VerifyService hosted by this tool that returns a real
@@ -233,6 +241,7 @@ impl Bench {
         for scenario in self.args.scenarios.clone() {
             match scenario {
                 Scenario::Compare => self.compare().await?,
+                Scenario::CompareCheck => self.compare_check().await?,
                 Scenario::LatencyAt => self.latency_at().await?,
                 _ => {
                     let row = self.run(scenario, None).await?;
@@ -258,6 +267,20 @@ impl Bench {
         }
         self.printer
             .compare_summary(&rows, self.args.rounds, noop_host(&self.args));
+        Ok(())
+    }
+
+    /// verify and check alternately, `--rounds` times, then the medians and their ratio.
+    async fn compare_check(&mut self) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        for round in 1..=self.args.rounds {
+            for scenario in [Scenario::Verify, Scenario::Check] {
+                let row = self.run(scenario, Some(round)).await?;
+                self.printer.row(&row);
+                rows.push(row);
+            }
+        }
+        self.printer.pair_summary(&rows, "check", "verify");
         Ok(())
     }
 
@@ -335,6 +358,25 @@ impl Bench {
                 let reply = self.probe_verify(&requests[0]).await?;
                 Ok(self.row("verify-many", round, measured, Some(reply.encoded_len())))
             }
+            Scenario::Check => {
+                let requests = self.single_requests().await?;
+                let request = Arc::new(check_request(&requests[0].token));
+                let channels = connect_many(&self.target, self.args.connections).await?;
+                let callers = self.spread(&channels, |channel, _| Caller::Check {
+                    client: AuthorizationClient::new(channel),
+                    request: request.clone(),
+                });
+                let measured = self.closed(callers).await;
+                let reply = AuthorizationClient::new(self.control.clone())
+                    .check(CheckRequest::clone(&request))
+                    .await
+                    .map_err(|status| anyhow::anyhow!("Check: {}", load::status_text(&status)))?
+                    .into_inner();
+                if reply.status.as_ref().is_some_and(|s| s.code != 0) {
+                    bail!("Check of the bench token is denied: {:?}", reply.status);
+                }
+                Ok(self.row("check", round, measured, Some(reply.encoded_len())))
+            }
             Scenario::Create => {
                 let authorization = self.authorization("create")?;
                 let run_id: u32 = rand::random();
@@ -365,7 +407,7 @@ impl Bench {
                 server.stop().await;
                 Ok(self.row("noop", round, measured, Some(reply_bytes)))
             }
-            Scenario::Compare | Scenario::LatencyAt => {
+            Scenario::Compare | Scenario::CompareCheck | Scenario::LatencyAt => {
                 unreachable!("run_all handles {scenario:?}")
             }
         }
@@ -544,6 +586,62 @@ fn verify_request(secret: String) -> VerifyRequest {
         required_permissions: vec!["domains:read".into()],
         client_ip: "10.1.2.3".into(),
         ..Default::default()
+    }
+}
+
+/// What Envoy 1.40 sends for `GET /domains/1` from 10.1.2.3 with this bearer token: the
+/// peers, the request line and the usual headers.
+fn check_request(secret: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::{
+        config::core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier},
+        service::auth::v3::{
+            AttributeContext,
+            attribute_context::{HttpRequest, Peer, Request},
+        },
+    };
+    let peer = |ip: &str, port: u32| Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "GET"),
+        (":path", "/domains/1"),
+        (":scheme", "http"),
+        ("accept", "*/*"),
+        ("authorization", &format!("Bearer {secret}")),
+        ("user-agent", "curl/8.5.0"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "6f1c0c7e-8c43-4a5c-9d0e-3b8f0f0e2a17"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer("10.1.2.3", 53412)),
+            destination: Some(peer("10.0.0.7", 8080)),
+            request: Some(Request {
+                time: Some(Default::default()),
+                http: Some(HttpRequest {
+                    id: "14612553839390786417".into(),
+                    method: "GET".into(),
+                    headers,
+                    path: "/domains/1".into(),
+                    host: "api.example.com".into(),
+                    scheme: "http".into(),
+                    protocol: "HTTP/1.1".into(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
     }
 }
 

@@ -2,11 +2,7 @@
 //! the credential, the permissions the route needs, the bindings it touches, and where the
 //! request came from. Pure: the gRPC service in `grpc::ext_authz` feeds it and answers.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    path::Path,
-};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -105,29 +101,22 @@ pub fn path_prefix(value: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// A request's headers as Envoy sends them: the `headers` map, or `header_map` when Envoy is
-/// configured to send raw headers. Names are matched case-insensitively.
-pub struct Headers<'a> {
-    map: &'a HashMap<String, String>,
-    raw: &'a [(String, String)],
-}
+/// A request's headers as Envoy sends them (the `headers` map, or `header_map` when Envoy
+/// is configured to send raw headers). Names are matched case-insensitively.
+pub struct Headers<'a>(Vec<(&'a str, &'a str)>);
 
 impl<'a> Headers<'a> {
-    /// Wraps the two header forms of a request.
-    pub fn new(map: &'a HashMap<String, String>, raw: &'a [(String, String)]) -> Self {
-        Self { map, raw }
+    /// Wraps a request's header names and values.
+    pub fn new(pairs: Vec<(&'a str, &'a str)>) -> Self {
+        Self(pairs)
     }
 
     /// Returns the value of a header; repeated headers come joined with `,` by Envoy.
     pub fn get(&self, name: &str) -> Option<&'a str> {
-        if let Some(value) = self.map.get(name) {
-            return Some(value);
-        }
-        self.map
+        self.0
             .iter()
-            .chain(self.raw.iter().map(|(k, v)| (k, v)))
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+            .map(|(_, value)| *value)
     }
 }
 
@@ -233,14 +222,18 @@ pub fn requirement(
     settings: &CheckSettings,
     method: &str,
     path: &str,
-    extensions: &HashMap<String, String>,
+    extensions: &[(&str, &str)],
 ) -> Result<Result<Requirement, Unmapped>, BadRoute> {
     let route_bindings = route_bindings(extensions)?;
     let segments = match segments(path) {
         Ok(segments) => segments,
         Err(e) => return Ok(Err(Unmapped(e))),
     };
-    let mut requirement = if let Some(listed) = extensions.get(PERMISSION_KEY) {
+    let permission = extensions
+        .iter()
+        .find(|(key, _)| *key == PERMISSION_KEY)
+        .map(|(_, value)| *value);
+    let mut requirement = if let Some(listed) = permission {
         Requirement {
             permissions: parse_list(listed).map_err(|message| BadRoute {
                 field: "attributes.context_extensions.permission",
@@ -302,9 +295,7 @@ fn default_permission(
         .map_err(|_| Unmapped("the path does not name a resource; add a rule".into()))
 }
 
-fn route_bindings(
-    extensions: &HashMap<String, String>,
-) -> Result<BTreeMap<String, String>, BadRoute> {
+fn route_bindings(extensions: &[(&str, &str)]) -> Result<BTreeMap<String, String>, BadRoute> {
     let mut bindings = BTreeMap::new();
     for (key, value) in extensions {
         if let Some(name) = key.strip_prefix(BINDING_PREFIX) {
@@ -312,7 +303,7 @@ fn route_bindings(
                 field: "attributes.context_extensions",
                 message,
             })?;
-            bindings.insert(name.to_owned(), value.clone());
+            bindings.insert(name.to_owned(), (*value).to_owned());
         }
     }
     if bindings.len() > limits::BINDINGS {
@@ -563,7 +554,7 @@ mod tests {
     }
 
     fn need(settings: &CheckSettings, method: &str, path: &str) -> Result<Requirement, Unmapped> {
-        requirement(settings, method, path, &HashMap::new()).unwrap()
+        requirement(settings, method, path, &[]).unwrap()
     }
 
     #[test]
@@ -624,13 +615,10 @@ mod tests {
     #[test]
     fn context_extensions_name_the_permissions_and_bindings() {
         let settings = CheckSettings::default();
-        let extensions = HashMap::from([
-            (
-                "permission".to_owned(),
-                "reports:read, datasources:read".to_owned(),
-            ),
-            ("binding.tenant".to_owned(), "acme".to_owned()),
-        ]);
+        let extensions = [
+            ("permission", "reports:read, datasources:read"),
+            ("binding.tenant", "acme"),
+        ];
         let need = requirement(&settings, "POST", "/anything", &extensions)
             .unwrap()
             .unwrap();
@@ -643,16 +631,16 @@ mod tests {
             BTreeMap::from([("tenant".into(), "acme".into())])
         );
 
-        let only_authenticated = HashMap::from([("permission".to_owned(), " ".to_owned())]);
+        let only_authenticated = [("permission", " ")];
         let need = requirement(&settings, "POST", "/", &only_authenticated)
             .unwrap()
             .unwrap();
         assert!(need.permissions.is_empty());
 
-        let bad = HashMap::from([("permission".to_owned(), "Reports".to_owned())]);
+        let bad = [("permission", "Reports")];
         let error = requirement(&settings, "GET", "/", &bad).unwrap_err();
         assert_eq!(error.field, "attributes.context_extensions.permission");
-        let bad = HashMap::from([("binding.a b".to_owned(), "x".to_owned())]);
+        let bad = [("binding.a b", "x")];
         assert!(requirement(&settings, "GET", "/x", &bad).is_err());
     }
 
@@ -743,7 +731,12 @@ mod tests {
         assert_eq!(settings.rules.len(), 3);
         let export = need(&settings, "POST", "/reports/r-1/export").unwrap();
         assert_eq!(export.permissions, perms(&["reports:export"]));
-        assert!(need(&settings, "GET", "/catalogue/a/b").unwrap().permissions.is_empty());
+        assert!(
+            need(&settings, "GET", "/catalogue/a/b")
+                .unwrap()
+                .permissions
+                .is_empty()
+        );
         assert!(Rules::load(Path::new("/no/such/file")).is_err());
     }
 
@@ -777,19 +770,11 @@ mod tests {
         assert!(Rules::parse("").unwrap().is_empty());
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
     fn the_credential_is_a_bearer_token_or_the_api_key_header() {
         let settings = CheckSettings::default();
         let find = |pairs: &[(&str, &str)]| {
-            let map = headers(pairs);
-            credential(&Headers::new(&map, &[]), &settings)
+            credential(&Headers::new(pairs.to_vec()), &settings)
                 .map(|c| (c.header.to_owned(), c.presented.to_owned()))
         };
         assert_eq!(
@@ -813,19 +798,16 @@ mod tests {
         assert_eq!(find(&[("authorization", "Basic dXNlcg==")]), None);
         assert_eq!(find(&[]), None);
 
-        let raw = vec![("X-API-KEY".to_owned(), "ta_z".to_owned())];
-        let empty = HashMap::new();
         assert_eq!(
-            credential(&Headers::new(&empty, &raw), &settings).map(|c| c.presented),
-            Some("ta_z"),
-            "raw header_map entries count too"
+            find(&[("X-API-KEY", "ta_z")]),
+            Some(("x-api-key".into(), "ta_z".into()))
         );
         let no_key = CheckSettings {
             api_key_header: None,
             ..CheckSettings::default()
         };
-        let map = headers(&[("x-api-key", "ta_y")]);
-        assert_eq!(credential(&Headers::new(&map, &[]), &no_key), None);
+        let headers = Headers::new(vec![("x-api-key", "ta_y")]);
+        assert_eq!(credential(&headers, &no_key), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the rules need (permissions, networks, hosts, bindings) are read from the encoding in
 //! place, without allocating. About 400 bytes per token instead of ~2 KB as a `Token`.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::OnceLock};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -44,6 +44,19 @@ pub struct EncodedToken {
     restricts_hosts: bool,
     has_bindings: bool,
     encoded: Bytes,
+    /// The ext_authz answer allowing this token, encoded by the first Check that needs it.
+    allowed_check: OnceLock<Box<AllowedCheck>>,
+}
+
+/// An allowed ext_authz Check answer for one token, encoded once (see `grpc::ext_authz`).
+#[derive(Debug)]
+pub struct AllowedCheck {
+    /// The encoded OkHttpResponse when the secret came as `Authorization: Bearer`.
+    pub by_bearer: Bytes,
+    /// The encoded OkHttpResponse when it came in the API-key header.
+    pub by_api_key: Bytes,
+    /// The encoded `dynamic_metadata` Struct.
+    pub metadata: Bytes,
 }
 
 impl EncodedToken {
@@ -58,7 +71,13 @@ impl EncodedToken {
             restricts_hosts: !token.allowed_hosts.is_empty(),
             has_bindings: !token.bindings.is_empty(),
             encoded: Bytes::from(token_to_pb(token).encode_to_vec()),
+            allowed_check: OnceLock::new(),
         }
+    }
+
+    /// Returns the allowed Check answer for this token, building it on first use.
+    pub fn allowed_check(&self, build: impl FnOnce(&Self) -> AllowedCheck) -> &AllowedCheck {
+        self.allowed_check.get_or_init(|| Box::new(build(self)))
     }
 
     /// Returns the encoded `tokenauthority.v1.Token`.

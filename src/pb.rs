@@ -16,6 +16,15 @@ pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/wire/tokenauthority.v1.rs"));
 }
 
+/// The server's zero-copy view of Envoy's `Authorization/Check` (proto/wire/ext_authz.proto):
+/// wire-compatible with Envoy's messages; clients and tests use envoy-types.
+pub mod ext_authz_wire {
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/ext_authz_wire/envoy.service.auth.v3.rs"
+    ));
+}
+
 /// The encoded file descriptor set of our protos (and the well-known types they import).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("tokenauthority_descriptor");

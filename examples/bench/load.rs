@@ -6,6 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, authorization_client::AuthorizationClient,
+};
 use hdrhistogram::Histogram;
 use token_authority::pb::v1::{
     CreateTokenRequest, Token, VerifyRequest, token_service_client::TokenServiceClient,
@@ -47,6 +50,12 @@ pub enum Caller {
         client: VerifyServiceClient<Channel>,
         requests: Arc<[VerifyRequest]>,
         next: usize,
+    },
+    /// envoy.service.auth.v3.Authorization/Check of one request, as Envoy sends it; a
+    /// denied answer is an error.
+    Check {
+        client: AuthorizationClient<Channel>,
+        request: Arc<CheckRequest>,
     },
     /// TokenService/CreateToken of a new token named `<prefix>-<n>` each call.
     Create {
@@ -95,6 +104,18 @@ impl Caller {
                         "valid=false, result {}: {}",
                         reply.result, reply.reason
                     ))
+                }
+            }
+            Caller::Check { client, request } => {
+                let reply = client
+                    .check(CheckRequest::clone(request))
+                    .await
+                    .map_err(|status| status_text(&status))?;
+                match &reply.get_ref().status {
+                    Some(status) if status.code != 0 => {
+                        Err(format!("denied, code {}: {}", status.code, status.message))
+                    }
+                    _ => Ok(()),
                 }
             }
             Caller::Create {

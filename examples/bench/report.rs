@@ -261,6 +261,44 @@ impl Printer {
     }
 }
 
+impl Printer {
+    /// Medians of two alternated scenarios and the ratio `a/b`, of the medians and per round.
+    pub fn pair_summary(&mut self, rows: &[Row], a: &'static str, b: &'static str) {
+        let rates = |scenario: &str| -> Vec<f64> {
+            rows.iter()
+                .filter(|r| r.scenario == scenario)
+                .map(|r| r.calls_per_sec())
+                .collect()
+        };
+        let (rates_a, rates_b) = (rates(a), rates(b));
+        let (median_a, median_b) = (median(rates_a.clone()), median(rates_b.clone()));
+        let per_round: Vec<f64> = rates_a.iter().zip(&rates_b).map(|(x, y)| x / y).collect();
+        println!();
+        println!(
+            "{a}/{b} = {:.3}  (medians {median_a:.1} and {median_b:.1} calls/s over {} round(s); per round: {}; their median {:.3})",
+            median_a / median_b,
+            per_round.len(),
+            per_round
+                .iter()
+                .map(|v| format!("{v:.3}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            median(per_round.clone())
+        );
+        if self.json {
+            println!(
+                "{}",
+                json!({
+                    "summary": format!("{a}/{b}"),
+                    "median_calls_per_sec": {a: round1(median_a), b: round1(median_b)},
+                    "ratio_of_medians": median_a / median_b,
+                    "per_round": per_round,
+                })
+            );
+        }
+    }
+}
+
 /// The median; the mean of the middle two for an even count; NaN for none.
 pub fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {

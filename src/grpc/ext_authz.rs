@@ -5,30 +5,30 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use bytes::Bytes;
 use envoy_types::{
     ext_authz::v3::pb::{
-        CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue,
-        HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+        DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpStatus,
+        HttpStatusCode, OkHttpResponse,
     },
-    pb::{
-        envoy::service::auth::v3::attribute_context::HttpRequest,
-        google::{
-            protobuf::{ListValue, Struct, Value, value::Kind},
-            rpc,
-        },
+    pb::google::{
+        protobuf::{ListValue, Struct, Value, value::Kind},
+        rpc,
     },
 };
+use prost::Message;
 use tonic::{Code, Request, Response, Status};
 
 use super::AppState;
 use crate::{
     check::{self, CheckSettings, Headers, Requirement},
     domain::verify::{Outcome, Usage},
-    encoded::EncodedToken,
+    encoded::{AllowedCheck, EncodedToken},
     error::Error,
+    pb::ext_authz_wire::{CheckRequest, CheckResponse, HttpRequest},
 };
 
-pub use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer};
+pub use crate::pb::ext_authz_wire::authorization_server::{Authorization, AuthorizationServer};
 
 /// The ext_authz Check implementation.
 pub struct ExtAuthzApi {
@@ -41,6 +41,11 @@ impl ExtAuthzApi {
     pub fn new(state: Arc<AppState>, settings: Arc<CheckSettings>) -> Self {
         Self { state, settings }
     }
+}
+
+/// A request field as text; a field that is not UTF-8 reads as empty.
+fn text(bytes: &Bytes) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -61,21 +66,21 @@ impl Authorization for ExtAuthzApi {
             .ok_or_else(|| Error::invalid("attributes.request.http", "is required"))?;
         let settings = self.settings.as_ref();
 
-        let raw_headers = raw_headers(http);
-        let headers = Headers::new(&http.headers, &raw_headers);
+        let headers = headers(http);
         let Some(credential) = check::credential(&headers, settings) else {
             return Ok(Response::new(deny(
                 settings,
                 Denial::unauthenticated("no bearer token was presented"),
             )));
         };
-        let requirement = check::requirement(
-            settings,
-            &http.method,
-            &http.path,
-            &attributes.context_extensions,
-        )
-        .map_err(|bad| Error::invalid(bad.field, bad.message))?;
+        let extensions: Vec<(&str, &str)> = attributes
+            .context_extensions
+            .iter()
+            .map(|e| (text(&e.key), text(&e.value)))
+            .collect();
+        let requirement =
+            check::requirement(settings, text(&http.method), text(&http.path), &extensions)
+                .map_err(|bad| Error::invalid(bad.field, bad.message))?;
         let (unmapped, requirement) = match requirement {
             Ok(requirement) => (None, requirement),
             // The token is still judged, so that a bad one is told it is bad (401).
@@ -85,12 +90,8 @@ impl Authorization for ExtAuthzApi {
             .source
             .as_ref()
             .and_then(|peer| peer.address.as_ref())
-            .and_then(|address| match address.address.as_ref()? {
-                envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
-                    socket,
-                ) => Some(socket.address.as_str()),
-                _ => None,
-            });
+            .and_then(|address| address.socket_address.as_ref())
+            .map(|socket| text(&socket.address));
         let usage = Usage {
             required: requirement.permissions,
             client_ip: check::client_ip(
@@ -98,7 +99,7 @@ impl Authorization for ExtAuthzApi {
                 headers.get("x-forwarded-for"),
                 &settings.trusted_proxies,
             ),
-            host: Some(http.host.as_str())
+            host: Some(text(&http.host))
                 .filter(|h| !h.is_empty())
                 .or_else(|| headers.get(":authority"))
                 .or_else(|| headers.get("host"))
@@ -121,7 +122,9 @@ impl Authorization for ExtAuthzApi {
                 settings,
                 Denial::forbidden(Outcome::PermissionDenied, unmapped.0, &[]),
             ),
-            (Outcome::Ok, Some(token), None) => allow(settings, &token, credential.header),
+            (Outcome::Ok, Some(token), None) => {
+                allow(settings, &token, credential.header == "authorization")
+            }
             (outcome, _, _) => deny(
                 settings,
                 match outcome {
@@ -137,22 +140,25 @@ impl Authorization for ExtAuthzApi {
     }
 }
 
-/// `header_map`'s entries, for an Envoy configured to send raw headers.
-fn raw_headers(http: &HttpRequest) -> Vec<(String, String)> {
-    let Some(map) = &http.header_map else {
-        return Vec::new();
-    };
-    map.headers
+/// The request's headers: the `headers` map, or `header_map`'s entries when Envoy is
+/// configured to send raw headers.
+fn headers(http: &HttpRequest) -> Headers<'_> {
+    let mut pairs: Vec<(&str, &str)> = http
+        .headers
         .iter()
-        .map(|h| {
+        .map(|e| (text(&e.key), text(&e.value)))
+        .collect();
+    if let Some(map) = &http.header_map {
+        pairs.extend(map.headers.iter().map(|h| {
             let value = if h.raw_value.is_empty() {
-                h.value.clone()
+                &h.value
             } else {
-                String::from_utf8_lossy(&h.raw_value).into_owned()
+                &h.raw_value
             };
-            (h.key.clone(), value)
-        })
-        .collect()
+            (text(&h.key), text(value))
+        }));
+    }
+    Headers::new(pairs)
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
@@ -175,9 +181,38 @@ fn string(value: &str) -> Value {
     }
 }
 
-/// Lets the request through with the token's identity for the upstream, which overwrites
-/// any header of those names the client sent, and without the credential.
-fn allow(settings: &CheckSettings, token: &EncodedToken, credential_header: &str) -> CheckResponse {
+fn encoded(message: &impl Message) -> Bytes {
+    Bytes::from(message.encode_to_vec())
+}
+
+/// The OK status, encoded (empty: every field is at its default).
+fn ok_status() -> Bytes {
+    encoded(&rpc::Status {
+        code: Code::Ok as i32,
+        message: String::new(),
+        details: Vec::new(),
+    })
+}
+
+/// Lets the request through with the token's identity for the upstream (overwriting any
+/// header of those names the client sent) and without the credential. Encoded once per
+/// cached token; later Checks of it send the same bytes.
+fn allow(settings: &CheckSettings, token: &EncodedToken, by_bearer: bool) -> CheckResponse {
+    let answer = token.allowed_check(|token| allowed_check(settings, token));
+    CheckResponse {
+        status: Some(ok_status()),
+        denied_response: None,
+        ok_response: Some(if by_bearer {
+            answer.by_bearer.clone()
+        } else {
+            answer.by_api_key.clone()
+        }),
+        dynamic_metadata: Some(answer.metadata.clone()),
+    }
+}
+
+/// Encodes what an allowed Check tells Envoy about `token`.
+fn allowed_check(settings: &CheckSettings, token: &EncodedToken) -> AllowedCheck {
     let names = &settings.identity_headers;
     let id = token.id.to_string();
     let identity = [
@@ -187,47 +222,44 @@ fn allow(settings: &CheckSettings, token: &EncodedToken, credential_header: &str
         (names.kind.as_str(), token.token_type()),
     ];
     let mut headers = Vec::with_capacity(identity.len());
-    let mut headers_to_remove = Vec::with_capacity(2);
+    let mut removed = Vec::new();
     for (name, value) in identity {
         if value.is_empty() {
             // Nothing to say, and nothing the client said may stand in for it.
-            headers_to_remove.push(name.to_owned());
+            removed.push(name.to_owned());
         } else {
             headers.push(header(name, value));
         }
     }
-    if !settings.forward_credential {
-        headers_to_remove.push(credential_header.to_owned());
-    }
-    let permissions = token.permissions().map(string).collect();
+    let removing = |credential: Option<&str>| {
+        let mut headers_to_remove = removed.clone();
+        if let Some(credential) = credential.filter(|_| !settings.forward_credential) {
+            headers_to_remove.push(credential.to_owned());
+        }
+        encoded(&OkHttpResponse {
+            headers: headers.clone(),
+            headers_to_remove,
+            ..Default::default()
+        })
+    };
     let metadata = Struct {
         fields: HashMap::from([
             ("token_id".to_owned(), string(&id)),
             ("owner".to_owned(), string(token.owner())),
-            ("name".to_owned(), string(token.name())),
-            ("type".to_owned(), string(token.token_type())),
             (
                 "permissions".to_owned(),
                 Value {
                     kind: Some(Kind::ListValue(ListValue {
-                        values: permissions,
+                        values: token.permissions().map(string).collect(),
                     })),
                 },
             ),
         ]),
     };
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: Code::Ok as i32,
-            message: String::new(),
-            details: Vec::new(),
-        }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers,
-            headers_to_remove,
-            ..Default::default()
-        })),
-        dynamic_metadata: Some(metadata),
+    AllowedCheck {
+        by_bearer: removing(Some("authorization")),
+        by_api_key: removing(settings.api_key_header.as_deref()),
+        metadata: encoded(&metadata),
     }
 }
 
@@ -330,12 +362,12 @@ fn deny(settings: &CheckSettings, denial: Denial) -> CheckResponse {
     })
     .to_string();
     CheckResponse {
-        status: Some(rpc::Status {
+        status: Some(encoded(&rpc::Status {
             code: denial.code as i32,
             message: denial.reason.clone(),
             details: Vec::new(),
-        }),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+        })),
+        denied_response: Some(encoded(&DeniedHttpResponse {
             status: Some(HttpStatus {
                 code: denial.status.into(),
             }),
@@ -346,6 +378,135 @@ fn deny(settings: &CheckSettings, denial: Denial) -> CheckResponse {
             ],
             body,
         })),
+        ok_response: None,
         dynamic_metadata: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::{
+        config::core::v3::{
+            Address, HeaderMap, SocketAddress, address, socket_address::PortSpecifier,
+        },
+        service::auth::v3 as envoy,
+    };
+
+    use super::*;
+    use crate::pb::ext_authz_wire;
+
+    fn full_request() -> envoy::CheckRequest {
+        let peer = |ip: &str| envoy::attribute_context::Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: ip.into(),
+                    port_specifier: Some(PortSpecifier::PortValue(443)),
+                    resolver_name: "r".into(),
+                    ..Default::default()
+                })),
+            }),
+            service: "svc".into(),
+            principal: "spiffe://x".into(),
+            ..Default::default()
+        };
+        envoy::CheckRequest {
+            attributes: Some(envoy::AttributeContext {
+                source: Some(peer("10.1.2.3")),
+                destination: Some(peer("10.0.0.7")),
+                request: Some(envoy::attribute_context::Request {
+                    time: Some(Default::default()),
+                    http: Some(envoy::attribute_context::HttpRequest {
+                        id: "42".into(),
+                        method: "PATCH".into(),
+                        headers: HashMap::from([
+                            ("authorization".into(), "Bearer ta_x".into()),
+                            (":authority".into(), "api.example.com".into()),
+                        ]),
+                        header_map: Some(HeaderMap {
+                            headers: vec![HeaderValue {
+                                key: "x-api-key".into(),
+                                value: String::new(),
+                                raw_value: b"ta_raw".to_vec(),
+                            }],
+                        }),
+                        path: "/reports/1?x=y".into(),
+                        host: "api.example.com".into(),
+                        scheme: "https".into(),
+                        protocol: "HTTP/2".into(),
+                        size: 12,
+                        body: "{}".into(),
+                        ..Default::default()
+                    }),
+                }),
+                context_extensions: HashMap::from([("permission".into(), "a:b".into())]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_wire_view_reads_what_envoy_types_encodes() {
+        let bytes = full_request().encode_to_vec();
+        let wire = ext_authz_wire::CheckRequest::decode(Bytes::from(bytes)).unwrap();
+        let attributes = wire.attributes.unwrap();
+        let source = attributes.source.unwrap().address.unwrap();
+        assert_eq!(text(&source.socket_address.unwrap().address), "10.1.2.3");
+        let http = attributes.request.unwrap().http.unwrap();
+        assert_eq!(text(&http.method), "PATCH");
+        assert_eq!(text(&http.path), "/reports/1?x=y");
+        assert_eq!(text(&http.host), "api.example.com");
+        let headers = headers(&http);
+        assert_eq!(headers.get("Authorization"), Some("Bearer ta_x"));
+        assert_eq!(headers.get(":authority"), Some("api.example.com"));
+        assert_eq!(headers.get("x-api-key"), Some("ta_raw"));
+        let extensions: Vec<_> = attributes
+            .context_extensions
+            .iter()
+            .map(|e| (text(&e.key), text(&e.value)))
+            .collect();
+        assert_eq!(extensions, [("permission", "a:b")]);
+    }
+
+    #[test]
+    fn wire_answers_decode_as_envoy_types_answers() {
+        let settings = CheckSettings::default();
+        let token = crate::domain::verify::tests::token(&["reports:read"]);
+        let cached = EncodedToken::new(&token);
+
+        let allowed = allow(&settings, &cached, true).encode_to_vec();
+        let allowed = envoy::CheckResponse::decode(allowed.as_slice()).unwrap();
+        assert_eq!(allowed.status.unwrap().code, 0, "an OK status is present");
+        let Some(envoy::check_response::HttpResponse::OkResponse(ok)) = allowed.http_response
+        else {
+            panic!("an ok response");
+        };
+        assert_eq!(ok.headers_to_remove, ["authorization"]);
+        assert_eq!(ok.headers.len(), 4);
+        let fields = allowed.dynamic_metadata.unwrap().fields;
+        assert_eq!(
+            fields["token_id"].kind,
+            Some(Kind::StringValue(token.id.to_string()))
+        );
+        let by_key = allow(&settings, &cached, false).encode_to_vec();
+        let by_key = envoy::CheckResponse::decode(by_key.as_slice()).unwrap();
+        let Some(envoy::check_response::HttpResponse::OkResponse(ok)) = by_key.http_response else {
+            panic!("an ok response");
+        };
+        assert_eq!(ok.headers_to_remove, ["x-api-key"]);
+
+        let denied = deny(
+            &settings,
+            Denial::invalid(Outcome::NotFound, "token not found".into()),
+        );
+        let denied = envoy::CheckResponse::decode(denied.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(denied.status.unwrap().code, Code::Unauthenticated as i32);
+        let Some(envoy::check_response::HttpResponse::DeniedResponse(deny)) = denied.http_response
+        else {
+            panic!("a denied response");
+        };
+        assert_eq!(
+            deny.status.unwrap().code,
+            HttpStatusCode::Unauthorized as i32
+        );
     }
 }
