@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the README's benchmark figures, on Postgres, in one run:
-#   1. Verify (cached) vs the no-op ceiling for the same bytes vs health Check, alternately
+#   1. Verify (cached) vs the no-op ceiling for the same bytes vs health Check, alternately;
+#      then Envoy ext_authz Check vs Verify of the same token, alternately
 #   2. Verify (cached) latency at half of its maximum throughput (open loop)
 #   3. CreateToken
 #   4. Verify with the cache disabled (a store round trip) vs pgbench -S at the same clients
@@ -62,6 +63,8 @@ a=$(free_port)
 start_server "$a"
 section "1. Verify (cached) vs no-op ceiling vs health Check, $ROUNDS alternating rounds"
 bench --target "http://127.0.0.1:$a" --rounds "$ROUNDS" --noop-in-child compare
+section "1b. Envoy ext_authz Check vs Verify for the same token, $ROUNDS alternating rounds"
+bench --target "http://127.0.0.1:$a" --rounds "$ROUNDS" compare-check
 section "2. Verify (cached) latency at half of its maximum throughput"
 bench --target "http://127.0.0.1:$a" latency-at
 section "3. CreateToken"
