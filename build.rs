@@ -8,6 +8,8 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "proto/tokenauthority/v1/token.proto",
     "proto/tokenauthority/v1/verify.proto",
+    "proto/tokenauthority/v1/token_type.proto",
+    "proto/tokenauthority/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([
             "tokenauthority.v1.VerifyRequest",
             "tokenauthority.v1.CreateTokenResponse",
+            "tokenauthority.v1.RotateTokenResponse",
         ])
         .compile_fds(descriptors)?;
     compile_verify_wire(&out_dir)?;

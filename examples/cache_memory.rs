@@ -58,6 +58,11 @@ fn sample_token(i: u64) -> Token {
         display_hint: secret.display_hint(),
         secret_hash: secret.hash(),
         revision: 1,
+        previous_hash: None,
+        previous_hash_expire_time: None,
+        max_uses: None,
+        uses: 0,
+        rate_limit: None,
     }
 }
 

@@ -5,6 +5,7 @@ use std::{io::Write, path::Path};
 
 use crate::{
     domain::{
+        audit::AuditEvent,
         permission::Permission,
         secret::{TokenPrefix, TokenSecret},
         token::{Token, parse_owner},
@@ -37,14 +38,17 @@ pub async fn create_admin_token(
     };
     let token = Token {
         name,
-        token_type: "service".to_owned(),
+        token_type: "personal".to_owned(),
         description: "admin token made by bootstrap".to_owned(),
         permissions: vec![Permission::all()],
         ..Token::new(owner, &secret, None, now)
     };
     let only_first = matches!(mode, Mode::FirstStart);
+    let audit = AuditEvent::new("bootstrap", AuditEvent::token_target(token.id), None, now)
+        .change("owner", token.owner.clone())
+        .change("permissions", vec!["*:*"]);
     let stored = store
-        .insert_admin(&token, only_first)
+        .insert_admin(&token, only_first, &audit)
         .await
         .map_err(|e| match e {
             StoreError::NameTaken => {

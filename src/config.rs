@@ -153,6 +153,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Management API (TokenService, TokenTypeService, AuditService) requests per minute
+    /// per client address; past it, calls fail RESOURCE_EXHAUSTED. 0 for no limit. Verify
+    /// and Check are never limited by it.
+    #[arg(long, env = "TA_MANAGEMENT_RATE_LIMIT", default_value_t = 120)]
+    pub management_rate_limit: u32,
+
     /// How Envoy ext_authz Check requests are read and answered.
     #[command(flatten)]
     pub ext_authz: ExtAuthzArgs,

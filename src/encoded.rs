@@ -14,7 +14,7 @@ use crate::{
     domain::{
         permission::Permission,
         restrictions::{Cidr, host_pattern_matches, normalize_host},
-        token::Token,
+        token::{RateLimit, Token},
         verify::Subject,
     },
     grpc::convert::token_to_pb,
@@ -43,6 +43,8 @@ pub struct EncodedToken {
     restricts_networks: bool,
     restricts_hosts: bool,
     has_bindings: bool,
+    usage_limited: bool,
+    rate_limit: Option<RateLimit>,
     encoded: Bytes,
     /// The ext_authz answer allowing this token, encoded by the first Check that needs it.
     allowed_check: OnceLock<Box<AllowedCheck>>,
@@ -70,6 +72,8 @@ impl EncodedToken {
             restricts_networks: !token.allowed_cidrs.is_empty(),
             restricts_hosts: !token.allowed_hosts.is_empty(),
             has_bindings: !token.bindings.is_empty(),
+            usage_limited: token.max_uses.is_some(),
+            rate_limit: token.rate_limit,
             encoded: Bytes::from(token_to_pb(token).encode_to_vec()),
             allowed_check: OnceLock::new(),
         }
@@ -115,6 +119,18 @@ impl EncodedToken {
 }
 
 impl Subject for EncodedToken {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn usage_limited(&self) -> bool {
+        self.usage_limited
+    }
+
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
     fn enabled(&self) -> bool {
         self.enabled
     }

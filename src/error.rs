@@ -31,6 +31,12 @@ pub enum Error {
     /// A concurrent change won; the client may retry.
     #[error("{0}")]
     Aborted(String),
+    /// The thing is not in a state that allows this (e.g. a type still in use).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Too many requests; the client may retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store failed.
     #[error("token store unavailable")]
     Store(#[from] StoreError),
@@ -55,7 +61,9 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Aborted(_) => Code::Aborted,
-            Error::Store(StoreError::NameTaken) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Store(StoreError::NameTaken | StoreError::TypeTaken) => Code::AlreadyExists,
             Error::Store(cause) => {
                 tracing::error!(error = %cause, "store operation failed");
                 Code::Unavailable
@@ -64,6 +72,9 @@ impl From<Error> for Status {
         let message = match &error {
             Error::Store(StoreError::NameTaken) => {
                 "token.name: a token with this name already exists for this owner".to_owned()
+            }
+            Error::Store(StoreError::TypeTaken) => {
+                "token_type.id: a token type with this id already exists".to_owned()
             }
             other => other.to_string(),
         };

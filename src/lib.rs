@@ -10,6 +10,7 @@ pub mod encoded;
 pub mod error;
 pub mod grpc;
 pub mod invalidation;
+pub mod limits;
 pub mod pb;
 pub mod startup;
 pub mod store;

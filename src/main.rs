@@ -76,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     negative_ttl: serve.cache_negative_ttl,
                 },
                 ext_authz,
+                management_rate_limit: serve.management_rate_limit,
             })
             .await?;
             if let Some(secret) = app.bootstrap_secret() {

@@ -62,14 +62,24 @@ macro_rules! redacted_verify_request_debug {
 
 redacted_verify_request_debug!(v1::VerifyRequest, wire::VerifyRequest);
 
-impl std::fmt::Debug for v1::CreateTokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreateTokenResponse")
-            .field("token", &self.token)
-            .field("secret", &Redacted(self.secret.len()))
-            .finish()
-    }
+/// A `Debug` for a response that carries a new secret, printing its length only.
+macro_rules! redacted_secret_response_debug {
+    ($($message:ty => $name:literal),*) => {$(
+        impl std::fmt::Debug for $message {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct($name)
+                    .field("token", &self.token)
+                    .field("secret", &Redacted(self.secret.len()))
+                    .finish()
+            }
+        }
+    )*};
 }
+
+redacted_secret_response_debug!(
+    v1::CreateTokenResponse => "CreateTokenResponse",
+    v1::RotateTokenResponse => "RotateTokenResponse"
+);
 
 #[cfg(test)]
 mod tests {
@@ -86,7 +96,11 @@ mod tests {
             secret: secret.into(),
             token: None,
         };
-        let printed = format!("{verify:?} {created:?} {verify:#?}");
+        let rotated = v1::RotateTokenResponse {
+            secret: secret.into(),
+            token: None,
+        };
+        let printed = format!("{verify:?} {created:?} {verify:#?} {rotated:?}");
         assert!(!printed.contains("0123456789"), "{printed}");
         assert!(printed.contains("redacted"));
     }

@@ -13,15 +13,24 @@ use crate::{
     cache::{CacheSettings, TokenCache},
     check::CheckSettings,
     domain::secret::{TokenPrefix, TokenSecret},
+    domain::token_type::builtin_types,
     grpc::{
-        AppState, authority_layer,
+        AppState,
+        audit_service::AuditApi,
+        authority_layer,
         ext_authz::{AuthorizationServer, ExtAuthzApi},
         token_service::TokenApi,
+        token_type_service::TokenTypeApi,
         verify_service::VerifyApi,
     },
     invalidation,
+    limits::{FailureAudit, ManagementRate},
     pb::{
-        self, v1::token_service_server::TokenServiceServer,
+        self,
+        v1::{
+            audit_service_server::AuditServiceServer, token_service_server::TokenServiceServer,
+            token_type_service_server::TokenTypeServiceServer,
+        },
         wire::verify_service_server::VerifyServiceServer,
     },
     store::{self, StoreOptions, TokenStore},
@@ -30,9 +39,11 @@ use crate::{
 };
 
 /// The gRPC services whose health is reported, besides the overall "" service.
-pub const SERVICE_NAMES: [&str; 3] = [
+pub const SERVICE_NAMES: [&str; 5] = [
     "tokenauthority.v1.TokenService",
     "tokenauthority.v1.VerifyService",
+    "tokenauthority.v1.TokenTypeService",
+    "tokenauthority.v1.AuditService",
     "envoy.service.auth.v3.Authorization",
 ];
 
@@ -63,6 +74,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// How Envoy ext_authz Check requests are read and answered.
     pub ext_authz: CheckSettings,
+    /// Management requests per minute per client address; 0 for no limit.
+    pub management_rate_limit: u32,
 }
 
 /// A built, bound, not yet serving service.
@@ -87,6 +100,10 @@ impl Application {
             .migrate()
             .await
             .context("cannot migrate the token store")?;
+        store
+            .seed_types(&builtin_types(crate::domain::token::now()))
+            .await
+            .context("cannot add the built-in token types")?;
         let mut bootstrap_secret = None;
         if settings.bootstrap {
             let made = bootstrap::create_admin_token(
@@ -119,6 +136,8 @@ impl Application {
             cache: cache.clone(),
             verifier: Verifier::new(store.clone(), cache, usage.clone()),
             prefix: settings.token_prefix.clone(),
+            management_rate: ManagementRate::new(settings.management_rate_limit),
+            failure_audit: FailureAudit::default(),
         });
         Ok(Self {
             listener,
@@ -166,8 +185,13 @@ impl Application {
         ));
         let change_listener =
             invalidation::spawn_listener(store.clone(), state.cache.clone(), stop_rx.clone());
-        let flusher =
-            usage::spawn_flusher(usage, store.clone(), settings.usage_flush_interval, stop_rx);
+        let flusher = usage::spawn_flusher(
+            usage,
+            store.clone(),
+            settings.usage_flush_interval,
+            stop_rx.clone(),
+        );
+        tokio::spawn(shrink_limits(state.clone(), stop_rx));
 
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -203,6 +227,10 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
+            .add_service(TokenTypeServiceServer::new(TokenTypeApi::new(
+                state.clone(),
+            )))
+            .add_service(AuditServiceServer::new(AuditApi::new(state.clone())))
             .add_service(VerifyServiceServer::new(VerifyApi::new(state.clone())))
             .add_service(AuthorizationServer::new(ExtAuthzApi::new(
                 state,
@@ -238,6 +266,22 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+/// Forgets, every minute, the rate-limit state of tokens and addresses not seen lately.
+async fn shrink_limits(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                state.verifier.shrink_rates();
+                state.management_rate.shrink();
+                state.failure_audit.shrink();
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Sets the overall and every per-service status.

@@ -6,14 +6,17 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use crate::{
     cache::{Entry, TokenCache},
     domain::{
         secret::{SecretHash, TokenSecret},
         token::{Token, limits, now},
-        verify::{Outcome, Usage, evaluate},
+        verify::{Outcome, Subject, Usage, evaluate},
     },
     encoded::EncodedToken,
+    limits::TokenRates,
     store::{StoreError, TokenStore},
     usage::UsageRecorder,
 };
@@ -49,6 +52,7 @@ pub struct Verifier {
     store: Arc<dyn TokenStore>,
     cache: Arc<TokenCache>,
     usage: Arc<UsageRecorder>,
+    rates: TokenRates,
 }
 
 impl Verifier {
@@ -62,6 +66,7 @@ impl Verifier {
             store,
             cache,
             usage,
+            rates: TokenRates::default(),
         }
     }
 
@@ -76,19 +81,20 @@ impl Verifier {
             Ok(hash) => hash,
             Err(verdict) => return Ok(verdict),
         };
+        let now = now();
         let token = match self.cache.get(&hash) {
             Some(Entry::Found(token)) => Some(token),
             Some(Entry::Missing) => None,
             None => {
                 let epoch = self.cache.epoch();
-                let found = self.store.find_by_hash(&hash).await?;
-                let token = found.map(|t| Arc::new(EncodedToken::new(&t)));
+                let found = self.store.find_by_hash(&hash, now).await?;
+                let token = found.map(|t| Arc::new(EncodedToken::new(&as_presented(t, &hash))));
                 let entry = token.clone().map_or(Entry::Missing, Entry::Found);
                 self.cache.fill(hash, entry, epoch);
                 token
             }
         };
-        Ok(self.judge(token, usage, |t| t.id))
+        self.judge(token, usage, now).await
     }
 
     /// Verifies a management caller's secret against the store (never the cache).
@@ -101,31 +107,71 @@ impl Verifier {
             Ok(hash) => hash,
             Err(verdict) => return Ok(verdict),
         };
-        let token = self.store.find_by_hash(&hash).await?.map(Arc::new);
-        Ok(self.judge(token, usage, |t| t.id))
+        let now = now();
+        let token = self
+            .store
+            .find_by_hash(&hash, now)
+            .await?
+            .map(|t| Arc::new(as_presented(t, &hash)));
+        self.judge(token, usage, now).await
     }
 
-    /// Applies the rules to a found (or missing) token and records a successful use.
-    fn judge<T: crate::domain::verify::Subject>(
+    /// Applies the rules to a found (or missing) token, then its rate limit and its
+    /// usage limit, and records a successful use.
+    async fn judge<T: Subject>(
         &self,
         token: Option<Arc<T>>,
         usage: &Usage,
-        id: impl Fn(&T) -> uuid::Uuid,
-    ) -> Verdict<T> {
+        now: DateTime<Utc>,
+    ) -> Result<Verdict<T>, StoreError> {
         let Some(token) = token else {
-            return Verdict::without_token(Outcome::NotFound, "token not found");
+            return Ok(Verdict::without_token(Outcome::NotFound, "token not found"));
         };
-        let now = now();
-        let (outcome, reason) = evaluate(token.as_ref(), usage, now);
-        if outcome == Outcome::Ok {
-            self.usage.record(id(&token), now, usage.client_ip);
+        let (mut outcome, mut reason) = evaluate(token.as_ref(), usage, now);
+        if outcome == Outcome::Ok
+            && let Some(limit) = token.rate_limit()
+            && !self.rates.allow(token.id(), limit)
+        {
+            outcome = Outcome::RateLimited;
+            reason = format!(
+                "token is limited to {} requests per {:?} on this replica",
+                limit.requests, limit.interval
+            );
         }
-        Verdict {
+        // Counted in the store, atomically, so no replica can let a use past max_uses.
+        if outcome == Outcome::Ok
+            && token.usage_limited()
+            && self.store.consume_use(token.id()).await?.is_none()
+        {
+            outcome = Outcome::UsageExceeded;
+            reason = "token has no uses left".into();
+        }
+        if outcome == Outcome::Ok {
+            self.usage.record(token.id(), now, usage.client_ip);
+        }
+        Ok(Verdict {
             outcome,
             reason,
             token: Some(token),
-        }
+        })
     }
+
+    /// Drops rate-limit state of tokens not used lately.
+    pub fn shrink_rates(&self) {
+        self.rates.shrink();
+    }
+}
+
+/// A token as the presented secret may use it: a previous secret, during a rotation's
+/// grace period, works only until that period ends.
+fn as_presented(mut token: Token, presented: &SecretHash) -> Token {
+    if token.secret_hash != *presented {
+        token.expire_time = match (token.expire_time, token.previous_hash_expire_time) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    token
 }
 
 /// Checks a presented secret and returns its hash, or answers MALFORMED.

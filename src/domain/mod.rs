@@ -1,8 +1,10 @@
 //! The domain: tokens, secrets, permissions, restrictions and the rules over them. Pure, no I/O.
 
+pub mod audit;
 pub mod grant;
 pub mod permission;
 pub mod restrictions;
 pub mod secret;
 pub mod token;
+pub mod token_type;
 pub mod verify;

@@ -42,6 +42,12 @@ pub mod limits {
     pub const REQUIRED_PERMISSIONS: usize = 64;
     /// Bytes in a presented token or host, past which it is rejected unread.
     pub const PRESENTED_LEN: usize = 512;
+    /// The most requests a rate limit may allow per interval.
+    pub const RATE_REQUESTS: u32 = 1_000_000;
+    /// The most uses `max_uses` may allow.
+    pub const MAX_USES: i64 = 1_000_000_000_000;
+    /// The longest grace period of a rotation: 30 days.
+    pub const GRACE_SECONDS: i64 = 30 * 24 * 3600;
 }
 
 /// Returns the current time at the microsecond precision both stores keep, so that what
@@ -102,6 +108,45 @@ pub struct Token {
     pub secret_hash: SecretHash,
     /// Bumped on every change, for optimistic concurrency.
     pub revision: i64,
+    /// After a rotation with a grace period, the previous secret's hash, which verifies
+    /// until `previous_hash_expire_time`.
+    pub previous_hash: Option<SecretHash>,
+    /// When the previous secret stops verifying.
+    pub previous_hash_expire_time: Option<DateTime<Utc>>,
+    /// At most this many successful verifications in total.
+    pub max_uses: Option<i64>,
+    /// Successful verifications counted against `max_uses`, exactly.
+    pub uses: i64,
+    /// At most this many successful verifications per interval, per replica.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A request rate: `requests` per `interval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// 1 to [`limits::RATE_REQUESTS`].
+    pub requests: u32,
+    /// 1 second to a day, in whole milliseconds.
+    pub interval: std::time::Duration,
+}
+
+impl RateLimit {
+    /// Checks a rate limit's parts.
+    pub fn new(requests: i64, interval: std::time::Duration) -> Result<Self, String> {
+        if !(1..=limits::RATE_REQUESTS as i64).contains(&requests) {
+            return Err(format!("requests must be 1 to {}", limits::RATE_REQUESTS));
+        }
+        if interval < std::time::Duration::from_secs(1)
+            || interval > std::time::Duration::from_secs(86_400)
+            || !interval.subsec_nanos().is_multiple_of(1_000_000)
+        {
+            return Err("interval must be 1s to 1 day, in whole milliseconds".into());
+        }
+        Ok(Self {
+            requests: requests as u32,
+            interval,
+        })
+    }
 }
 
 impl Token {
@@ -136,6 +181,11 @@ impl Token {
             display_hint: secret.display_hint(),
             secret_hash: secret.hash(),
             revision: 1,
+            previous_hash: None,
+            previous_hash_expire_time: None,
+            max_uses: None,
+            uses: 0,
+            rate_limit: None,
         }
     }
 

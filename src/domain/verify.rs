@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     permission::{Permission, allows},
-    token::Token,
+    token::{RateLimit, Token},
 };
 
 /// Why a verification succeeded or failed.
@@ -32,6 +32,10 @@ pub enum Outcome {
     ReadOnly,
     /// A requested binding differs from the token's.
     BindingMismatch,
+    /// The token's `max_uses` are used up.
+    UsageExceeded,
+    /// The token's rate limit is exceeded on this replica.
+    RateLimited,
 }
 
 impl Outcome {
@@ -48,6 +52,8 @@ impl Outcome {
             Outcome::PermissionDenied => "permission_denied",
             Outcome::ReadOnly => "read_only",
             Outcome::BindingMismatch => "binding_mismatch",
+            Outcome::UsageExceeded => "usage_exceeded",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
@@ -86,6 +92,12 @@ pub trait Subject {
     fn binding(&self, key: &str) -> Option<&str>;
     /// Whether the token's permissions cover `required`.
     fn allows(&self, required: &Permission) -> bool;
+    /// The token's id.
+    fn id(&self) -> uuid::Uuid;
+    /// Whether each successful use is counted against a `max_uses`.
+    fn usage_limited(&self) -> bool;
+    /// The token's rate limit, if it has one.
+    fn rate_limit(&self) -> Option<RateLimit>;
 }
 
 impl Subject for Token {
@@ -115,6 +127,15 @@ impl Subject for Token {
     }
     fn allows(&self, required: &Permission) -> bool {
         allows(&self.permissions, required)
+    }
+    fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+    fn usage_limited(&self) -> bool {
+        self.max_uses.is_some()
+    }
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
     }
 }
 

@@ -1,13 +1,15 @@
 //! Who is calling the management API: the bearer token in `authorization`, verified by the
 //! same path as Verify, and the `tokens:<action>` permission each call needs.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
+use chrono::{DateTime, Utc};
 use tonic::Request;
 
 use super::{AppState, Authority};
 use crate::{
     domain::{
+        audit::AuditEvent,
         permission::Permission,
         restrictions::canonical_ip,
         token::Token,
@@ -31,7 +33,8 @@ pub enum Action {
 }
 
 impl Action {
-    fn permission(self) -> Permission {
+    /// The permission the action needs.
+    pub fn permission(self) -> Permission {
         let action = match self {
             Action::Read => "read",
             Action::Create => "create",
@@ -47,6 +50,8 @@ impl Action {
 pub struct Caller {
     /// The caller's own token.
     pub token: Arc<Token>,
+    /// Where the call came from, when known.
+    pub client_ip: Option<IpAddr>,
 }
 
 impl Caller {
@@ -58,32 +63,77 @@ impl Caller {
             Scope::Owner(&self.token.owner)
         }
     }
+
+    /// Starts the audit event of an action by this caller.
+    pub fn event(&self, action: &str, target: String, now: DateTime<Utc>) -> AuditEvent {
+        let mut event = AuditEvent::new(action, target, Some(&self.token), now);
+        event.client_ip = self.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        event
+    }
 }
 
-/// Authenticates the caller of a management call and checks it may do `action`.
+/// Authenticates the caller of a management call and checks it holds every `required`
+/// permission (none: any valid token will do). Calls past the per-address management rate
+/// limit are refused first; failed authentications are audited (rate-limited).
 pub async fn authorize<T>(
     state: &AppState,
     request: &Request<T>,
-    action: Action,
+    required: &[Permission],
 ) -> Result<Caller, Error> {
-    let presented = bearer(request)?;
+    let client_ip = request.remote_addr().map(|addr| canonical_ip(addr.ip()));
+    if !state.management_rate.allow(client_ip) {
+        return Err(Error::ResourceExhausted(
+            "too many management requests from this address; retry in a minute".into(),
+        ));
+    }
+    let presented = match bearer(request) {
+        Ok(presented) => presented,
+        Err(error) => {
+            state
+                .audit_failed_authentication(client_ip, None, &error.to_string())
+                .await;
+            return Err(error);
+        }
+    };
     let usage = Usage {
-        required: vec![action.permission()],
-        client_ip: request.remote_addr().map(|addr| canonical_ip(addr.ip())),
+        required: required.to_vec(),
+        client_ip,
         host: request.extensions().get::<Authority>().map(|a| a.0.clone()),
         bindings: Default::default(),
     };
     let verdict = state.verifier.authenticate(presented, &usage).await?;
+    let needs = || {
+        required
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match verdict.outcome {
         Outcome::Ok => Ok(Caller {
             token: verdict.token.expect("a valid verdict carries its token"),
+            client_ip,
         }),
-        Outcome::Malformed | Outcome::NotFound | Outcome::Disabled | Outcome::Expired => Err(
-            Error::Unauthenticated(format!("invalid bearer token: {}", verdict.reason)),
-        ),
+        Outcome::RateLimited => Err(Error::ResourceExhausted(format!(
+            "bearer token: {}",
+            verdict.reason
+        ))),
+        Outcome::Malformed
+        | Outcome::NotFound
+        | Outcome::Disabled
+        | Outcome::Expired
+        | Outcome::UsageExceeded => {
+            state
+                .audit_failed_authentication(client_ip, verdict.token.as_deref(), &verdict.reason)
+                .await;
+            Err(Error::Unauthenticated(format!(
+                "invalid bearer token: {}",
+                verdict.reason
+            )))
+        }
         Outcome::PermissionDenied | Outcome::ReadOnly => Err(Error::PermissionDenied(format!(
             "this call needs {}: {}",
-            action.permission(),
+            needs(),
             verdict.reason
         ))),
         Outcome::IpNotAllowed | Outcome::HostNotAllowed | Outcome::BindingMismatch => {

@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Fields a client may set on create and change with UpdateToken.
-pub const SETTABLE_FIELDS: [&str; 10] = [
+pub const SETTABLE_FIELDS: [&str; 12] = [
     "name",
     "type",
     "description",
@@ -31,6 +31,8 @@ pub const SETTABLE_FIELDS: [&str; 10] = [
     "bindings",
     "metadata",
     "expire_time",
+    "max_uses",
+    "rate_limit",
 ];
 
 /// Parses one settable field of `source` (named `path`, reported as `token.<path>`) and
@@ -96,6 +98,24 @@ pub fn apply_field(
                 }
             }
         }
+        "max_uses" => {
+            target.max_uses = match source.max_uses {
+                0 => None,
+                n if (1..=limits::MAX_USES).contains(&n) => Some(n),
+                _ => {
+                    return Err(Error::invalid(
+                        &field,
+                        format!("must be 0 (no limit) to {}", limits::MAX_USES),
+                    ));
+                }
+            }
+        }
+        "rate_limit" => {
+            target.rate_limit = match &source.rate_limit {
+                None => None,
+                Some(limit) => Some(parse_rate_limit(limit, &field)?),
+            }
+        }
         other => {
             return Err(Error::invalid(
                 "update_mask",
@@ -108,6 +128,33 @@ pub fn apply_field(
         }
     }
     Ok(())
+}
+
+/// Parses a positive duration of whole seconds, at most 100 years.
+pub fn struct_free_duration(value: &prost_types::Duration, field: &str) -> Result<i64, Error> {
+    if value.seconds <= 0 || value.nanos != 0 || value.seconds > 100 * 366 * 24 * 3600 {
+        return Err(Error::invalid(
+            field,
+            "must be a positive whole number of seconds, at most 100 years",
+        ));
+    }
+    Ok(value.seconds)
+}
+
+/// Parses a rate limit.
+pub fn parse_rate_limit(limit: &pb::RateLimit, field: &str) -> Result<token::RateLimit, Error> {
+    let interval = limit
+        .interval
+        .as_ref()
+        .ok_or_else(|| Error::invalid(format!("{field}.interval"), "is required"))?;
+    if interval.seconds < 0 || interval.nanos < 0 || interval.seconds > 86_400 {
+        return Err(Error::invalid(
+            format!("{field}.interval"),
+            "must be 1s to 1 day",
+        ));
+    }
+    let interval = std::time::Duration::new(interval.seconds as u64, interval.nanos as u32);
+    token::RateLimit::new(limit.requests, interval).map_err(|m| Error::invalid(field, m))
 }
 
 /// Parses a list of permissions, dropping duplicates (keeping the first of each). Lists
@@ -296,6 +343,19 @@ pub fn token_to_pb(token: &Token) -> pb::Token {
         display_hint: token.display_hint.clone(),
         use_count: token.use_count,
         last_used_ip: token.last_used_ip.clone().unwrap_or_default(),
+        max_uses: token.max_uses.unwrap_or(0),
+        uses: token.uses,
+        rate_limit: token.rate_limit.map(|limit| pb::RateLimit {
+            requests: i64::from(limit.requests),
+            interval: Some(prost_types::Duration {
+                seconds: limit.interval.as_secs() as i64,
+                nanos: limit.interval.subsec_nanos() as i32,
+            }),
+        }),
+        previous_secret_expire_time: token
+            .previous_hash
+            .and(token.previous_hash_expire_time)
+            .map(chrono_to_timestamp),
     }
 }
 

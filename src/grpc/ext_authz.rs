@@ -131,7 +131,9 @@ impl Authorization for ExtAuthzApi {
                     Outcome::Malformed
                     | Outcome::NotFound
                     | Outcome::Disabled
-                    | Outcome::Expired => Denial::invalid(outcome, verdict.reason),
+                    | Outcome::Expired
+                    | Outcome::UsageExceeded => Denial::invalid(outcome, verdict.reason),
+                    Outcome::RateLimited => Denial::rate_limited(verdict.reason),
                     _ => Denial::forbidden(outcome, verdict.reason, &usage.required),
                 },
             ),
@@ -310,6 +312,17 @@ impl Denial {
         }
     }
 
+    fn rate_limited(reason: String) -> Self {
+        Self {
+            status: HttpStatusCode::TooManyRequests,
+            code: Code::ResourceExhausted,
+            error: "rate_limited",
+            result: result_name(Outcome::RateLimited),
+            reason,
+            scope: String::new(),
+        }
+    }
+
     fn with_result(mut self, result: &'static str) -> Self {
         self.result = result;
         self
@@ -329,6 +342,8 @@ fn result_name(outcome: Outcome) -> &'static str {
         Outcome::PermissionDenied => "PERMISSION_DENIED",
         Outcome::ReadOnly => "READ_ONLY",
         Outcome::BindingMismatch => "BINDING_MISMATCH",
+        Outcome::UsageExceeded => "USAGE_EXCEEDED",
+        Outcome::RateLimited => "RATE_LIMITED",
     }
 }
 
@@ -371,11 +386,17 @@ fn deny(settings: &CheckSettings, denial: Denial) -> CheckResponse {
             status: Some(HttpStatus {
                 code: denial.status.into(),
             }),
-            headers: vec![
-                header("www-authenticate", &challenge),
-                header("content-type", "application/json"),
-                header("cache-control", "no-store"),
-            ],
+            headers: {
+                let mut headers = vec![
+                    header("content-type", "application/json"),
+                    header("cache-control", "no-store"),
+                ];
+                // A challenge answers 401 and 403 (RFC 6750); 429 only asks to slow down.
+                if denial.status != HttpStatusCode::TooManyRequests {
+                    headers.push(header("www-authenticate", &challenge));
+                }
+                headers
+            },
             body,
         })),
         ok_response: None,

@@ -1,15 +1,21 @@
 //! The gRPC layer: one module per service, thin: decode, call the domain and store, encode.
 
+pub mod audit_service;
 pub mod auth;
 pub mod convert;
 pub mod ext_authz;
 pub mod token_service;
+pub mod token_type_service;
 pub mod verify_service;
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use crate::{
-    cache::TokenCache, domain::secret::TokenPrefix, store::TokenStore, verifier::Verifier,
+    cache::TokenCache,
+    domain::{audit::AuditEvent, secret::TokenPrefix, token::Token},
+    limits::{FailureAudit, ManagementRate},
+    store::TokenStore,
+    verifier::Verifier,
 };
 
 /// What the services share.
@@ -22,6 +28,46 @@ pub struct AppState {
     pub cache: Arc<TokenCache>,
     /// The prefix of new secrets.
     pub prefix: TokenPrefix,
+    /// Requests per client address on the management API.
+    pub management_rate: ManagementRate,
+    /// How many failed authentications are written to the audit trail.
+    pub failure_audit: FailureAudit,
+}
+
+impl AppState {
+    /// Evicts every secret of a token from this replica's Verify cache.
+    pub fn evict(&self, token: &Token) {
+        self.cache.invalidate(&token.secret_hash);
+        if let Some(previous) = &token.previous_hash {
+            self.cache.invalidate(previous);
+        }
+    }
+
+    /// Records a failed management authentication, unless this address (or everyone) has
+    /// had too many recorded lately, so that a flood cannot fill the disk.
+    pub async fn audit_failed_authentication(
+        &self,
+        client_ip: Option<IpAddr>,
+        token: Option<&Token>,
+        reason: &str,
+    ) {
+        if !self.failure_audit.allow(client_ip) {
+            return;
+        }
+        let now = crate::domain::token::now();
+        let mut event = AuditEvent::new("authentication_failed", "management".into(), None, now);
+        event.client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        event.detail = reason.to_owned();
+        if let Some(token) = token {
+            // The token presented (disabled, expired, used up): its owner may see the attempt.
+            event.actor_id = Some(token.id);
+            event.actor_owner = token.owner.clone();
+            event.target_owner = token.owner.clone();
+        }
+        if let Err(error) = self.store.record_audit(&event).await {
+            tracing::warn!(%error, "could not audit a failed authentication");
+        }
+    }
 }
 
 /// The `:authority` (host) a request was sent to, put into the request's extensions by

@@ -71,6 +71,8 @@ fn result_of(outcome: Outcome) -> VerifyResult {
         Outcome::PermissionDenied => VerifyResult::PermissionDenied,
         Outcome::ReadOnly => VerifyResult::ReadOnly,
         Outcome::BindingMismatch => VerifyResult::BindingMismatch,
+        Outcome::UsageExceeded => VerifyResult::UsageExceeded,
+        Outcome::RateLimited => VerifyResult::RateLimited,
     }
 }
 

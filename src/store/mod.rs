@@ -3,7 +3,7 @@
 
 mod sql;
 
-use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 pub use sql::SqlStore;
 
-use crate::domain::{secret::SecretHash, token::Token};
+use crate::domain::{audit::AuditEvent, secret::SecretHash, token::Token, token_type::TokenType};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,9 @@ pub enum StoreError {
     /// Another token of the same owner already has the name.
     #[error("name already taken for this owner")]
     NameTaken,
+    /// A token type with the id exists already.
+    #[error("a token type with this id exists already")]
+    TypeTaken,
     /// The database could not be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
@@ -54,9 +57,10 @@ pub enum UpdateOutcome {
 }
 
 /// Which tokens a query may touch: all, or one owner's.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub enum Scope<'a> {
     /// Every owner's tokens.
+    #[default]
     All,
     /// Only this owner's tokens.
     Owner(&'a str),
@@ -71,8 +75,8 @@ impl Scope<'_> {
     }
 }
 
-/// One page request of tokens, oldest first.
-#[derive(Clone, Debug)]
+/// One page request of tokens, oldest first, with optional filters.
+#[derive(Clone, Debug, Default)]
 pub struct ListQuery<'a> {
     /// Whose tokens.
     pub scope: Scope<'a>,
@@ -80,6 +84,74 @@ pub struct ListQuery<'a> {
     pub after: Option<Uuid>,
     /// At most this many.
     pub limit: u32,
+    /// Only tokens of this type.
+    pub token_type: Option<&'a str>,
+    /// Only enabled (true) or disabled (false) tokens.
+    pub enabled: Option<bool>,
+    /// Only tokens whose name starts with this.
+    pub name_prefix: Option<&'a str>,
+    /// Only expired (true) or unexpired (false) tokens, as of `now`.
+    pub expired: Option<bool>,
+    /// The time `expired` is judged at.
+    pub now: DateTime<Utc>,
+    /// Only tokens bound to every one of these.
+    pub bindings: BTreeMap<String, String>,
+}
+
+/// Which tokens a bulk revocation disables.
+#[derive(Clone, Copy, Debug)]
+pub enum RevokeFilter<'a> {
+    /// Every token of this owner.
+    Owner(&'a str),
+    /// Every token of this type.
+    Type(&'a str),
+}
+
+/// A token's new secret, from a rotation.
+#[derive(Clone, Debug)]
+pub struct Rotation {
+    /// The new secret's hash.
+    pub hash: SecretHash,
+    /// The new secret's display hint.
+    pub display_hint: String,
+    /// Until when the current secret keeps working; none ends it at once.
+    pub previous_until: Option<DateTime<Utc>>,
+    /// When the rotation happens.
+    pub now: DateTime<Utc>,
+}
+
+/// One page request of audit events, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery<'a> {
+    /// Only events about tokens of this owner (and the owner's own actions).
+    pub owner: Option<&'a str>,
+    /// Only events older than this one (keyset pagination on the time-ordered id).
+    pub before: Option<Uuid>,
+    /// At most this many.
+    pub limit: u32,
+    /// Only events about this target.
+    pub target: Option<&'a str>,
+    /// Only events by this acting token.
+    pub actor_id: Option<Uuid>,
+    /// Only events of this action.
+    pub action: Option<&'a str>,
+    /// Only events at or after this time.
+    pub start_time: Option<DateTime<Utc>>,
+    /// Only events before this time.
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+/// The result of deleting a token type.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TypeDeletion {
+    /// Gone.
+    Deleted,
+    /// No such type.
+    NotFound,
+    /// Built-in types stay.
+    Builtin,
+    /// This many tokens still have the type.
+    InUse(i64),
 }
 
 /// Successful uses of one token, gathered in memory and written in batches.
@@ -118,25 +190,43 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Applies the embedded migrations that have not run yet.
     async fn migrate(&self) -> Result<(), StoreError>;
 
-    /// Stores a new token under the hash of its secret.
-    async fn insert(&self, token: &Token) -> Result<(), StoreError>;
+    /// Stores a new token under the hash of its secret, with its audit event.
+    async fn insert(&self, token: &Token, audit: &AuditEvent) -> Result<(), StoreError>;
 
     /// Stores an admin token made by bootstrap and marks the store as bootstrapped. With
     /// `only_first`, stores nothing (and returns false) when the store was bootstrapped
     /// before; of several racing first starts exactly one wins.
-    async fn insert_admin(&self, token: &Token, only_first: bool) -> Result<bool, StoreError>;
+    async fn insert_admin(
+        &self,
+        token: &Token,
+        only_first: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
 
     /// Returns a token by id.
     async fn get(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError>;
 
-    /// Returns the token whose secret has this hash.
-    async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<Token>, StoreError>;
+    /// Returns the token whose secret has this hash: its current secret, or its previous
+    /// one while a rotation's grace period lasts at `now`.
+    async fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Token>, StoreError>;
 
     /// Returns a page of tokens, oldest first.
     async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<Token>, StoreError>;
 
+    /// Counts the tokens matching a query's filters (ignoring `after` and `limit`).
+    async fn count(&self, query: &ListQuery<'_>) -> Result<i64, StoreError>;
+
     /// Writes a token's mutable fields if its revision is still `token.revision`.
-    async fn update(&self, token: &Token, scope: Scope<'_>) -> Result<UpdateOutcome, StoreError>;
+    async fn update(
+        &self,
+        token: &Token,
+        scope: Scope<'_>,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError>;
 
     /// Enables or disables a token; returns it as stored now.
     async fn set_enabled(
@@ -145,13 +235,74 @@ pub trait TokenStore: Send + Sync + 'static {
         enabled: bool,
         now: DateTime<Utc>,
         scope: Scope<'_>,
+        audit: &AuditEvent,
     ) -> Result<Option<Token>, StoreError>;
 
     /// Deletes a token; returns it as it was, if it existed.
-    async fn delete(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError>;
+    async fn delete(
+        &self,
+        id: Uuid,
+        scope: Scope<'_>,
+        audit: &AuditEvent,
+    ) -> Result<Option<Token>, StoreError>;
+
+    /// Gives a token a new secret; returns it as stored now.
+    async fn rotate(
+        &self,
+        id: Uuid,
+        rotation: &Rotation,
+        scope: Scope<'_>,
+        audit: &AuditEvent,
+    ) -> Result<Option<Token>, StoreError>;
+
+    /// Disables every enabled token matching the filter, atomically; returns them.
+    async fn revoke(
+        &self,
+        filter: RevokeFilter<'_>,
+        now: DateTime<Utc>,
+        scope: Scope<'_>,
+        audit: &AuditEvent,
+    ) -> Result<Vec<Token>, StoreError>;
+
+    /// Counts one use against a usage-limited token, atomically: `Some(uses)` when it was
+    /// under `max_uses`, `None` when the uses are used up (or the token is gone).
+    async fn consume_use(&self, id: Uuid) -> Result<Option<i64>, StoreError>;
 
     /// Adds a batch of uses to the tokens' counters and last-used fields.
     async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError>;
+
+    /// Records an audit event on its own (e.g. a failed authentication).
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Returns a page of audit events, newest first.
+    async fn list_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Adds the built-in types that are missing.
+    async fn seed_types(&self, types: &[TokenType]) -> Result<(), StoreError>;
+
+    /// Returns every token type, by id.
+    async fn list_types(&self) -> Result<Vec<TokenType>, StoreError>;
+
+    /// Returns a token type.
+    async fn get_type(&self, id: &str) -> Result<Option<TokenType>, StoreError>;
+
+    /// Stores a new token type.
+    async fn insert_type(
+        &self,
+        token_type: &TokenType,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Writes a type's fields if its revision is still `token_type.revision`; `None` when
+    /// it is gone or changed meanwhile.
+    async fn update_type(
+        &self,
+        token_type: &TokenType,
+        audit: &AuditEvent,
+    ) -> Result<Option<TokenType>, StoreError>;
+
+    /// Deletes a type no token uses.
+    async fn delete_type(&self, id: &str, audit: &AuditEvent) -> Result<TypeDeletion, StoreError>;
 
     /// Starts listening for changes made by any replica. `None` means the store has no
     /// other replicas to hear from (SQLite is single-node).

@@ -18,14 +18,16 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    CHANGE_CHANNEL, ChangeFeed, ListQuery, Scope, StoreError, TokenStore, UpdateOutcome,
-    UsageRecord,
+    AuditQuery, CHANGE_CHANNEL, ChangeFeed, ListQuery, RevokeFilter, Rotation, Scope, StoreError,
+    TokenStore, TypeDeletion, UpdateOutcome, UsageRecord,
 };
 use crate::domain::{
+    audit::AuditEvent,
     permission::Permission,
     restrictions::{Cidr, HostPattern},
     secret::SecretHash,
-    token::Token,
+    token::{RateLimit, Token},
+    token_type::{Template, TokenType},
 };
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -39,6 +41,10 @@ pub trait Backend: Database {
     /// Applies this backend's migrations.
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>>;
 
+    /// A condition that the token's binding on the key in parameter `key` equals the value
+    /// in parameter `value`.
+    fn binding_clause(key: usize, value: usize) -> String;
+
     /// Listens for changes made by any replica, where the backend can tell.
     fn subscribe(
         pool: &Pool<Self>,
@@ -47,6 +53,10 @@ pub trait Backend: Database {
 
 impl Backend for Postgres {
     const BACKEND_NAME: &'static str = "postgres";
+
+    fn binding_clause(key: usize, value: usize) -> String {
+        format!("bindings ->> ${key} = ${value}")
+    }
 
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>> {
         Box::pin(POSTGRES_MIGRATIONS.run(pool))
@@ -131,6 +141,11 @@ fn parse_hash(hex: &str) -> Option<SecretHash> {
 impl Backend for Sqlite {
     const BACKEND_NAME: &'static str = "sqlite";
 
+    fn binding_clause(key: usize, value: usize) -> String {
+        // Binding keys are letters, digits and `._-`, so they quote safely in a JSON path.
+        format!("json_extract(bindings, '$.\"' || ${key} || '\"') = ${value}")
+    }
+
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>> {
         Box::pin(SQLITE_MIGRATIONS.run(pool))
     }
@@ -157,7 +172,8 @@ impl<DB: Database> SqlStore<DB> {
 
 const COLUMNS: &str = "id, secret_hash, display_hint, name, owner, token_type, description, permissions, read_only, \
      allowed_cidrs, allowed_hosts, bindings, metadata, enabled, create_time, update_time, \
-     last_used_time, last_used_ip, use_count, expire_time, created_by, revision";
+     last_used_time, last_used_ip, use_count, expire_time, created_by, revision, \
+     previous_secret_hash, previous_hash_expire_time, max_uses, uses, rate_limit_requests, rate_limit_interval_ms";
 
 /// A row of `tokens` as the database returns it.
 #[derive(FromRow)]
@@ -184,6 +200,16 @@ struct TokenRow {
     expire_time: Option<DateTime<Utc>>,
     created_by: Option<Uuid>,
     revision: i64,
+    previous_secret_hash: Option<Vec<u8>>,
+    previous_hash_expire_time: Option<DateTime<Utc>>,
+    max_uses: Option<i64>,
+    uses: i64,
+    rate_limit_requests: Option<i64>,
+    rate_limit_interval_ms: Option<i64>,
+}
+
+fn hash_of(bytes: &[u8]) -> Option<SecretHash> {
+    bytes.try_into().ok().map(SecretHash)
 }
 
 impl TryFrom<TokenRow> for Token {
@@ -192,6 +218,13 @@ impl TryFrom<TokenRow> for Token {
     fn try_from(row: TokenRow) -> Result<Self, StoreError> {
         let id = row.id;
         let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+        let rate_limit = match (row.rate_limit_requests, row.rate_limit_interval_ms) {
+            (Some(requests), Some(ms)) => Some(
+                RateLimit::new(requests, std::time::Duration::from_millis(ms.max(0) as u64))
+                    .map_err(corrupt)?,
+            ),
+            _ => None,
+        };
         Ok(Token {
             id,
             name: row.name,
@@ -231,16 +264,89 @@ impl TryFrom<TokenRow> for Token {
             expire_time: row.expire_time,
             created_by: row.created_by,
             display_hint: row.display_hint,
-            secret_hash: SecretHash(
-                row.secret_hash
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt("secret_hash is not 32 bytes".into()))?,
-            ),
+            secret_hash: hash_of(&row.secret_hash)
+                .ok_or_else(|| corrupt("secret_hash is not 32 bytes".into()))?,
             revision: row.revision,
+            previous_hash: match row.previous_secret_hash {
+                Some(bytes) => Some(
+                    hash_of(&bytes)
+                        .ok_or_else(|| corrupt("previous_secret_hash is not 32 bytes".into()))?,
+                ),
+                None => None,
+            },
+            previous_hash_expire_time: row.previous_hash_expire_time,
+            max_uses: row.max_uses,
+            uses: row.uses,
+            rate_limit,
         })
     }
 }
+
+/// A row of `audit_events`.
+#[derive(FromRow)]
+struct AuditRow {
+    id: Uuid,
+    time: DateTime<Utc>,
+    actor_id: Option<Uuid>,
+    actor_owner: String,
+    action: String,
+    target: String,
+    target_owner: String,
+    changes: Json<Map<String, Value>>,
+    client_ip: String,
+    detail: String,
+}
+
+impl From<AuditRow> for AuditEvent {
+    fn from(row: AuditRow) -> Self {
+        AuditEvent {
+            id: row.id,
+            time: row.time,
+            actor_id: row.actor_id,
+            actor_owner: row.actor_owner,
+            action: row.action,
+            target: row.target,
+            target_owner: row.target_owner,
+            changes: row.changes.0,
+            client_ip: row.client_ip,
+            detail: row.detail,
+        }
+    }
+}
+
+const AUDIT_COLUMNS: &str =
+    "id, time, actor_id, actor_owner, action, target, target_owner, changes, client_ip, detail";
+
+/// A row of `token_types`.
+#[derive(FromRow)]
+struct TypeRow {
+    id: String,
+    display_name: String,
+    description: String,
+    template: Json<Template>,
+    builtin: bool,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+    revision: i64,
+}
+
+impl From<TypeRow> for TokenType {
+    fn from(row: TypeRow) -> Self {
+        TokenType {
+            id: row.id,
+            display_name: row.display_name,
+            description: row.description,
+            template: row.template.0,
+            builtin: row.builtin,
+            create_time: row.create_time,
+            update_time: row.update_time,
+            revision: row.revision,
+        }
+    }
+}
+
+const TYPE_COLUMNS: &str =
+    "id, display_name, description, template, builtin, create_time, update_time, revision";
 
 fn strings<T: ToString>(items: &[T]) -> Json<Value> {
     Json(Value::from(
@@ -252,13 +358,18 @@ fn json<T: serde::Serialize>(value: &T) -> Json<Value> {
     Json(serde_json::to_value(value).expect("maps of strings and JSON values serialize"))
 }
 
-/// Turns a unique violation on (owner, name) into [`StoreError::NameTaken`].
+/// Turns unique violations on (owner, name) and on a type's id into their errors.
 fn map_write_error(error: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &error {
-        let on_name = db.constraint() == Some("tokens_owner_name_key")
-            || db.message().contains("tokens.owner, tokens.name");
-        if db.is_unique_violation() && on_name {
+    if let sqlx::Error::Database(db) = &error
+        && db.is_unique_violation()
+    {
+        if db.constraint() == Some("tokens_owner_name_key")
+            || db.message().contains("tokens.owner, tokens.name")
+        {
             return StoreError::NameTaken;
+        }
+        if db.constraint() == Some("token_types_pkey") || db.message().contains("token_types.id") {
+            return StoreError::TypeTaken;
         }
     }
     StoreError::Unavailable(error)
@@ -271,6 +382,106 @@ fn scoped(sql: &str, scope: Scope<'_>, owner_param: usize) -> String {
     }
 }
 
+/// A bind parameter of a query built at run time.
+enum Arg<'a> {
+    Str(&'a str),
+    Text(String),
+    Uuid(Uuid),
+    Bool(bool),
+    Time(DateTime<Utc>),
+}
+
+/// A WHERE clause built from optional filters, with its parameters in order.
+#[derive(Default)]
+struct Filter<'a> {
+    sql: String,
+    args: Vec<Arg<'a>>,
+}
+
+impl<'a> Filter<'a> {
+    /// Adds `AND <condition>`, where `?` in the condition is the next parameter.
+    fn and(&mut self, condition: &str, arg: Arg<'a>) {
+        self.args.push(arg);
+        let n = self.args.len();
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&condition.replace('?', &format!("${n}")));
+    }
+
+    /// Adds a condition that takes no parameter.
+    fn and_plain(&mut self, condition: &str) {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(condition);
+    }
+
+    /// The number the next parameter will get.
+    fn next(&self) -> usize {
+        self.args.len() + 1
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+fn token_filter<'a, DB: Backend>(query: &'a ListQuery<'a>) -> Filter<'a> {
+    let mut filter = Filter::default();
+    if let Some(owner) = query.scope.owner() {
+        filter.and("owner = ?", Arg::Str(owner));
+    }
+    if let Some(kind) = query.token_type {
+        filter.and("token_type = ?", Arg::Str(kind));
+    }
+    if let Some(enabled) = query.enabled {
+        filter.and("enabled = ?", Arg::Bool(enabled));
+    }
+    if let Some(prefix) = query.name_prefix {
+        filter.and("name LIKE ? ESCAPE '\\'", Arg::Text(like_prefix(prefix)));
+    }
+    match query.expired {
+        Some(true) => filter.and(
+            "expire_time IS NOT NULL AND expire_time <= ?",
+            Arg::Time(query.now),
+        ),
+        Some(false) => filter.and(
+            "(expire_time IS NULL OR expire_time > ?)",
+            Arg::Time(query.now),
+        ),
+        None => {}
+    }
+    for (key, value) in &query.bindings {
+        let (k, v) = (filter.next(), filter.next() + 1);
+        filter.and_plain(&DB::binding_clause(k, v));
+        filter.args.push(Arg::Str(key));
+        filter.args.push(Arg::Str(value));
+    }
+    filter
+}
+
+macro_rules! bind_args {
+    ($statement:expr, $args:expr) => {{
+        let mut statement = $statement;
+        for arg in $args {
+            statement = match arg {
+                Arg::Str(v) => statement.bind(*v),
+                Arg::Text(v) => statement.bind(v.as_str()),
+                Arg::Uuid(v) => statement.bind(*v),
+                Arg::Bool(v) => statement.bind(*v),
+                Arg::Time(v) => statement.bind(*v),
+            };
+        }
+        statement
+    }};
+}
+
 #[async_trait]
 impl<DB> TokenStore for SqlStore<DB>
 where
@@ -278,13 +489,17 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'r> TokenRow: FromRow<'r, DB::Row>,
+    for<'r> AuditRow: FromRow<'r, DB::Row>,
+    for<'r> TypeRow: FromRow<'r, DB::Row>,
     for<'q> Uuid: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Json<Value>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
@@ -306,11 +521,20 @@ where
         Ok(())
     }
 
-    async fn insert(&self, token: &Token) -> Result<(), StoreError> {
-        insert_token(&self.pool, token).await
+    async fn insert(&self, token: &Token, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_token(&mut *tx, token).await?;
+        insert_audit(&mut *tx, audit, &token.owner).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
-    async fn insert_admin(&self, token: &Token, only_first: bool) -> Result<bool, StoreError> {
+    async fn insert_admin(
+        &self,
+        token: &Token,
+        only_first: bool,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let claimed: Option<String> = sqlx::query_scalar(
             "INSERT INTO system_state (key, value, update_time) VALUES ('bootstrap', $1, $2) \
@@ -324,6 +548,7 @@ where
             return Ok(false);
         }
         insert_token(&mut *tx, token).await?;
+        insert_audit(&mut *tx, audit, &token.owner).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -342,35 +567,34 @@ where
         row.map(Token::try_from).transpose()
     }
 
-    async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<Token>, StoreError> {
+    async fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Token>, StoreError> {
         let row: Option<TokenRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1"
+            "SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1 \
+             UNION ALL SELECT {COLUMNS} FROM tokens \
+             WHERE previous_secret_hash = $1 AND previous_hash_expire_time > $2"
         ))
         .bind(&hash.as_bytes()[..])
+        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         row.map(Token::try_from).transpose()
     }
 
     async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<Token>, StoreError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM tokens WHERE TRUE");
-        let mut next = 1;
-        if query.scope.owner().is_some() {
-            sql.push_str(&format!(" AND owner = ${next}"));
-            next += 1;
-        }
-        if query.after.is_some() {
-            sql.push_str(&format!(" AND id > ${next}"));
-            next += 1;
-        }
-        sql.push_str(&format!(" ORDER BY id LIMIT ${next}"));
-        let mut statement = sqlx::query_as::<DB, TokenRow>(&sql);
-        if let Some(owner) = query.scope.owner() {
-            statement = statement.bind(owner);
-        }
+        let mut filter = token_filter::<DB>(query);
         if let Some(after) = query.after {
-            statement = statement.bind(after);
+            filter.and("id > ?", Arg::Uuid(after));
         }
+        let limit = filter.next();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tokens WHERE TRUE{} ORDER BY id LIMIT ${limit}",
+            filter.sql
+        );
+        let statement = bind_args!(sqlx::query_as::<DB, TokenRow>(&sql), &filter.args);
         let rows = statement
             .bind(i64::from(query.limit))
             .fetch_all(&self.pool)
@@ -378,16 +602,30 @@ where
         rows.into_iter().map(Token::try_from).collect()
     }
 
-    async fn update(&self, token: &Token, scope: Scope<'_>) -> Result<UpdateOutcome, StoreError> {
+    async fn count(&self, query: &ListQuery<'_>) -> Result<i64, StoreError> {
+        let filter = token_filter::<DB>(query);
+        let sql = format!("SELECT COUNT(*) FROM tokens WHERE TRUE{}", filter.sql);
+        let statement = bind_args!(sqlx::query_scalar::<DB, i64>(&sql), &filter.args);
+        Ok(statement.fetch_one(&self.pool).await?)
+    }
+
+    async fn update(
+        &self,
+        token: &Token,
+        scope: Scope<'_>,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError> {
         let sql = scoped(
             "UPDATE tokens SET name = $1, token_type = $2, description = $3, permissions = $4, \
              read_only = $5, allowed_cidrs = $6, allowed_hosts = $7, bindings = $8, metadata = $9, \
-             expire_time = $10, update_time = $11, revision = revision + 1 \
-             WHERE id = $12 AND revision = $13",
+             expire_time = $10, update_time = $11, max_uses = $12, rate_limit_requests = $13, \
+             rate_limit_interval_ms = $14, revision = revision + 1 \
+             WHERE id = $15 AND revision = $16",
             scope,
-            14,
+            17,
         );
         let returning = format!("{sql} RETURNING {COLUMNS}");
+        let (requests, interval) = rate_columns(token);
         let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
             .bind(&token.name)
             .bind(&token.token_type)
@@ -400,21 +638,33 @@ where
             .bind(json(&token.metadata))
             .bind(token.expire_time)
             .bind(token.update_time)
+            .bind(token.max_uses)
+            .bind(requests)
+            .bind(interval)
             .bind(token.id)
             .bind(token.revision);
         if let Scope::Owner(owner) = scope {
             statement = statement.bind(owner);
         }
+        let mut tx = self.pool.begin().await?;
         let row = statement
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(map_write_error)?;
         match row {
-            Some(row) => Ok(UpdateOutcome::Updated(Box::new(row.try_into()?))),
-            None => match self.get(token.id, scope).await? {
-                Some(_) => Ok(UpdateOutcome::Conflict),
-                None => Ok(UpdateOutcome::NotFound),
-            },
+            Some(row) => {
+                let token = Token::try_from(row)?;
+                insert_audit(&mut *tx, audit, &token.owner).await?;
+                tx.commit().await?;
+                Ok(UpdateOutcome::Updated(Box::new(token)))
+            }
+            None => {
+                drop(tx);
+                match self.get(token.id, scope).await? {
+                    Some(_) => Ok(UpdateOutcome::Conflict),
+                    None => Ok(UpdateOutcome::NotFound),
+                }
+            }
         }
     }
 
@@ -424,6 +674,7 @@ where
         enabled: bool,
         now: DateTime<Utc>,
         scope: Scope<'_>,
+        audit: &AuditEvent,
     ) -> Result<Option<Token>, StoreError> {
         let sql = scoped(
             "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 WHERE id = $3",
@@ -438,19 +689,107 @@ where
         if let Scope::Owner(owner) = scope {
             statement = statement.bind(owner);
         }
-        let row = statement.fetch_optional(&self.pool).await?;
-        row.map(Token::try_from).transpose()
+        write_one(&self.pool, statement, audit).await
     }
 
-    async fn delete(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError> {
+    async fn delete(
+        &self,
+        id: Uuid,
+        scope: Scope<'_>,
+        audit: &AuditEvent,
+    ) -> Result<Option<Token>, StoreError> {
         let sql = scoped("DELETE FROM tokens WHERE id = $1", scope, 2);
         let returning = format!("{sql} RETURNING {COLUMNS}");
         let mut statement = sqlx::query_as::<DB, TokenRow>(&returning).bind(id);
         if let Scope::Owner(owner) = scope {
             statement = statement.bind(owner);
         }
-        let row = statement.fetch_optional(&self.pool).await?;
-        row.map(Token::try_from).transpose()
+        write_one(&self.pool, statement, audit).await
+    }
+
+    async fn rotate(
+        &self,
+        id: Uuid,
+        rotation: &Rotation,
+        scope: Scope<'_>,
+        audit: &AuditEvent,
+    ) -> Result<Option<Token>, StoreError> {
+        // With a grace period the current secret becomes the previous one (replacing any
+        // earlier previous secret); without, no previous secret works any more.
+        let sql = scoped(
+            "UPDATE tokens SET \
+             previous_secret_hash = CASE WHEN $1 THEN secret_hash ELSE NULL END, \
+             previous_hash_expire_time = $2, secret_hash = $3, display_hint = $4, \
+             update_time = $5, revision = revision + 1 WHERE id = $6",
+            scope,
+            7,
+        );
+        let returning = format!("{sql} RETURNING {COLUMNS}");
+        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
+            .bind(rotation.previous_until.is_some())
+            .bind(rotation.previous_until)
+            .bind(&rotation.hash.as_bytes()[..])
+            .bind(rotation.display_hint.as_str())
+            .bind(rotation.now)
+            .bind(id);
+        if let Scope::Owner(owner) = scope {
+            statement = statement.bind(owner);
+        }
+        write_one(&self.pool, statement, audit).await
+    }
+
+    async fn revoke(
+        &self,
+        filter: RevokeFilter<'_>,
+        now: DateTime<Utc>,
+        scope: Scope<'_>,
+        audit: &AuditEvent,
+    ) -> Result<Vec<Token>, StoreError> {
+        let (column, value) = match filter {
+            RevokeFilter::Owner(owner) => ("owner", owner),
+            RevokeFilter::Type(kind) => ("token_type", kind),
+        };
+        let sql = scoped(
+            &format!(
+                "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
+                 WHERE enabled = $3 AND {column} = $4"
+            ),
+            scope,
+            5,
+        );
+        let returning = format!("{sql} RETURNING {COLUMNS}");
+        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
+            .bind(false)
+            .bind(now)
+            .bind(true)
+            .bind(value);
+        if let Scope::Owner(owner) = scope {
+            statement = statement.bind(owner);
+        }
+        let mut tx = self.pool.begin().await?;
+        let rows = statement.fetch_all(&mut *tx).await?;
+        let tokens = rows
+            .into_iter()
+            .map(Token::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut audit = audit.clone();
+        audit
+            .changes
+            .insert("revoked_count".into(), Value::from(tokens.len()));
+        insert_audit(&mut *tx, &audit, &audit.target_owner.clone()).await?;
+        tx.commit().await?;
+        Ok(tokens)
+    }
+
+    async fn consume_use(&self, id: Uuid) -> Result<Option<i64>, StoreError> {
+        // One statement: the check and the increment are atomic however many replicas ask.
+        Ok(sqlx::query_scalar(
+            "UPDATE tokens SET uses = uses + 1 \
+             WHERE id = $1 AND max_uses IS NOT NULL AND uses < max_uses RETURNING uses",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError> {
@@ -474,6 +813,170 @@ where
         Ok(())
     }
 
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        insert_audit(&self.pool, event, &event.target_owner).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut filter = Filter::default();
+        if let Some(owner) = query.owner {
+            filter.and("target_owner = ?", Arg::Str(owner));
+        }
+        if let Some(before) = query.before {
+            filter.and("id < ?", Arg::Uuid(before));
+        }
+        if let Some(target) = query.target {
+            filter.and("target = ?", Arg::Str(target));
+        }
+        if let Some(actor) = query.actor_id {
+            filter.and("actor_id = ?", Arg::Uuid(actor));
+        }
+        if let Some(action) = query.action {
+            filter.and("action = ?", Arg::Str(action));
+        }
+        if let Some(start) = query.start_time {
+            filter.and("time >= ?", Arg::Time(start));
+        }
+        if let Some(end) = query.end_time {
+            filter.and("time < ?", Arg::Time(end));
+        }
+        let limit = filter.next();
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE TRUE{} ORDER BY id DESC LIMIT ${limit}",
+            filter.sql
+        );
+        let statement = bind_args!(sqlx::query_as::<DB, AuditRow>(&sql), &filter.args);
+        let rows = statement
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(AuditEvent::from).collect())
+    }
+
+    async fn seed_types(&self, types: &[TokenType]) -> Result<(), StoreError> {
+        for token_type in types {
+            sqlx::query(&format!(
+                "INSERT INTO token_types ({TYPE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO NOTHING"
+            ))
+            .bind(token_type.id.as_str())
+            .bind(token_type.display_name.as_str())
+            .bind(token_type.description.as_str())
+            .bind(json(&token_type.template))
+            .bind(token_type.builtin)
+            .bind(token_type.create_time)
+            .bind(token_type.update_time)
+            .bind(token_type.revision)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn list_types(&self) -> Result<Vec<TokenType>, StoreError> {
+        let rows: Vec<TypeRow> = sqlx::query_as(&format!(
+            "SELECT {TYPE_COLUMNS} FROM token_types ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(TokenType::from).collect())
+    }
+
+    async fn get_type(&self, id: &str) -> Result<Option<TokenType>, StoreError> {
+        let row: Option<TypeRow> = sqlx::query_as(&format!(
+            "SELECT {TYPE_COLUMNS} FROM token_types WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(TokenType::from))
+    }
+
+    async fn insert_type(
+        &self,
+        token_type: &TokenType,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO token_types ({TYPE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(token_type.id.as_str())
+        .bind(token_type.display_name.as_str())
+        .bind(token_type.description.as_str())
+        .bind(json(&token_type.template))
+        .bind(token_type.builtin)
+        .bind(token_type.create_time)
+        .bind(token_type.update_time)
+        .bind(token_type.revision)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_write_error)?;
+        insert_audit(&mut *tx, audit, "").await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_type(
+        &self,
+        token_type: &TokenType,
+        audit: &AuditEvent,
+    ) -> Result<Option<TokenType>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<TypeRow> = sqlx::query_as(&format!(
+            "UPDATE token_types SET display_name = $1, description = $2, template = $3, \
+             update_time = $4, revision = revision + 1 WHERE id = $5 AND revision = $6 \
+             RETURNING {TYPE_COLUMNS}"
+        ))
+        .bind(token_type.display_name.as_str())
+        .bind(token_type.description.as_str())
+        .bind(json(&token_type.template))
+        .bind(token_type.update_time)
+        .bind(token_type.id.as_str())
+        .bind(token_type.revision)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if row.is_some() {
+            insert_audit(&mut *tx, audit, "").await?;
+            tx.commit().await?;
+        }
+        Ok(row.map(TokenType::from))
+    }
+
+    async fn delete_type(&self, id: &str, audit: &AuditEvent) -> Result<TypeDeletion, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let builtin: Option<bool> =
+            sqlx::query_scalar("SELECT builtin FROM token_types WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match builtin {
+            None => return Ok(TypeDeletion::NotFound),
+            Some(true) => return Ok(TypeDeletion::Builtin),
+            Some(false) => {}
+        }
+        // Deleting only when no token has the type, in one statement, so that a token
+        // created meanwhile cannot be left with a type that no longer exists.
+        let deleted: Option<String> = sqlx::query_scalar(
+            "DELETE FROM token_types WHERE id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM tokens WHERE token_type = $1) RETURNING id",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if deleted.is_none() {
+            let in_use: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE token_type = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Ok(TypeDeletion::InUse(in_use));
+        }
+        insert_audit(&mut *tx, audit, "").await?;
+        tx.commit().await?;
+        Ok(TypeDeletion::Deleted)
+    }
+
     async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         DB::subscribe(&self.pool).await
     }
@@ -481,6 +984,77 @@ where
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn rate_columns(token: &Token) -> (Option<i64>, Option<i64>) {
+    match token.rate_limit {
+        Some(limit) => (
+            Some(i64::from(limit.requests)),
+            Some(limit.interval.as_millis() as i64),
+        ),
+        None => (None, None),
+    }
+}
+
+/// Runs a statement that changes (at most) one token and, if it did, records its audit
+/// event in the same transaction.
+async fn write_one<'q, DB>(
+    pool: &Pool<DB>,
+    statement: sqlx::query::QueryAs<'q, DB, TokenRow, DB::Arguments<'q>>,
+    audit: &AuditEvent,
+) -> Result<Option<Token>, StoreError>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>,
+    for<'r> TokenRow: FromRow<'r, DB::Row>,
+    for<'a> Uuid: Encode<'a, DB> + Type<DB>,
+    for<'a> String: Encode<'a, DB> + Type<DB>,
+    for<'a> DateTime<Utc>: Encode<'a, DB> + Type<DB>,
+    for<'a> Json<Value>: Encode<'a, DB> + Type<DB>,
+    for<'a> Option<Uuid>: Encode<'a, DB> + Type<DB>,
+{
+    let mut tx = pool.begin().await?;
+    let Some(row) = statement.fetch_optional(&mut *tx).await? else {
+        return Ok(None);
+    };
+    let token = Token::try_from(row)?;
+    insert_audit(&mut *tx, audit, &token.owner).await?;
+    tx.commit().await?;
+    Ok(Some(token))
+}
+
+async fn insert_audit<'e, DB, E>(
+    executor: E,
+    event: &AuditEvent,
+    target_owner: &str,
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    E: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Uuid: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Uuid>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(&format!(
+        "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(event.id)
+    .bind(event.time)
+    .bind(event.actor_id)
+    .bind(event.actor_owner.clone())
+    .bind(event.action.clone())
+    .bind(event.target.clone())
+    .bind(target_owner.to_owned())
+    .bind(Json(Value::Object(event.changes.clone())))
+    .bind(event.client_ip.clone())
+    .bind(event.detail.clone())
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 async fn insert_token<'e, DB, E>(executor: E, token: &Token) -> Result<(), StoreError>
@@ -493,16 +1067,20 @@ where
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Json<Value>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<Uuid>: Encode<'q, DB> + Type<DB>,
 {
+    let (requests, interval) = rate_columns(token);
     sqlx::query(
         "INSERT INTO tokens (id, secret_hash, display_hint, name, owner, token_type, description, \
          permissions, read_only, allowed_cidrs, allowed_hosts, bindings, metadata, enabled, \
-         create_time, update_time, last_used_time, last_used_ip, use_count, expire_time, created_by, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, 0, $17, $18, $19)",
+         create_time, update_time, last_used_time, last_used_ip, use_count, expire_time, created_by, revision, \
+         max_uses, uses, rate_limit_requests, rate_limit_interval_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, 0, $17, $18, $19, \
+         $20, 0, $21, $22)",
     )
     .bind(token.id)
     .bind(token.secret_hash.as_bytes().to_vec())
@@ -523,8 +1101,22 @@ where
     .bind(token.expire_time)
     .bind(token.created_by)
     .bind(token.revision)
+    .bind(token.max_uses)
+    .bind(requests)
+    .bind(interval)
     .execute(executor)
     .await
     .map_err(map_write_error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_prefix;
+
+    #[test]
+    fn name_prefixes_match_literally() {
+        assert_eq!(like_prefix("ci_50%"), "ci\\_50\\%%");
+        assert_eq!(like_prefix("a\\b"), "a\\\\b%");
+    }
 }

@@ -260,7 +260,7 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
     let reader = app
         .create(Token {
             owner: "team-a".into(),
-            r#type: "service".into(),
+            r#type: "personal".into(),
             ..spec("reader", &["reports:read"])
         })
         .await;
@@ -307,7 +307,7 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
     assert_eq!(headers["x-token-id"], reader_id);
     assert_eq!(headers["x-token-owner"], "team-a");
     assert_eq!(headers["x-token-name"], "reader");
-    assert_eq!(headers["x-token-type"], "service");
+    assert_eq!(headers["x-token-type"], "personal");
     assert!(!headers.contains_key("authorization"), "{headers:?}");
 
     let (status, _, _) = envoy

@@ -212,7 +212,7 @@ async fn an_allowed_request_carries_the_identity_and_not_the_credential(backend:
     let app = spawn_app(backend).await;
     let mut token = spec("reporting", &["reports:read", "domains:*"]);
     token.owner = "team-a".into();
-    token.r#type = "service".into();
+    token.r#type = "personal".into();
     let created = app.create(token).await;
     let id = created.token.unwrap().id;
 
@@ -234,7 +234,7 @@ async fn an_allowed_request_carries_the_identity_and_not_the_credential(backend:
     assert_eq!(answer.headers["x-token-id"], id);
     assert_eq!(answer.headers["x-token-owner"], "team-a");
     assert_eq!(answer.headers["x-token-name"], "reporting");
-    assert_eq!(answer.headers["x-token-type"], "service");
+    assert_eq!(answer.headers["x-token-type"], "personal");
     assert_eq!(answer.removed, ["authorization"]);
     assert!(matches!(&answer.metadata["token_id"], Kind::StringValue(v) if *v == id));
     assert!(matches!(&answer.metadata["owner"], Kind::StringValue(v) if v == "team-a"));

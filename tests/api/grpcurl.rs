@@ -81,6 +81,17 @@ async fn the_readme_grpcurl_examples_work() {
         .contains("rpc Verify")
     );
 
+    let service_type = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"tokenType": {
+            "id": "service", "displayName": "Service Token", "description": "machine-to-machine",
+            "template": {"requiredFields": ["description"], "maxLifetime": "31536000s", "writable": true}
+        }})),
+        &["tokenauthority.v1.TokenTypeService/CreateTokenType"],
+    ));
+    assert_eq!(service_type["id"], "service");
+
     let created = json_of(&grpcurl(
         &app,
         Some(&admin),

@@ -105,6 +105,8 @@ pub fn test_settings(db: &TestDb) -> Settings {
             negative_ttl: Duration::from_secs(3600),
         },
         ext_authz: token_authority::check::CheckSettings::default(),
+        // Tests make many calls from one address; the limit has its own test.
+        management_rate_limit: 0,
     }
 }
 
@@ -265,6 +267,7 @@ impl TestApp {
                         page_size: 1000,
                         page_token: page_token.clone(),
                         owner: String::new(),
+                        ..Default::default()
                     },
                 ))
                 .await

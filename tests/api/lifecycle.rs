@@ -41,7 +41,7 @@ async fn create_returns_the_secret_once_and_stores_the_token(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut request = spec("ci deploy", &["domains:read", "domains:write"]);
     request.owner = "team-blue".into();
-    request.r#type = "assistant".into();
+    request.r#type = "personal".into();
     request.description = "used by the deploy pipeline".into();
     request.allowed_cidrs = vec!["10.0.0.0/8".into()];
     request.allowed_hosts = vec!["api.example.com".into()];
@@ -55,7 +55,7 @@ async fn create_returns_the_secret_once_and_stores_the_token(backend: Backend) {
     assert!(created.secret.starts_with(&token.display_hint));
     assert_eq!(token.name, "ci deploy");
     assert_eq!(token.owner, "team-blue");
-    assert_eq!(token.r#type, "assistant");
+    assert_eq!(token.r#type, "personal");
     assert_eq!(token.permissions, ["domains:read", "domains:write"]);
     assert_eq!(token.allowed_cidrs, ["10.0.0.0/8"]);
     assert_eq!(token.allowed_hosts, ["api.example.com"]);
@@ -128,6 +128,7 @@ async fn list_pages_through_every_token_in_creation_order(backend: Backend) {
                     page_size: 3,
                     page_token,
                     owner: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -153,6 +154,7 @@ async fn list_pages_through_every_token_in_creation_order(backend: Backend) {
                 page_size: 0,
                 page_token: String::new(),
                 owner: "nobody".into(),
+                ..Default::default()
             },
         ))
         .await
