@@ -11,5 +11,6 @@ mod lifecycle;
 mod operations;
 mod persistence;
 mod replicas;
+mod rotation_and_limits;
 mod validation;
 mod verify;
