@@ -12,5 +12,6 @@ mod operations;
 mod persistence;
 mod replicas;
 mod rotation_and_limits;
+mod types_and_audit;
 mod validation;
 mod verify;
