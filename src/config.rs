@@ -105,6 +105,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
+    /// Address of the Prometheus endpoint (plain HTTP, GET /metrics); `off` disables it.
+    #[arg(long, env = "TA_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+
     /// Prefix of new token secrets: 1 to 16 lowercase letters and digits.
     #[arg(long, env = "TA_TOKEN_PREFIX", default_value = "ta", value_parser = parse_prefix)]
     pub token_prefix: TokenPrefix,
@@ -148,6 +152,20 @@ pub struct ServeArgs {
     /// the process exits anyway.
     #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// Where to serve metrics, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(value: &str) -> Result<MetricsAddr, String> {
+    match value.trim() {
+        "" | "off" => Ok(MetricsAddr(None)),
+        addr => addr
+            .parse()
+            .map(|addr| MetricsAddr(Some(addr)))
+            .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:9464, or off")),
+    }
 }
 
 /// Options of `token-authority bootstrap`.
@@ -209,6 +227,22 @@ mod tests {
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn metrics_listen_on_localhost_unless_turned_off() {
+        let parse = |args: &[&str]| {
+            let argv = ["token-authority"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).map(|cli| cli.serve.metrics_addr.0)
+        };
+        assert_eq!(parse(&[]).unwrap(), Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse(&["--metrics-addr", "off"]).unwrap(), None);
+        assert_eq!(parse(&["--metrics-addr", ""]).unwrap(), None);
+        assert_eq!(
+            parse(&["--metrics-addr", "0.0.0.0:9000"]).unwrap(),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert!(parse(&["--metrics-addr", "localhost"]).is_err());
     }
 
     #[test]

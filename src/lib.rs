@@ -9,6 +9,7 @@ pub mod encoded;
 pub mod error;
 pub mod grpc;
 pub mod invalidation;
+pub mod metrics;
 pub mod pb;
 pub mod startup;
 pub mod store;

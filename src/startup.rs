@@ -14,6 +14,7 @@ use crate::{
     domain::secret::{TokenPrefix, TokenSecret},
     grpc::{AppState, authority_layer, token_service::TokenApi, verify_service::VerifyApi},
     invalidation,
+    metrics::{self, Exporter, Metrics, RpcMetricsLayer},
     pb::{
         self, v1::token_service_server::TokenServiceServer,
         wire::verify_service_server::VerifyServiceServer,
@@ -34,6 +35,8 @@ pub const SERVICE_NAMES: [&str; 2] = [
 pub struct Settings {
     /// Address of the gRPC port; port 0 picks a free one.
     pub listen_addr: SocketAddr,
+    /// Address of the Prometheus endpoint, if any; port 0 picks a free one.
+    pub metrics_addr: Option<SocketAddr>,
     /// The store.
     pub store: StoreOptions,
     /// Prefix of new secrets.
@@ -60,6 +63,7 @@ pub struct Settings {
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    metrics_listener: Option<TcpListener>,
     store: Arc<dyn TokenStore>,
     state: Arc<AppState>,
     usage: Arc<UsageRecorder>,
@@ -102,6 +106,14 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         let usage = Arc::new(UsageRecorder::default());
         // Not trusted until the change listener says so (at once for SQLite).
         let cache = Arc::new(TokenCache::new(settings.cache, false));
@@ -110,10 +122,12 @@ impl Application {
             cache: cache.clone(),
             verifier: Verifier::new(store.clone(), cache, usage.clone()),
             prefix: settings.token_prefix.clone(),
+            metrics: Arc::new(Metrics::default()),
         });
         Ok(Self {
             listener,
             port,
+            metrics_listener,
             store,
             state,
             usage,
@@ -125,6 +139,12 @@ impl Application {
     /// Returns the port the service listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Returns the port of the metrics endpoint, when it is on.
+    pub fn metrics_port(&self) -> Option<u16> {
+        let addr = self.metrics_listener.as_ref()?.local_addr().ok()?;
+        Some(addr.port())
     }
 
     /// Returns the admin secret made on this start, if it was the first start and no
@@ -141,6 +161,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             store,
             state,
             usage,
@@ -155,8 +176,21 @@ impl Application {
             settings.health_check_interval,
             stop_rx.clone(),
         ));
-        let change_listener =
-            invalidation::spawn_listener(store.clone(), state.cache.clone(), stop_rx.clone());
+        let change_listener = invalidation::spawn_listener(
+            store.clone(),
+            state.cache.clone(),
+            state.metrics.clone(),
+            stop_rx.clone(),
+        );
+        // Scraped until the very end, shutdown included.
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let metrics_server = metrics_listener.map(|listener| {
+            let exporter = Exporter::new(state.metrics.clone(), state.cache.clone(), store.clone());
+            tokio::spawn(metrics::serve(listener, Arc::new(exporter)))
+        });
         let flusher =
             usage::spawn_flusher(usage, store.clone(), settings.usage_flush_interval, stop_rx);
 
@@ -184,11 +218,18 @@ impl Application {
         };
 
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, store = store.backend(), "token-authority serving");
+        tracing::info!(
+            %addr,
+            store = store.backend(),
+            metrics_addr = %metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
+            "token-authority serving"
+        );
         // The store answered at build time; per-service statuses exist from the first call.
         set_status(&health_reporter, ServingStatus::Serving).await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
+            // Outermost first: time the whole call.
+            .layer(RpcMetricsLayer::new(state.metrics.clone()))
             .layer(authority_layer())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -206,6 +247,9 @@ impl Application {
 
         health_task.abort();
         change_listener.abort();
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         if let Err(error) = flusher.await {
             tracing::warn!(%error, "usage flusher failed");
         }

@@ -8,7 +8,8 @@ pub mod verify_service;
 use std::sync::Arc;
 
 use crate::{
-    cache::TokenCache, domain::secret::TokenPrefix, store::TokenStore, verifier::Verifier,
+    cache::TokenCache, domain::secret::TokenPrefix, metrics::Metrics, store::TokenStore,
+    verifier::Verifier,
 };
 
 /// What the services share.
@@ -21,6 +22,8 @@ pub struct AppState {
     pub cache: Arc<TokenCache>,
     /// The prefix of new secrets.
     pub prefix: TokenPrefix,
+    /// What the service counts; Verify and Check record their verdicts here.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The `:authority` (host) a request was sent to, put into the request's extensions by

@@ -86,6 +86,7 @@ impl TestDb {
 pub fn test_settings(db: &TestDb) -> Settings {
     Settings {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
         store: StoreOptions {
             url: db.url.clone(),
             max_connections: 8,
@@ -111,6 +112,8 @@ pub fn test_settings(db: &TestDb) -> Settings {
 pub struct TestApp {
     /// `127.0.0.1:<port>`.
     pub target: String,
+    /// The port of `/metrics`, when the settings asked for it.
+    pub metrics_port: Option<u16>,
     /// The bootstrap admin's secret (`*:*`).
     pub admin: String,
     pub tokens: TokenServiceClient<Channel>,
@@ -133,6 +136,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -> TestApp {
     let app = Application::build(settings).await.expect("server starts");
     let addr: SocketAddr = format!("127.0.0.1:{}", app.port()).parse().unwrap();
+    let metrics_port = app.metrics_port();
     let admin = app
         .bootstrap_secret()
         .map(|s| s.expose().to_owned())
@@ -149,6 +153,7 @@ pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -
         .expect("client connects");
     TestApp {
         target: addr.to_string(),
+        metrics_port,
         admin,
         tokens: TokenServiceClient::new(channel.clone()),
         verifier: VerifyServiceClient::new(channel.clone()),
@@ -157,6 +162,43 @@ pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -
         stop: Some(stop),
         server: Some(server),
     }
+}
+
+/// Settings for a test server that also serves `/metrics`, on a free port.
+pub fn metered_settings(db: &TestDb) -> Settings {
+    Settings {
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..test_settings(db)
+    }
+}
+
+/// Fetches `/metrics` over plain HTTP/1.1, as Prometheus does, and returns the body.
+pub async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the metrics port accepts");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// Returns the value of one series (`name{labels}`) in a scrape, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a sample value"))
 }
 
 /// Wraps a message with `authorization: Bearer <secret>`.
@@ -316,6 +358,8 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_token-authority");
 pub struct Process {
     child: Child,
     pub port: u16,
+    /// The port of `/metrics`.
+    pub metrics_port: u16,
     stdout: std::sync::mpsc::Receiver<String>,
     stderr: std::sync::mpsc::Receiver<String>,
     /// The stderr lines read so far.
@@ -333,6 +377,7 @@ impl Process {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TA_LISTEN_ADDR", "127.0.0.1:0")
+            .env("TA_METRICS_ADDR", "127.0.0.1:0")
             .env("TA_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -343,6 +388,7 @@ impl Process {
         let mut process = Self {
             child,
             port: 0,
+            metrics_port: 0,
             stdout,
             stderr,
             seen: Vec::new(),
@@ -358,8 +404,12 @@ impl Process {
             }
         };
         let value: serde_json::Value = serde_json::from_str(&serving).unwrap();
-        let addr: std::net::SocketAddr = value["addr"].as_str().unwrap().parse().unwrap();
-        process.port = addr.port();
+        let port = |field: &str| {
+            let addr: std::net::SocketAddr = value[field].as_str().unwrap().parse().unwrap();
+            addr.port()
+        };
+        process.port = port("addr");
+        process.metrics_port = port("metrics_addr");
         process
     }
 

@@ -6,6 +6,7 @@ mod helpers;
 mod authorization;
 mod grpcurl;
 mod lifecycle;
+mod metrics;
 mod operations;
 mod persistence;
 mod replicas;
