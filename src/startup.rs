@@ -12,7 +12,10 @@ use crate::{
     bootstrap::{self, Mode},
     cache::{CacheSettings, TokenCache},
     domain::secret::{TokenPrefix, TokenSecret},
-    grpc::{AppState, authority_layer, token_service::TokenApi, verify_service::VerifyApi},
+    grpc::{
+        AppState, authority_layer, request_id::RequestIdLayer, token_service::TokenApi,
+        verify_service::VerifyApi,
+    },
     invalidation,
     metrics::{self, Exporter, Metrics, RpcMetricsLayer},
     pb::{
@@ -228,8 +231,9 @@ impl Application {
         set_status(&health_reporter, ServingStatus::Serving).await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
-            // Outermost first: time the whole call.
+            // Outermost first: time the whole call, then give it its request id and span.
             .layer(RpcMetricsLayer::new(state.metrics.clone()))
+            .layer(RequestIdLayer)
             .layer(authority_layer())
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod request_id;
 pub mod token_service;
 pub mod verify_service;
 

@@ -10,5 +10,6 @@ mod metrics;
 mod operations;
 mod persistence;
 mod replicas;
+mod request_ids;
 mod validation;
 mod verify;
