@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{domain::secret::TokenPrefix, store};
+use crate::{domain::secret::TokenPrefix, store, tls::TlsFiles};
 
 /// One central authority that issues, stores, manages and verifies API bearer tokens.
 #[derive(Debug, Parser)]
@@ -105,6 +105,19 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
+    /// PEM certificate chain of the gRPC port; with --tls-key, the port speaks only TLS.
+    #[arg(long, env = "TA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): when given, every client must present a certificate signed
+    /// by one of them (mutual TLS).
+    #[arg(long, env = "TA_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Address of the Prometheus endpoint (plain HTTP, GET /metrics); `off` disables it.
     #[arg(long, env = "TA_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
@@ -152,6 +165,17 @@ pub struct ServeArgs {
     /// the process exits anyway.
     #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Returns the gRPC port's TLS files, when TLS is configured.
+    pub fn tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
 }
 
 /// Where to serve metrics, if anywhere.
@@ -243,6 +267,33 @@ mod tests {
             Some("0.0.0.0:9000".parse().unwrap())
         );
         assert!(parse(&["--metrics-addr", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn tls_needs_both_a_certificate_and_a_key() {
+        let parse = |args: &[&str]| {
+            let argv = ["token-authority"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).map(|cli| cli.serve.tls())
+        };
+        assert!(parse(&[]).unwrap().is_none());
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).is_err());
+        assert!(parse(&["--tls-client-ca", "ca.pem"]).is_err());
+        let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.mode(), "tls");
+        let mtls = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-client-ca",
+            "ca.pem",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(mtls.mode(), "mtls");
     }
 
     #[test]

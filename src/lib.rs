@@ -14,5 +14,6 @@ pub mod pb;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod usage;
 pub mod verifier;

@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let serve = cli.serve;
             let app = Application::build(Settings {
                 listen_addr: serve.listen_addr,
+                tls: serve.tls(),
                 metrics_addr: serve.metrics_addr.0,
                 store: store_options,
                 token_prefix: serve.token_prefix,

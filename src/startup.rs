@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
         wire::verify_service_server::VerifyServiceServer,
     },
     store::{self, StoreOptions, TokenStore},
+    tls::TlsFiles,
     usage::{self, UsageRecorder},
     verifier::Verifier,
 };
@@ -38,6 +39,8 @@ pub const SERVICE_NAMES: [&str; 2] = [
 pub struct Settings {
     /// Address of the gRPC port; port 0 picks a free one.
     pub listen_addr: SocketAddr,
+    /// TLS on the gRPC port, if any.
+    pub tls: Option<TlsFiles>,
     /// Address of the Prometheus endpoint, if any; port 0 picks a free one.
     pub metrics_addr: Option<SocketAddr>,
     /// The store.
@@ -66,6 +69,7 @@ pub struct Settings {
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    tls: Option<ServerTlsConfig>,
     metrics_listener: Option<TcpListener>,
     store: Arc<dyn TokenStore>,
     state: Arc<AppState>,
@@ -105,6 +109,7 @@ impl Application {
                 }
             }
         }
+        let tls = settings.tls.as_ref().map(TlsFiles::load).transpose()?;
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
@@ -130,6 +135,7 @@ impl Application {
         Ok(Self {
             listener,
             port,
+            tls,
             metrics_listener,
             store,
             state,
@@ -164,6 +170,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            tls,
             metrics_listener,
             store,
             state,
@@ -224,13 +231,18 @@ impl Application {
         tracing::info!(
             %addr,
             store = store.backend(),
+            tls = settings.tls.as_ref().map_or("off", TlsFiles::mode),
             metrics_addr = %metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
             "token-authority serving"
         );
         // The store answered at build time; per-service statuses exist from the first call.
         set_status(&health_reporter, ServingStatus::Serving).await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             // Outermost first: time the whole call, then give it its request id and span.
             .layer(RpcMetricsLayer::new(state.metrics.clone()))
             .layer(RequestIdLayer)

@@ -86,6 +86,7 @@ impl TestDb {
 pub fn test_settings(db: &TestDb) -> Settings {
     Settings {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
         metrics_addr: None,
         store: StoreOptions {
             url: db.url.clone(),
@@ -134,6 +135,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// Starts a server with these settings; `admin` is the admin secret of an earlier start
 /// on the same database (a restart makes no new one).
 pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -> TestApp {
+    let tls = settings.tls.is_some();
     let app = Application::build(settings).await.expect("server starts");
     let addr: SocketAddr = format!("127.0.0.1:{}", app.port()).parse().unwrap();
     let metrics_port = app.metrics_port();
@@ -146,11 +148,13 @@ pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("client connects");
+    let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+    // A TLS port refuses this plain client; TLS tests make their own.
+    let channel = if tls {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("client connects")
+    };
     TestApp {
         target: addr.to_string(),
         metrics_port,

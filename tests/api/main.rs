@@ -11,5 +11,6 @@ mod operations;
 mod persistence;
 mod replicas;
 mod request_ids;
+mod tls;
 mod validation;
 mod verify;
