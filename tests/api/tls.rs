@@ -255,6 +255,31 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
     let channel = with_its_certificate.expect("a client of the CA connects");
     verify_through(Ok(channel.clone())).await.unwrap();
     assert_eq!(health(&channel).await, ServingStatus::Serving);
+    // The README's grpcurl example, as written.
+    std::fs::write(dir.path().join("client.pem"), &pki.client.0).unwrap();
+    std::fs::write(dir.path().join("client.key"), &pki.client.1).unwrap();
+    let target = format!("localhost:{}", server.port);
+    let listed = std::process::Command::new("grpcurl")
+        .current_dir(dir.path())
+        .args([
+            "-cacert",
+            "ca.pem",
+            "-cert",
+            "client.pem",
+            "-key",
+            "client.key",
+        ])
+        .args([target.as_str(), "list"])
+        .output()
+        .expect("grpcurl is installed (scripts/test installs it)");
+    let services = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        services
+            .lines()
+            .any(|l| l == "tokenauthority.v1.VerifyService"),
+        "{services}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let (stopped, _, _) = server.terminate().await;
     assert!(stopped);
 }
