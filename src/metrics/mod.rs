@@ -10,7 +10,7 @@ pub mod histogram;
 pub mod rpc;
 
 use std::{
-    fmt::Write as _,
+    fmt::{self, Write as _},
     sync::{
         Arc,
         atomic::{AtomicU8, AtomicU64, Ordering},
@@ -26,7 +26,11 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::{cache::TokenCache, domain::verify::Outcome, store::TokenStore};
+use crate::{
+    cache::{CacheCounts, TokenCache},
+    domain::verify::Outcome,
+    store::TokenStore,
+};
 
 pub use rpc::RpcMetricsLayer;
 
@@ -113,8 +117,7 @@ impl Metrics {
         self.listener.store(state as u8, Ordering::Relaxed);
     }
 
-    /// Returns how many verdicts of this kind were given.
-    pub fn verdicts(&self, endpoint: Endpoint, outcome: Outcome) -> u64 {
+    fn verdicts(&self, endpoint: Endpoint, outcome: Outcome) -> u64 {
         self.verdicts[endpoint as usize][outcome as usize].load(Ordering::Relaxed)
     }
 }
@@ -176,175 +179,219 @@ impl std::fmt::Debug for Scrape {
 }
 
 impl Collector for Scrape {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let e = &mut encoder;
-        let metrics = &self.metrics;
-
-        // Named as go-grpc-prometheus names them, so that existing gRPC dashboards work.
-        let mut handled = e.encode_descriptor(
-            "grpc_server_handled",
-            "gRPC calls completed, by service, method and status code",
-            None,
-            MetricType::Counter,
-        )?;
-        for (service, method, code, histogram) in metrics.rpc.used() {
-            let labels = rpc_labels(service, method, code);
-            counter(&mut handled.encode_family(&labels)?, histogram.count())?;
-        }
-        let mut handling = e.encode_descriptor(
-            "grpc_server_handling_seconds",
-            "Time from a gRPC call's arrival to its status, by service, method and status code",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (service, method, code, histogram) in metrics.rpc.used() {
-            let labels = rpc_labels(service, method, code);
-            histogram.encode(handling.encode_family(&labels)?)?;
-        }
-
-        let mut verdicts = e.encode_descriptor(
-            "token_authority_verdicts",
-            "Verdicts of Verify and Check, by endpoint and result",
-            None,
-            MetricType::Counter,
-        )?;
-        for endpoint in Endpoint::ALL {
-            for outcome in Outcome::ALL {
-                let labels = [("service", endpoint.as_str()), ("result", outcome.as_str())];
-                let value = metrics.verdicts(endpoint, outcome);
-                counter(&mut verdicts.encode_family(&labels)?, value)?;
-            }
-        }
-
-        let cache = self.cache.counts();
-        let mut hits = e.encode_descriptor(
-            "token_authority_cache_hits",
-            "Verify cache lookups answered from the cache: a token, or a remembered unknown secret",
-            None,
-            MetricType::Counter,
-        )?;
-        counter(&mut hits.encode_family(&[("entry", "token")])?, cache.hits)?;
-        counter(
-            &mut hits.encode_family(&[("entry", "negative")])?,
-            cache.negative_hits,
-        )?;
-        let mut misses = e.encode_descriptor(
-            "token_authority_cache_misses",
-            "Verify cache lookups that went to the store",
-            None,
-            MetricType::Counter,
-        )?;
-        counter(&mut misses, cache.misses)?;
-        let mut bypassed = e.encode_descriptor(
-            "token_authority_cache_bypassed",
-            "Verify lookups that skipped the cache while the change listener was not listening",
-            None,
-            MetricType::Counter,
-        )?;
-        counter(&mut bypassed, cache.bypassed)?;
-        let mut evictions = e.encode_descriptor(
-            "token_authority_cache_evictions",
-            "Entries removed from the Verify cache, by reason",
-            None,
-            MetricType::Counter,
-        )?;
-        for (reason, value) in [
-            ("changed", cache.evicted_changed),
-            ("flushed", cache.evicted_flushed),
-            ("expired", cache.evicted_expired),
-            ("capacity", cache.evicted_capacity),
-        ] {
-            counter(&mut evictions.encode_family(&[("reason", reason)])?, value)?;
-        }
-        let mut entries = e.encode_descriptor(
-            "token_authority_cache_entries",
-            "Entries in the Verify cache",
-            None,
-            MetricType::Gauge,
-        )?;
-        gauge(
-            &mut entries.encode_family(&[("entry", "token")])?,
-            cache.tokens,
-        )?;
-        gauge(
-            &mut entries.encode_family(&[("entry", "negative")])?,
-            cache.negatives,
-        )?;
-
-        let mut invalidations = e.encode_descriptor(
-            "token_authority_invalidations_received",
-            "Token changes heard from other replicas through the store's change feed",
-            None,
-            MetricType::Counter,
-        )?;
-        counter(
-            &mut invalidations,
-            metrics.invalidations.load(Ordering::Relaxed),
-        )?;
-        let mut listener = e.encode_descriptor(
-            "token_authority_change_listener_state",
-            "What the change listener is doing: 1 for the current state, 0 for the others",
-            None,
-            MetricType::Gauge,
-        )?;
-        let current = metrics.listener.load(Ordering::Relaxed);
-        for state in ListenerState::ALL {
-            let value = u64::from(state as u8 == current);
-            gauge(
-                &mut listener.encode_family(&[("state", state.as_str())])?,
-                value,
-            )?;
-        }
-
-        let pool = self.store.pool_stats();
-        let mut connections = e.encode_descriptor(
-            "token_authority_store_pool_connections",
-            "Open connections of the store's pool, idle or in use",
-            None,
-            MetricType::Gauge,
-        )?;
-        gauge(
-            &mut connections.encode_family(&[("state", "idle")])?,
-            u64::from(pool.idle),
-        )?;
-        gauge(
-            &mut connections.encode_family(&[("state", "in_use")])?,
-            u64::from(pool.size.saturating_sub(pool.idle)),
-        )?;
-        let mut max = e.encode_descriptor(
-            "token_authority_store_pool_max_connections",
-            "The most connections the store's pool opens (--db-max-connections)",
-            None,
-            MetricType::Gauge,
-        )?;
-        gauge(&mut max, u64::from(pool.max))?;
-        let acquire = e.encode_descriptor(
-            "token_authority_store_pool_acquire_seconds",
-            "Time a store operation waited for a pooled connection",
-            None,
-            MetricType::Histogram,
-        )?;
-        self.store.acquire_times().encode(acquire)?;
-        Ok(())
+        encode_rpc(e, &self.metrics.rpc)?;
+        encode_verdicts(e, &self.metrics)?;
+        encode_cache(e, self.cache.counts())?;
+        encode_listener(e, &self.metrics)?;
+        encode_pool(e, self.store.as_ref())
     }
 }
 
-fn rpc_labels(
-    service: &'static str,
-    method: &'static str,
-    code: tonic::Code,
-) -> impl EncodeLabelSet {
-    [
-        ("grpc_service", service),
-        ("grpc_method", method),
-        ("grpc_code", rpc::code_name(code)),
-    ]
+/// Calls by service, method and code, named as go-grpc-prometheus names them, so that
+/// existing gRPC dashboards work.
+fn encode_rpc(e: &mut DescriptorEncoder, rpc: &rpc::RpcTable) -> fmt::Result {
+    let labels = |service, method, code| {
+        [
+            ("grpc_service", service),
+            ("grpc_method", method),
+            ("grpc_code", rpc::code_name(code)),
+        ]
+    };
+    samples(
+        e,
+        (
+            "grpc_server_handled",
+            "gRPC calls completed, by service, method and status code",
+        ),
+        MetricType::Counter,
+        rpc.used().map(|(service, method, code, histogram)| {
+            (labels(service, method, code), histogram.count())
+        }),
+    )?;
+    let mut handling = e.encode_descriptor(
+        "grpc_server_handling_seconds",
+        "Time from a gRPC call's arrival to its status, by service, method and status code",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (service, method, code, histogram) in rpc.used() {
+        histogram.encode(handling.encode_family(&labels(service, method, code))?)?;
+    }
+    Ok(())
 }
 
-fn counter(encoder: &mut MetricEncoder, value: u64) -> Result<(), std::fmt::Error> {
-    encoder.encode_counter::<NoLabelSet, _, u64>(&value, None)
+fn encode_verdicts(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
+    let all = Endpoint::ALL.into_iter().flat_map(|endpoint| {
+        Outcome::ALL.into_iter().map(move |outcome| {
+            let labels = [("service", endpoint.as_str()), ("result", outcome.as_str())];
+            (labels, metrics.verdicts(endpoint, outcome))
+        })
+    });
+    samples(
+        e,
+        (
+            "token_authority_verdicts",
+            "Verdicts of Verify and Check, by endpoint and result",
+        ),
+        MetricType::Counter,
+        all,
+    )
 }
 
-fn gauge(encoder: &mut MetricEncoder, value: u64) -> Result<(), std::fmt::Error> {
-    encoder.encode_gauge(&value)
+fn encode_cache(e: &mut DescriptorEncoder, cache: CacheCounts) -> fmt::Result {
+    samples(
+        e,
+        (
+            "token_authority_cache_hits",
+            "Verify cache lookups answered by the cache: a token, or a remembered unknown secret",
+        ),
+        MetricType::Counter,
+        [
+            ([("entry", "token")], cache.hits),
+            ([("entry", "negative")], cache.negative_hits),
+        ],
+    )?;
+    sample(
+        e,
+        (
+            "token_authority_cache_misses",
+            "Verify cache lookups that went to the store",
+        ),
+        MetricType::Counter,
+        cache.misses,
+    )?;
+    sample(
+        e,
+        (
+            "token_authority_cache_bypassed",
+            "Verify lookups that skipped the cache while the change listener was not listening",
+        ),
+        MetricType::Counter,
+        cache.bypassed,
+    )?;
+    samples(
+        e,
+        (
+            "token_authority_cache_evictions",
+            "Entries removed from the Verify cache, by reason",
+        ),
+        MetricType::Counter,
+        [
+            ([("reason", "changed")], cache.evicted_changed),
+            ([("reason", "flushed")], cache.evicted_flushed),
+            ([("reason", "expired")], cache.evicted_expired),
+            ([("reason", "capacity")], cache.evicted_capacity),
+        ],
+    )?;
+    samples(
+        e,
+        (
+            "token_authority_cache_entries",
+            "Entries in the Verify cache",
+        ),
+        MetricType::Gauge,
+        [
+            ([("entry", "token")], cache.tokens),
+            ([("entry", "negative")], cache.negatives),
+        ],
+    )
+}
+
+fn encode_listener(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
+    sample(
+        e,
+        (
+            "token_authority_invalidations_received",
+            "Token changes heard from the store's change feed",
+        ),
+        MetricType::Counter,
+        metrics.invalidations.load(Ordering::Relaxed),
+    )?;
+    let current = metrics.listener.load(Ordering::Relaxed);
+    samples(
+        e,
+        (
+            "token_authority_change_listener_state",
+            "What the change listener is doing: 1 for the current state, 0 for the others",
+        ),
+        MetricType::Gauge,
+        ListenerState::ALL.map(|state| {
+            (
+                [("state", state.as_str())],
+                u64::from(state as u8 == current),
+            )
+        }),
+    )
+}
+
+fn encode_pool(e: &mut DescriptorEncoder, store: &dyn TokenStore) -> fmt::Result {
+    let pool = store.pool_stats();
+    samples(
+        e,
+        (
+            "token_authority_store_pool_connections",
+            "Open connections of the store's pool, idle or in use",
+        ),
+        MetricType::Gauge,
+        [
+            ([("state", "idle")], u64::from(pool.idle)),
+            (
+                [("state", "in_use")],
+                u64::from(pool.size.saturating_sub(pool.idle)),
+            ),
+        ],
+    )?;
+    sample(
+        e,
+        (
+            "token_authority_store_pool_max_connections",
+            "The most connections the store's pool opens (--db-max-connections)",
+        ),
+        MetricType::Gauge,
+        u64::from(pool.max),
+    )?;
+    let acquire = e.encode_descriptor(
+        "token_authority_store_pool_acquire_seconds",
+        "Time a store operation waited for a pooled connection",
+        None,
+        MetricType::Histogram,
+    )?;
+    store.acquire_times().encode(acquire)
+}
+
+/// Writes a counter or gauge family: its name and help, then one sample per label set.
+fn samples<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    kind: MetricType,
+    values: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in values {
+        value_of(kind, &mut family.encode_family(&labels)?, value)?;
+    }
+    Ok(())
+}
+
+/// Writes a counter or gauge without labels.
+fn sample(
+    e: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    kind: MetricType,
+    value: u64,
+) -> fmt::Result {
+    value_of(
+        kind,
+        &mut e.encode_descriptor(name, help, None, kind)?,
+        value,
+    )
+}
+
+fn value_of(kind: MetricType, encoder: &mut MetricEncoder, value: u64) -> fmt::Result {
+    match kind {
+        MetricType::Counter => encoder.encode_counter::<NoLabelSet, _, u64>(&value, None),
+        _ => encoder.encode_gauge(&value),
+    }
 }

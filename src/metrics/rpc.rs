@@ -256,12 +256,15 @@ where
                 return Poll::Ready(Err(error));
             }
         };
-        let mut call = this.call.take();
         // A call that failed before any message ("trailers-only") carries its status in
         // the headers; any other carries it in the trailers, at the end of the body.
-        if let (Some(code), Some(call)) = (status_of(response.headers()), call.as_mut()) {
-            call.finish(code);
-        }
+        let call = match (status_of(response.headers()), this.call.take()) {
+            (Some(code), Some(mut call)) => {
+                call.finish(code);
+                None
+            }
+            (_, call) => call,
+        };
         Poll::Ready(Ok(response.map(|inner| MeteredBody { inner, call })))
     }
 }
