@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter, sync::Cache};
 
 use crate::{domain::secret::SecretHash, encoded::EncodedToken};
 
@@ -47,17 +47,50 @@ struct Expiring<V> {
     until: Instant,
 }
 
+/// Entries dropped without being invalidated: for lack of room, or past their TTL.
+#[derive(Debug, Default)]
+struct Evictions {
+    capacity: AtomicU64,
+    expired: AtomicU64,
+}
+
+/// quick_cache's default lifecycle (evicted entries are dropped after the shard lock is
+/// released), counting what it evicts for lack of room.
+#[derive(Clone)]
+struct CountEvictions(Arc<Evictions>);
+
+impl<K, V> Lifecycle<K, V> for CountEvictions {
+    type RequestState = [Option<(K, V)>; 2];
+
+    fn on_evict(&self, state: &mut Self::RequestState, key: K, value: V) {
+        self.0.capacity.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = state.iter_mut().find(|slot| slot.is_none()) {
+            *slot = Some((key, value));
+        }
+    }
+}
+
+type Entries<V> = Cache<SecretHash, Expiring<V>, UnitWeighter, DefaultHashBuilder, CountEvictions>;
+
 /// A bounded cache whose entries expire a fixed time after they were stored.
 struct TtlCache<V: Clone> {
-    entries: Cache<SecretHash, Expiring<V>>,
+    entries: Entries<V>,
     ttl: Duration,
+    evictions: Arc<Evictions>,
 }
 
 impl<V: Clone> TtlCache<V> {
-    fn new(max_entries: u64, ttl: Duration) -> Self {
+    fn new(max_entries: u64, ttl: Duration, evictions: Arc<Evictions>) -> Self {
         Self {
-            entries: Cache::new(usize::try_from(max_entries).unwrap_or(usize::MAX)),
+            entries: Cache::with(
+                usize::try_from(max_entries).unwrap_or(usize::MAX),
+                max_entries,
+                UnitWeighter,
+                DefaultHashBuilder::default(),
+                CountEvictions(evictions.clone()),
+            ),
             ttl,
+            evictions,
         }
     }
 
@@ -66,7 +99,9 @@ impl<V: Clone> TtlCache<V> {
         if entry.until > Instant::now() {
             Some(entry.value)
         } else {
-            self.entries.remove(hash);
+            if self.entries.remove(hash).is_some() {
+                self.evictions.expired.fetch_add(1, Ordering::Relaxed);
+            }
             None
         }
     }
@@ -76,13 +111,57 @@ impl<V: Clone> TtlCache<V> {
         self.entries.insert(hash, Expiring { value, until });
     }
 
-    fn remove(&self, hash: &SecretHash) {
-        self.entries.remove(hash);
+    /// Removes an entry; returns whether there was one.
+    fn remove(&self, hash: &SecretHash) -> bool {
+        self.entries.remove(hash).is_some()
     }
 
-    fn clear(&self) {
+    /// Removes every entry; returns about how many there were.
+    fn clear(&self) -> u64 {
+        let len = self.entries.len() as u64;
         self.entries.clear();
+        len
     }
+}
+
+/// What the cache has done since the start, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    /// Lookups answered with a cached token.
+    pub hits: u64,
+    /// Lookups answered with a cached "no such token".
+    pub negative_hits: u64,
+    /// Lookups that found nothing and went to the store.
+    pub misses: u64,
+    /// Lookups that skipped the cache while it was not trusted.
+    pub bypassed: u64,
+    /// Entries evicted because their token changed.
+    pub evicted_changed: u64,
+    /// Entries dropped by flushing the whole cache (the change feed reconnected).
+    pub evicted_flushed: u64,
+    /// Entries dropped past their TTL.
+    pub evicted_expired: u64,
+    /// Entries evicted for lack of room.
+    pub evicted_capacity: u64,
+    /// Tokens held now.
+    pub tokens: u64,
+    /// Negative entries held now.
+    pub negatives: u64,
+}
+
+/// The counters behind [`CacheCounts`]; relaxed atomics, one add per lookup.
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    negative_hits: AtomicU64,
+    misses: AtomicU64,
+    bypassed: AtomicU64,
+    changed: AtomicU64,
+    flushed: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A bounded concurrent cache with invalidation that is safe against racing fills.
@@ -93,25 +172,42 @@ pub struct TokenCache {
     trusted: AtomicBool,
     /// Bumped by every invalidation, so that a fill which raced one is dropped.
     epoch: AtomicU64,
+    counters: Counters,
+    evictions: Arc<Evictions>,
 }
 
 impl TokenCache {
     /// Builds a cache; `trusted` says whether it may serve before a change feed is up.
     pub fn new(settings: CacheSettings, trusted: bool) -> Self {
         let enabled = settings.max_entries > 0;
+        let evictions = Arc::new(Evictions::default());
+        let max = settings.max_entries;
         Self {
-            found: enabled.then(|| TtlCache::new(settings.max_entries, settings.ttl)),
-            missing: enabled.then(|| TtlCache::new(settings.max_entries, settings.negative_ttl)),
+            found: enabled.then(|| TtlCache::new(max, settings.ttl, evictions.clone())),
+            missing: enabled.then(|| TtlCache::new(max, settings.negative_ttl, evictions.clone())),
             trusted: AtomicBool::new(trusted),
             epoch: AtomicU64::new(0),
+            counters: Counters::default(),
+            evictions,
         }
     }
 
     /// Returns the cached entry, or `None` on a miss or while the cache is not trusted.
     pub fn get(&self, hash: &SecretHash) -> Option<Entry> {
         if !self.trusted.load(Ordering::Acquire) {
+            bump(&self.counters.bypassed);
             return None;
         }
+        let entry = self.lookup(hash);
+        bump(match entry {
+            Some(Entry::Found(_)) => &self.counters.hits,
+            Some(Entry::Missing) => &self.counters.negative_hits,
+            None => &self.counters.misses,
+        });
+        entry
+    }
+
+    fn lookup(&self, hash: &SecretHash) -> Option<Entry> {
         if let Some(token) = self.found.as_ref()?.get(hash) {
             return Some(Entry::Found(token));
         }
@@ -161,17 +257,35 @@ impl TokenCache {
     /// Evicts one hash, after its token changed.
     pub fn invalidate(&self, hash: &SecretHash) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.remove(hash);
+        if self.remove(hash) {
+            bump(&self.counters.changed);
+        }
     }
 
     /// Evicts everything.
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        if let Some(found) = &self.found {
-            found.clear();
-        }
-        if let Some(missing) = &self.missing {
-            missing.clear();
+        let found = self.found.as_ref().map_or(0, TtlCache::clear);
+        let missing = self.missing.as_ref().map_or(0, TtlCache::clear);
+        self.counters
+            .flushed
+            .fetch_add(found + missing, Ordering::Relaxed);
+    }
+
+    /// Returns what the cache has done since the start, and what it holds.
+    pub fn counts(&self) -> CacheCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CacheCounts {
+            hits: load(&self.counters.hits),
+            negative_hits: load(&self.counters.negative_hits),
+            misses: load(&self.counters.misses),
+            bypassed: load(&self.counters.bypassed),
+            evicted_changed: load(&self.counters.changed),
+            evicted_flushed: load(&self.counters.flushed),
+            evicted_expired: load(&self.evictions.expired),
+            evicted_capacity: load(&self.evictions.capacity),
+            tokens: self.len(),
+            negatives: self.missing.as_ref().map_or(0, |c| c.entries.len() as u64),
         }
     }
 
@@ -195,13 +309,11 @@ impl TokenCache {
         self.len() == 0
     }
 
-    fn remove(&self, hash: &SecretHash) {
-        if let Some(found) = &self.found {
-            found.remove(hash);
-        }
-        if let Some(missing) = &self.missing {
-            missing.remove(hash);
-        }
+    /// Removes a hash's entries; returns whether there was one.
+    fn remove(&self, hash: &SecretHash) -> bool {
+        let found = self.found.as_ref().is_some_and(|c| c.remove(hash));
+        let missing = self.missing.as_ref().is_some_and(|c| c.remove(hash));
+        found || missing
     }
 }
 
@@ -320,5 +432,58 @@ mod tests {
         cache.insert_new(hash, t.clone());
         cache.fill(hash, Entry::Found(t.clone()), cache.epoch());
         assert!(cache.get(&hash).is_none());
+    }
+
+    #[test]
+    fn lookups_and_evictions_are_counted() {
+        let cache = TokenCache::new(
+            CacheSettings {
+                max_entries: 100,
+                ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_millis(20),
+            },
+            true,
+        );
+        let (hash, t) = cached();
+        let unknown = SecretHash([7; 32]);
+        cache.get(&hash); // miss
+        cache.fill(hash, Entry::Found(t.clone()), cache.epoch());
+        cache.get(&hash); // hit
+        cache.fill(unknown, Entry::Missing, cache.epoch());
+        cache.get(&unknown); // negative hit
+        std::thread::sleep(Duration::from_millis(30));
+        cache.get(&unknown); // expired, so a miss
+        cache.invalidate(&hash); // changed
+        cache.invalidate(&hash); // nothing left to evict
+        cache.insert_new(hash, t.clone());
+        cache.invalidate_all(); // flushed
+        cache.set_trusted(false);
+        cache.get(&hash); // bypassed
+        for i in 0..1000u32 {
+            let mut other = SecretHash([0; 32]);
+            other.0[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert_new(other, t.clone());
+        }
+
+        let counts = cache.counts();
+        assert_eq!(
+            (
+                counts.hits,
+                counts.negative_hits,
+                counts.misses,
+                counts.bypassed
+            ),
+            (1, 1, 2, 1)
+        );
+        assert_eq!(
+            (
+                counts.evicted_changed,
+                counts.evicted_flushed,
+                counts.evicted_expired
+            ),
+            (1, 1, 1)
+        );
+        assert!(counts.evicted_capacity >= 890, "{counts:?}");
+        assert_eq!(counts.tokens, cache.len());
     }
 }

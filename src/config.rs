@@ -8,6 +8,7 @@ use crate::{
     check::{self, CheckSettings},
     domain::secret::TokenPrefix,
     store,
+    tls::TlsFiles,
 };
 
 /// One central authority that issues, stores, manages and verifies API bearer tokens.
@@ -108,6 +109,23 @@ pub struct ServeArgs {
     /// Address of the gRPC port.
     #[arg(long, env = "TA_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
+
+    /// PEM certificate chain of the gRPC port; with --tls-key, the port speaks only TLS.
+    #[arg(long, env = "TA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): when given, every client must present a certificate signed
+    /// by one of them (mutual TLS).
+    #[arg(long, env = "TA_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Address of the Prometheus endpoint (plain HTTP, GET /metrics); `off` disables it.
+    #[arg(long, env = "TA_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
 
     /// Prefix of new token secrets: 1 to 16 lowercase letters and digits.
     #[arg(long, env = "TA_TOKEN_PREFIX", default_value = "ta", value_parser = parse_prefix)]
@@ -261,6 +279,31 @@ fn parse_net(value: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{value:?} is not a network such as 10.0.0.0/8 or an address"))
 }
 
+impl ServeArgs {
+    /// Returns the gRPC port's TLS files, when TLS is configured.
+    pub fn tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+}
+
+/// Where to serve metrics, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(value: &str) -> Result<MetricsAddr, String> {
+    match value.trim() {
+        "" | "off" => Ok(MetricsAddr(None)),
+        addr => addr
+            .parse()
+            .map(|addr| MetricsAddr(Some(addr)))
+            .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:9464, or off")),
+    }
+}
+
 /// Options of `token-authority bootstrap`.
 #[derive(Debug, Args)]
 pub struct BootstrapArgs {
@@ -356,6 +399,49 @@ mod tests {
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn metrics_listen_on_localhost_unless_turned_off() {
+        let parse = |args: &[&str]| {
+            let argv = ["token-authority"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).map(|cli| cli.serve.metrics_addr.0)
+        };
+        assert_eq!(parse(&[]).unwrap(), Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse(&["--metrics-addr", "off"]).unwrap(), None);
+        assert_eq!(parse(&["--metrics-addr", ""]).unwrap(), None);
+        assert_eq!(
+            parse(&["--metrics-addr", "0.0.0.0:9000"]).unwrap(),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert!(parse(&["--metrics-addr", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn tls_needs_both_a_certificate_and_a_key() {
+        let parse = |args: &[&str]| {
+            let argv = ["token-authority"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).map(|cli| cli.serve.tls())
+        };
+        assert!(parse(&[]).unwrap().is_none());
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).is_err());
+        assert!(parse(&["--tls-client-ca", "ca.pem"]).is_err());
+        let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.mode(), "tls");
+        let mtls = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-client-ca",
+            "ca.pem",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(mtls.mode(), "mtls");
     }
 
     #[test]

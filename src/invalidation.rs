@@ -6,7 +6,12 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{cache::TokenCache, store::TokenStore, usage::stopped};
+use crate::{
+    cache::TokenCache,
+    metrics::{ListenerState, Metrics},
+    store::TokenStore,
+    usage::stopped,
+};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -16,6 +21,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 pub fn spawn_listener(
     store: Arc<dyn TokenStore>,
     cache: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -29,6 +35,7 @@ pub fn spawn_listener(
                 Ok(Some(feed)) => feed,
                 Ok(None) => {
                     cache.set_trusted(true);
+                    metrics.set_listener_state(ListenerState::SingleNode);
                     return;
                 }
                 Err(error) => {
@@ -45,6 +52,7 @@ pub fn spawn_listener(
             // will be heard.
             cache.invalidate_all();
             cache.set_trusted(true);
+            metrics.set_listener_state(ListenerState::Listening);
             retry = RETRY_MIN;
             tracing::info!("listening for token changes; Verify cache trusted");
             loop {
@@ -53,9 +61,13 @@ pub fn spawn_listener(
                     () = stopped(&mut shutdown) => return,
                 };
                 match next {
-                    Ok(hash) => cache.invalidate(&hash),
+                    Ok(hash) => {
+                        metrics.record_invalidation();
+                        cache.invalidate(&hash);
+                    }
                     Err(error) => {
                         cache.set_trusted(false);
+                        metrics.set_listener_state(ListenerState::Connecting);
                         cache.invalidate_all();
                         tracing::warn!(%error, "lost the token change feed; Verify bypasses the cache until it is back");
                         break;

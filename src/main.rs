@@ -61,6 +61,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ext_authz = serve.ext_authz.settings().map_err(anyhow::Error::msg)?;
             let app = Application::build(Settings {
                 listen_addr: serve.listen_addr,
+                tls: serve.tls(),
+                metrics_addr: serve.metrics_addr.0,
                 store: store_options,
                 token_prefix: serve.token_prefix,
                 bootstrap: true,

@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -19,12 +19,14 @@ use crate::{
         audit_service::AuditApi,
         authority_layer,
         ext_authz::{AuthorizationServer, ExtAuthzApi},
+        request_id::RequestIdLayer,
         token_service::TokenApi,
         token_type_service::TokenTypeApi,
         verify_service::VerifyApi,
     },
     invalidation,
     limits::{FailureAudit, ManagementRate},
+    metrics::{self, Exporter, Metrics, RpcMetricsLayer},
     pb::{
         self,
         v1::{
@@ -34,6 +36,7 @@ use crate::{
         wire::verify_service_server::VerifyServiceServer,
     },
     store::{self, StoreOptions, TokenStore},
+    tls::TlsFiles,
     usage::{self, UsageRecorder},
     verifier::Verifier,
 };
@@ -52,6 +55,10 @@ pub const SERVICE_NAMES: [&str; 5] = [
 pub struct Settings {
     /// Address of the gRPC port; port 0 picks a free one.
     pub listen_addr: SocketAddr,
+    /// TLS on the gRPC port, if any.
+    pub tls: Option<TlsFiles>,
+    /// Address of the Prometheus endpoint, if any; port 0 picks a free one.
+    pub metrics_addr: Option<SocketAddr>,
     /// The store.
     pub store: StoreOptions,
     /// Prefix of new secrets.
@@ -82,6 +89,8 @@ pub struct Settings {
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    tls: Option<ServerTlsConfig>,
+    metrics_listener: Option<TcpListener>,
     store: Arc<dyn TokenStore>,
     state: Arc<AppState>,
     usage: Arc<UsageRecorder>,
@@ -124,10 +133,19 @@ impl Application {
                 }
             }
         }
+        let tls = settings.tls.as_ref().map(TlsFiles::load).transpose()?;
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         let usage = Arc::new(UsageRecorder::default());
         // Not trusted until the change listener says so (at once for SQLite).
         let cache = Arc::new(TokenCache::new(settings.cache, false));
@@ -138,10 +156,13 @@ impl Application {
             prefix: settings.token_prefix.clone(),
             management_rate: ManagementRate::new(settings.management_rate_limit),
             failure_audit: FailureAudit::default(),
+            metrics: Arc::new(Metrics::default()),
         });
         Ok(Self {
             listener,
             port,
+            tls,
+            metrics_listener,
             store,
             state,
             usage,
@@ -153,6 +174,12 @@ impl Application {
     /// Returns the port the service listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Returns the port of the metrics endpoint, when it is on.
+    pub fn metrics_port(&self) -> Option<u16> {
+        let addr = self.metrics_listener.as_ref()?.local_addr().ok()?;
+        Some(addr.port())
     }
 
     /// Returns the admin secret made on this start, if it was the first start and no
@@ -169,6 +196,8 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            tls,
+            metrics_listener,
             store,
             state,
             usage,
@@ -183,8 +212,21 @@ impl Application {
             settings.health_check_interval,
             stop_rx.clone(),
         ));
-        let change_listener =
-            invalidation::spawn_listener(store.clone(), state.cache.clone(), stop_rx.clone());
+        let change_listener = invalidation::spawn_listener(
+            store.clone(),
+            state.cache.clone(),
+            state.metrics.clone(),
+            stop_rx.clone(),
+        );
+        // Scraped until the very end, shutdown included.
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let metrics_server = metrics_listener.map(|listener| {
+            let exporter = Exporter::new(state.metrics.clone(), state.cache.clone(), store.clone());
+            tokio::spawn(metrics::serve(listener, Arc::new(exporter)))
+        });
         let flusher = usage::spawn_flusher(
             usage,
             store.clone(),
@@ -217,11 +259,24 @@ impl Application {
         };
 
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, store = store.backend(), "token-authority serving");
+        tracing::info!(
+            %addr,
+            store = store.backend(),
+            tls = settings.tls.as_ref().map_or("off", TlsFiles::mode),
+            metrics_addr = %metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
+            "token-authority serving"
+        );
         // The store answered at build time; per-service statuses exist from the first call.
         set_status(&health_reporter, ServingStatus::Serving).await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
+            // Outermost first: time the whole call, then give it its request id and span.
+            .layer(RpcMetricsLayer::new(state.metrics.clone()))
+            .layer(RequestIdLayer)
             .layer(authority_layer())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -247,6 +302,9 @@ impl Application {
 
         health_task.abort();
         change_listener.abort();
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         if let Err(error) = flusher.await {
             tracing::warn!(%error, "usage flusher failed");
         }

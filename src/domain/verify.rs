@@ -39,6 +39,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (so `ALL[o as usize] == o`).
+    pub const ALL: [Outcome; 12] = [
+        Outcome::Ok,
+        Outcome::Malformed,
+        Outcome::NotFound,
+        Outcome::Disabled,
+        Outcome::Expired,
+        Outcome::IpNotAllowed,
+        Outcome::HostNotAllowed,
+        Outcome::PermissionDenied,
+        Outcome::ReadOnly,
+        Outcome::BindingMismatch,
+        Outcome::UsageExceeded,
+        Outcome::RateLimited,
+    ];
+
     /// Returns a stable lowercase name, for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -222,6 +238,13 @@ pub(crate) mod tests {
         restrictions::{Cidr, HostPattern},
         secret::{TokenPrefix, TokenSecret},
     };
+
+    #[test]
+    fn outcomes_are_listed_in_declaration_order() {
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{outcome:?}");
+        }
+    }
 
     pub(crate) fn token(permissions: &[&str]) -> Token {
         let secret = TokenSecret::generate(&TokenPrefix::default());

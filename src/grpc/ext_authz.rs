@@ -25,6 +25,7 @@ use crate::{
     domain::verify::{Outcome, Usage},
     encoded::{AllowedCheck, EncodedToken},
     error::Error,
+    metrics::Endpoint,
     pb::ext_authz_wire::{CheckRequest, CheckResponse, HttpRequest},
 };
 
@@ -117,6 +118,9 @@ impl Authorization for ExtAuthzApi {
             token_id = ?verdict.token.as_ref().map(|t| t.id),
             "checked"
         );
+        self.state
+            .metrics
+            .record_verdict(Endpoint::Check, verdict.outcome);
         let response = match (verdict.outcome, verdict.token, unmapped) {
             (Outcome::Ok, Some(_), Some(unmapped)) => deny(
                 settings,

@@ -4,6 +4,7 @@ pub mod audit_service;
 pub mod auth;
 pub mod convert;
 pub mod ext_authz;
+pub mod request_id;
 pub mod token_service;
 pub mod token_type_service;
 pub mod verify_service;
@@ -14,6 +15,7 @@ use crate::{
     cache::TokenCache,
     domain::{audit::AuditEvent, secret::TokenPrefix, token::Token},
     limits::{FailureAudit, ManagementRate},
+    metrics::Metrics,
     store::TokenStore,
     verifier::Verifier,
 };
@@ -28,6 +30,8 @@ pub struct AppState {
     pub cache: Arc<TokenCache>,
     /// The prefix of new secrets.
     pub prefix: TokenPrefix,
+    /// What the service counts; Verify and Check record their verdicts here.
+    pub metrics: Arc<Metrics>,
     /// Requests per client address on the management API.
     pub management_rate: ManagementRate,
     /// How many failed authentications are written to the audit trail.

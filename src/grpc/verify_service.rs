@@ -15,6 +15,7 @@ use crate::{
         verify::{Outcome, Usage},
     },
     error::Error,
+    metrics::Endpoint,
     pb::wire::{VerifyRequest, VerifyResponse, VerifyResult, verify_service_server::VerifyService},
 };
 
@@ -93,6 +94,9 @@ impl VerifyService for VerifyApi {
             .verify(&request.token, &usage)
             .await
             .map_err(Error::from)?;
+        self.state
+            .metrics
+            .record_verdict(Endpoint::Verify, verdict.outcome);
         tracing::debug!(
             result = verdict.outcome.as_str(),
             token_id = ?verdict.token.as_ref().map(|t| t.id),

@@ -15,7 +15,10 @@ use uuid::Uuid;
 
 pub use sql::SqlStore;
 
-use crate::domain::{audit::AuditEvent, secret::SecretHash, token::Token, token_type::TokenType};
+use crate::{
+    domain::{audit::AuditEvent, secret::SecretHash, token::Token, token_type::TokenType},
+    metrics::histogram::Histogram,
+};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +313,23 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Closes every connection.
     async fn close(&self);
+
+    /// Returns the connection pool's state now.
+    fn pool_stats(&self) -> PoolStats;
+
+    /// Returns how long operations waited for a pooled connection.
+    fn acquire_times(&self) -> &Histogram;
+}
+
+/// The state of a store's connection pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections, idle or in use.
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
 }
 
 /// How to reach the store.

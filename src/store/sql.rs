@@ -3,7 +3,10 @@
 //! Both take `$N` placeholders and `RETURNING`; types map as UUID/BLOB, TIMESTAMPTZ/TEXT and
 //! JSONB/TEXT through sqlx, so one generic implementation serves both backends.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,22 +15,26 @@ use serde_json::{Map, Value};
 use sqlx::{
     Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Postgres, Sqlite, Type,
     migrate::{MigrateError, Migrator},
+    pool::PoolConnection,
     postgres::{PgListener, PgPoolOptions},
     types::Json,
 };
 use uuid::Uuid;
 
 use super::{
-    AuditQuery, CHANGE_CHANNEL, ChangeFeed, ListQuery, RevokeFilter, Rotation, Scope, StoreError,
-    TokenStore, TypeDeletion, UpdateOutcome, UsageRecord,
+    AuditQuery, CHANGE_CHANNEL, ChangeFeed, ListQuery, PoolStats, RevokeFilter, Rotation, Scope,
+    StoreError, TokenStore, TypeDeletion, UpdateOutcome, UsageRecord,
 };
-use crate::domain::{
-    audit::AuditEvent,
-    permission::Permission,
-    restrictions::{Cidr, HostPattern},
-    secret::SecretHash,
-    token::{RateLimit, Token},
-    token_type::{Template, TokenType},
+use crate::{
+    domain::{
+        audit::AuditEvent,
+        permission::Permission,
+        restrictions::{Cidr, HostPattern},
+        secret::SecretHash,
+        token::{RateLimit, Token},
+        token_type::{Template, TokenType},
+    },
+    metrics::histogram::{ACQUIRE_BOUNDS, Histogram},
 };
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -161,12 +168,24 @@ impl Backend for Sqlite {
 /// A token store over a sqlx pool of either backend.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    acquire_times: Histogram,
 }
 
 impl<DB: Database> SqlStore<DB> {
     /// Wraps a connected pool.
     pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            acquire_times: Histogram::new(ACQUIRE_BOUNDS),
+        }
+    }
+
+    /// Takes a connection from the pool, timing the wait (pings included) for the metrics.
+    async fn acquire(&self) -> Result<PoolConnection<DB>, StoreError> {
+        let start = Instant::now();
+        let connection = self.pool.acquire().await;
+        self.acquire_times.observe(start.elapsed());
+        Ok(connection?)
     }
 }
 
@@ -512,7 +531,9 @@ where
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.acquire().await?)
+            .await?;
         Ok(())
     }
 
@@ -563,7 +584,9 @@ where
         if let Scope::Owner(owner) = scope {
             statement = statement.bind(owner);
         }
-        let row = statement.fetch_optional(&self.pool).await?;
+        let row = statement
+            .fetch_optional(&mut *self.acquire().await?)
+            .await?;
         row.map(Token::try_from).transpose()
     }
 
@@ -579,7 +602,7 @@ where
         ))
         .bind(&hash.as_bytes()[..])
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         row.map(Token::try_from).transpose()
     }
@@ -597,7 +620,7 @@ where
         let statement = bind_args!(sqlx::query_as::<DB, TokenRow>(&sql), &filter.args);
         let rows = statement
             .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?;
         rows.into_iter().map(Token::try_from).collect()
     }
@@ -793,7 +816,8 @@ where
     }
 
     async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
         for record in usage {
             // Another replica may have written a later use already; keep the later one.
             sqlx::query(
@@ -983,6 +1007,18 @@ where
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
+    fn acquire_times(&self) -> &Histogram {
+        &self.acquire_times
     }
 }
 

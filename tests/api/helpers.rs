@@ -86,6 +86,8 @@ impl TestDb {
 pub fn test_settings(db: &TestDb) -> Settings {
     Settings {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        metrics_addr: None,
         store: StoreOptions {
             url: db.url.clone(),
             max_connections: 8,
@@ -114,6 +116,8 @@ pub fn test_settings(db: &TestDb) -> Settings {
 pub struct TestApp {
     /// `127.0.0.1:<port>`.
     pub target: String,
+    /// The port of `/metrics`, when the settings asked for it.
+    pub metrics_port: Option<u16>,
     /// The bootstrap admin's secret (`*:*`).
     pub admin: String,
     pub tokens: TokenServiceClient<Channel>,
@@ -134,8 +138,10 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// Starts a server with these settings; `admin` is the admin secret of an earlier start
 /// on the same database (a restart makes no new one).
 pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -> TestApp {
+    let tls = settings.tls.is_some();
     let app = Application::build(settings).await.expect("server starts");
     let addr: SocketAddr = format!("127.0.0.1:{}", app.port()).parse().unwrap();
+    let metrics_port = app.metrics_port();
     let admin = app
         .bootstrap_secret()
         .map(|s| s.expose().to_owned())
@@ -145,13 +151,16 @@ pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("client connects");
+    let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+    // A TLS port refuses this plain client; TLS tests make their own.
+    let channel = if tls {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("client connects")
+    };
     TestApp {
         target: addr.to_string(),
+        metrics_port,
         admin,
         tokens: TokenServiceClient::new(channel.clone()),
         verifier: VerifyServiceClient::new(channel.clone()),
@@ -160,6 +169,43 @@ pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -
         stop: Some(stop),
         server: Some(server),
     }
+}
+
+/// Settings for a test server that also serves `/metrics`, on a free port.
+pub fn metered_settings(db: &TestDb) -> Settings {
+    Settings {
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..test_settings(db)
+    }
+}
+
+/// Fetches `/metrics` over plain HTTP/1.1, as Prometheus does, and returns the body.
+pub async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the metrics port accepts");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// Returns the value of one series (`name{labels}`) in a scrape, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a sample value"))
 }
 
 /// Wraps a message with `authorization: Bearer <secret>`.
@@ -320,6 +366,8 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_token-authority");
 pub struct Process {
     child: Child,
     pub port: u16,
+    /// The port of `/metrics`.
+    pub metrics_port: u16,
     stdout: std::sync::mpsc::Receiver<String>,
     stderr: std::sync::mpsc::Receiver<String>,
     /// The stderr lines read so far.
@@ -337,6 +385,7 @@ impl Process {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TA_LISTEN_ADDR", "127.0.0.1:0")
+            .env("TA_METRICS_ADDR", "127.0.0.1:0")
             .env("TA_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -347,6 +396,7 @@ impl Process {
         let mut process = Self {
             child,
             port: 0,
+            metrics_port: 0,
             stdout,
             stderr,
             seen: Vec::new(),
@@ -362,8 +412,12 @@ impl Process {
             }
         };
         let value: serde_json::Value = serde_json::from_str(&serving).unwrap();
-        let addr: std::net::SocketAddr = value["addr"].as_str().unwrap().parse().unwrap();
-        process.port = addr.port();
+        let port = |field: &str| {
+            let addr: std::net::SocketAddr = value[field].as_str().unwrap().parse().unwrap();
+            addr.port()
+        };
+        process.port = port("addr");
+        process.metrics_port = port("metrics_addr");
         process
     }
 

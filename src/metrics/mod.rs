@@ -1,0 +1,397 @@
+//! Prometheus metrics: what the service counts, and the `/metrics` endpoint that shows it.
+//!
+//! Recording is a relaxed atomic add into counters made at startup: no allocation, no lock,
+//! no label built per call. Every label value comes from a fixed list (known methods, gRPC
+//! codes, verdict results, cache and listener states), never from a request, so no label
+//! can carry a secret or grow without bound. Values owned elsewhere (the cache's counters,
+//! the store's pool) are read when scraped.
+
+pub mod histogram;
+pub mod rpc;
+
+use std::{
+    fmt::{self, Write as _},
+    sync::{
+        Arc,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    },
+};
+
+use axum::{extract::State, http::header::CONTENT_TYPE, response::IntoResponse, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    cache::{CacheCounts, TokenCache},
+    domain::verify::Outcome,
+    store::TokenStore,
+};
+
+pub use rpc::RpcMetricsLayer;
+
+/// Which API gave a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `tokenauthority.v1.VerifyService/Verify`.
+    Verify,
+    /// Envoy's ext_authz `Check`.
+    Check,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 2] = [Endpoint::Verify, Endpoint::Check];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Verify => "verify",
+            Endpoint::Check => "check",
+        }
+    }
+}
+
+/// What the change listener (which keeps the cache honest across replicas) is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerState {
+    /// Not listening (yet, or again): Verify bypasses the cache.
+    Connecting = 0,
+    /// Listening for changes: the cache is trusted.
+    Listening = 1,
+    /// No other replicas to hear from (SQLite): the cache is trusted.
+    SingleNode = 2,
+}
+
+impl ListenerState {
+    const ALL: [ListenerState; 3] = [
+        ListenerState::Connecting,
+        ListenerState::Listening,
+        ListenerState::SingleNode,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ListenerState::Connecting => "connecting",
+            ListenerState::Listening => "listening",
+            ListenerState::SingleNode => "single_node",
+        }
+    }
+}
+
+/// The counters the service records into; one per application, shared by its parts.
+#[derive(Debug)]
+pub struct Metrics {
+    rpc: rpc::RpcTable,
+    verdicts: [[AtomicU64; Outcome::ALL.len()]; Endpoint::ALL.len()],
+    invalidations: AtomicU64,
+    listener: AtomicU8,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            rpc: rpc::RpcTable::default(),
+            verdicts: Default::default(),
+            invalidations: AtomicU64::new(0),
+            listener: AtomicU8::new(ListenerState::Connecting as u8),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one verdict given by Verify or Check.
+    pub fn record_verdict(&self, endpoint: Endpoint, outcome: Outcome) {
+        self.verdicts[endpoint as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one change heard from the store's change feed.
+    pub fn record_invalidation(&self) {
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets what the change listener is doing.
+    pub fn set_listener_state(&self, state: ListenerState) {
+        self.listener.store(state as u8, Ordering::Relaxed);
+    }
+
+    fn verdicts(&self, endpoint: Endpoint, outcome: Outcome) -> u64 {
+        self.verdicts[endpoint as usize][outcome as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Renders every metric of one application in the OpenMetrics text format.
+pub struct Exporter {
+    registry: Registry,
+}
+
+impl Exporter {
+    /// The content type of [`Exporter::render`]'s output.
+    pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+    /// Builds an exporter of the recorded metrics and of the cache's and store's state.
+    pub fn new(metrics: Arc<Metrics>, cache: Arc<TokenCache>, store: Arc<dyn TokenStore>) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape {
+            metrics,
+            cache,
+            store,
+        }));
+        Self { registry }
+    }
+
+    /// Returns the exposition text.
+    pub fn render(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            // Writing to a String fails only on a bug in an encoder; say so, keep serving.
+            tracing::error!(%error, "cannot encode metrics");
+            let _ = writeln!(text, "# encoding failed");
+        }
+        text
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, exporter: Arc<Exporter>) -> std::io::Result<()> {
+    async fn scrape(State(exporter): State<Arc<Exporter>>) -> impl IntoResponse {
+        ([(CONTENT_TYPE, Exporter::CONTENT_TYPE)], exporter.render())
+    }
+    let app = axum::Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(exporter);
+    axum::serve(listener, app).await
+}
+
+/// Reads everything at scrape time.
+struct Scrape {
+    metrics: Arc<Metrics>,
+    cache: Arc<TokenCache>,
+    store: Arc<dyn TokenStore>,
+}
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut encoder;
+        encode_rpc(e, &self.metrics.rpc)?;
+        encode_verdicts(e, &self.metrics)?;
+        encode_cache(e, self.cache.counts())?;
+        encode_listener(e, &self.metrics)?;
+        encode_pool(e, self.store.as_ref())
+    }
+}
+
+/// Calls by service, method and code, named as go-grpc-prometheus names them, so that
+/// existing gRPC dashboards work.
+fn encode_rpc(e: &mut DescriptorEncoder, rpc: &rpc::RpcTable) -> fmt::Result {
+    let labels = |service, method, code| {
+        [
+            ("grpc_service", service),
+            ("grpc_method", method),
+            ("grpc_code", rpc::code_name(code)),
+        ]
+    };
+    samples(
+        e,
+        (
+            "grpc_server_handled",
+            "gRPC calls completed, by service, method and status code",
+        ),
+        MetricType::Counter,
+        rpc.used().map(|(service, method, code, histogram)| {
+            (labels(service, method, code), histogram.count())
+        }),
+    )?;
+    let mut handling = e.encode_descriptor(
+        "grpc_server_handling_seconds",
+        "Time from a gRPC call's arrival to its status, by service, method and status code",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (service, method, code, histogram) in rpc.used() {
+        histogram.encode(handling.encode_family(&labels(service, method, code))?)?;
+    }
+    Ok(())
+}
+
+fn encode_verdicts(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
+    let all = Endpoint::ALL.into_iter().flat_map(|endpoint| {
+        Outcome::ALL.into_iter().map(move |outcome| {
+            let labels = [("service", endpoint.as_str()), ("result", outcome.as_str())];
+            (labels, metrics.verdicts(endpoint, outcome))
+        })
+    });
+    samples(
+        e,
+        (
+            "token_authority_verdicts",
+            "Verdicts of Verify and Check, by endpoint and result",
+        ),
+        MetricType::Counter,
+        all,
+    )
+}
+
+fn encode_cache(e: &mut DescriptorEncoder, cache: CacheCounts) -> fmt::Result {
+    samples(
+        e,
+        (
+            "token_authority_cache_hits",
+            "Verify cache lookups answered by the cache: a token, or a remembered unknown secret",
+        ),
+        MetricType::Counter,
+        [
+            ([("entry", "token")], cache.hits),
+            ([("entry", "negative")], cache.negative_hits),
+        ],
+    )?;
+    sample(
+        e,
+        (
+            "token_authority_cache_misses",
+            "Verify cache lookups that went to the store",
+        ),
+        MetricType::Counter,
+        cache.misses,
+    )?;
+    sample(
+        e,
+        (
+            "token_authority_cache_bypassed",
+            "Verify lookups that skipped the cache while the change listener was not listening",
+        ),
+        MetricType::Counter,
+        cache.bypassed,
+    )?;
+    samples(
+        e,
+        (
+            "token_authority_cache_evictions",
+            "Entries removed from the Verify cache, by reason",
+        ),
+        MetricType::Counter,
+        [
+            ([("reason", "changed")], cache.evicted_changed),
+            ([("reason", "flushed")], cache.evicted_flushed),
+            ([("reason", "expired")], cache.evicted_expired),
+            ([("reason", "capacity")], cache.evicted_capacity),
+        ],
+    )?;
+    samples(
+        e,
+        (
+            "token_authority_cache_entries",
+            "Entries in the Verify cache",
+        ),
+        MetricType::Gauge,
+        [
+            ([("entry", "token")], cache.tokens),
+            ([("entry", "negative")], cache.negatives),
+        ],
+    )
+}
+
+fn encode_listener(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
+    sample(
+        e,
+        (
+            "token_authority_invalidations_received",
+            "Token changes heard from the store's change feed",
+        ),
+        MetricType::Counter,
+        metrics.invalidations.load(Ordering::Relaxed),
+    )?;
+    let current = metrics.listener.load(Ordering::Relaxed);
+    samples(
+        e,
+        (
+            "token_authority_change_listener_state",
+            "What the change listener is doing: 1 for the current state, 0 for the others",
+        ),
+        MetricType::Gauge,
+        ListenerState::ALL.map(|state| {
+            (
+                [("state", state.as_str())],
+                u64::from(state as u8 == current),
+            )
+        }),
+    )
+}
+
+fn encode_pool(e: &mut DescriptorEncoder, store: &dyn TokenStore) -> fmt::Result {
+    let pool = store.pool_stats();
+    samples(
+        e,
+        (
+            "token_authority_store_pool_connections",
+            "Open connections of the store's pool, idle or in use",
+        ),
+        MetricType::Gauge,
+        [
+            ([("state", "idle")], u64::from(pool.idle)),
+            (
+                [("state", "in_use")],
+                u64::from(pool.size.saturating_sub(pool.idle)),
+            ),
+        ],
+    )?;
+    sample(
+        e,
+        (
+            "token_authority_store_pool_max_connections",
+            "The most connections the store's pool opens (--db-max-connections)",
+        ),
+        MetricType::Gauge,
+        u64::from(pool.max),
+    )?;
+    let acquire = e.encode_descriptor(
+        "token_authority_store_pool_acquire_seconds",
+        "Time a store operation waited for a pooled connection",
+        None,
+        MetricType::Histogram,
+    )?;
+    store.acquire_times().encode(acquire)
+}
+
+/// Writes a counter or gauge family: its name and help, then one sample per label set.
+fn samples<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    kind: MetricType,
+    values: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in values {
+        value_of(kind, &mut family.encode_family(&labels)?, value)?;
+    }
+    Ok(())
+}
+
+/// Writes a counter or gauge without labels.
+fn sample(
+    e: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    kind: MetricType,
+    value: u64,
+) -> fmt::Result {
+    value_of(
+        kind,
+        &mut e.encode_descriptor(name, help, None, kind)?,
+        value,
+    )
+}
+
+fn value_of(kind: MetricType, encoder: &mut MetricEncoder, value: u64) -> fmt::Result {
+    match kind {
+        MetricType::Counter => encoder.encode_counter::<NoLabelSet, _, u64>(&value, None),
+        _ => encoder.encode_gauge(&value),
+    }
+}

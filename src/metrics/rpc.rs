@@ -1,0 +1,384 @@
+//! gRPC calls counted and timed by service, method and status code, in a tower layer
+//! around every service on the port.
+//!
+//! Labels stay bounded: only the methods in [`KNOWN_METHODS`] are named, any other path
+//! counts as `unknown`, and codes are the 17 of gRPC. Each (method, code) pair has its own
+//! lock-free [`Histogram`], made at startup, so recording a call allocates nothing and takes
+//! no lock.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tonic::Code;
+use tower::{Layer, Service};
+
+use super::{
+    Metrics,
+    histogram::{Histogram, RPC_BOUNDS},
+};
+
+/// The methods served here, as (service, method). The Envoy ext_authz `Check` is listed so
+/// that it is named as soon as it is served.
+pub const KNOWN_METHODS: [(&str, &str); 20] = [
+    ("tokenauthority.v1.VerifyService", "Verify"),
+    ("envoy.service.auth.v3.Authorization", "Check"),
+    ("tokenauthority.v1.TokenService", "CreateToken"),
+    ("tokenauthority.v1.TokenService", "GetToken"),
+    ("tokenauthority.v1.TokenService", "ListTokens"),
+    ("tokenauthority.v1.TokenService", "UpdateToken"),
+    ("tokenauthority.v1.TokenService", "SetTokenEnabled"),
+    ("tokenauthority.v1.TokenService", "DeleteToken"),
+    ("tokenauthority.v1.TokenService", "RotateToken"),
+    ("tokenauthority.v1.TokenService", "RevokeTokens"),
+    ("tokenauthority.v1.TokenTypeService", "ListTokenTypes"),
+    ("tokenauthority.v1.TokenTypeService", "GetTokenType"),
+    ("tokenauthority.v1.TokenTypeService", "CreateTokenType"),
+    ("tokenauthority.v1.TokenTypeService", "UpdateTokenType"),
+    ("tokenauthority.v1.TokenTypeService", "DeleteTokenType"),
+    ("tokenauthority.v1.AuditService", "ListAuditEvents"),
+    ("grpc.health.v1.Health", "Check"),
+    ("grpc.health.v1.Health", "Watch"),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+];
+
+/// The index every other path maps to, labelled `unknown`.
+const UNKNOWN: usize = KNOWN_METHODS.len();
+
+/// gRPC has codes 0 (OK) to 16 (UNAUTHENTICATED).
+const CODES: usize = 17;
+
+/// A method of [`KNOWN_METHODS`], by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Method(usize);
+
+impl Method {
+    /// Returns the method a request path (`/package.Service/Method`) names, or `unknown`.
+    pub fn of(path: &str) -> Self {
+        let index = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .and_then(|(service, method)| {
+                KNOWN_METHODS
+                    .iter()
+                    .position(|&(s, m)| s == service && m == method)
+            })
+            .unwrap_or(UNKNOWN);
+        Self(index)
+    }
+
+    /// Returns the (service, method) names.
+    pub fn names(self) -> (&'static str, &'static str) {
+        KNOWN_METHODS
+            .get(self.0)
+            .copied()
+            .unwrap_or(("unknown", "unknown"))
+    }
+}
+
+/// Latency histograms of every (method, code) pair; a histogram's count is the call count.
+#[derive(Debug)]
+pub struct RpcTable {
+    cells: Box<[Histogram]>,
+}
+
+impl Default for RpcTable {
+    fn default() -> Self {
+        Self {
+            cells: (0..(UNKNOWN + 1) * CODES)
+                .map(|_| Histogram::new(RPC_BOUNDS))
+                .collect(),
+        }
+    }
+}
+
+impl RpcTable {
+    /// Records one finished call.
+    pub fn record(&self, method: Method, code: Code, elapsed: Duration) {
+        let code = (code as usize).min(CODES - 1);
+        self.cells[method.0 * CODES + code].observe(elapsed);
+    }
+
+    /// Returns every (service, method, code, histogram) that recorded a call.
+    pub fn used(&self) -> impl Iterator<Item = (&'static str, &'static str, Code, &Histogram)> {
+        self.cells.iter().enumerate().filter_map(|(i, cell)| {
+            let (service, method) = Method(i / CODES).names();
+            let code = Code::from_i32((i % CODES) as i32);
+            (cell.count() > 0).then_some((service, method, code, cell))
+        })
+    }
+}
+
+/// Returns the name Prometheus users know for a code (`OK`, `NotFound`, …), as grpc-go and
+/// go-grpc-prometheus spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The tower layer that counts and times every call.
+#[derive(Clone, Debug)]
+pub struct RpcMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RpcMetricsLayer {
+    /// Builds the layer over the service's metrics.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// A service wrapped by [`RpcMetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for RpcMetricsService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = InFlight {
+            metrics: self.metrics.clone(),
+            method: Method::of(request.uri().path()),
+            start: Instant::now(),
+            done: false,
+        };
+        ResponseFuture {
+            inner: self.inner.call(request),
+            call: Some(call),
+        }
+    }
+}
+
+/// A call not yet recorded. Dropped unrecorded (the client went away, or the connection
+/// did), it counts as `Canceled`.
+#[derive(Debug)]
+struct InFlight {
+    metrics: Arc<Metrics>,
+    method: Method,
+    start: Instant,
+    done: bool,
+}
+
+impl InFlight {
+    fn finish(&mut self, code: Code) {
+        if !self.done {
+            self.done = true;
+            self.metrics
+                .rpc
+                .record(self.method, code, self.start.elapsed());
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+/// The status in a `grpc-status` header or trailer, if there is one.
+fn status_of(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()?;
+    Some(Code::from_i32(code))
+}
+
+pin_project! {
+    /// The response future of [`RpcMetricsService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<InFlight>,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<MeteredBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(error)) => {
+                if let Some(mut call) = this.call.take() {
+                    call.finish(Code::Unknown);
+                }
+                return Poll::Ready(Err(error));
+            }
+        };
+        // A call that failed before any message ("trailers-only") carries its status in
+        // the headers; any other carries it in the trailers, at the end of the body.
+        let call = match (status_of(response.headers()), this.call.take()) {
+            (Some(code), Some(mut call)) => {
+                call.finish(code);
+                None
+            }
+            (_, call) => call,
+        };
+        Poll::Ready(Ok(response.map(|inner| MeteredBody { inner, call })))
+    }
+}
+
+pin_project! {
+    /// A response body that records its call when the trailers go out.
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<InFlight>,
+    }
+}
+
+impl<B: Body> Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Some(call) = this.call.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        call.finish(status_of(trailers).unwrap_or(Code::Unknown));
+                    }
+                }
+                Poll::Ready(Some(Err(_))) | Poll::Ready(None) => call.finish(Code::Unknown),
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_methods_are_named() {
+        assert_eq!(
+            Method::of("/tokenauthority.v1.VerifyService/Verify").names(),
+            ("tokenauthority.v1.VerifyService", "Verify")
+        );
+        for path in [
+            "/tokenauthority.v1.VerifyService/Nope",
+            "/no.such.Service/Verify",
+            "/unknown/unknown",
+            "/tokenauthority.v1.VerifyService/Verify/extra",
+            "",
+            "/",
+            "ta_secret-looking-path",
+        ] {
+            assert_eq!(Method::of(path).names(), ("unknown", "unknown"), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn every_served_method_is_known() {
+        use prost::Message;
+        let sets = [
+            crate::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        for set in sets {
+            let set = prost_types::FileDescriptorSet::decode(set).unwrap();
+            for file in set.file {
+                for service in &file.service {
+                    let full = format!("{}.{}", file.package(), service.name());
+                    for method in &service.method {
+                        let path = format!("/{full}/{}", method.name());
+                        assert_ne!(
+                            Method::of(&path).0,
+                            UNKNOWN,
+                            "{path} is not in KNOWN_METHODS"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn codes_are_bounded() {
+        let table = RpcTable::default();
+        let method = Method::of("/grpc.health.v1.Health/Check");
+        table.record(method, Code::from_i32(99), Duration::from_millis(1));
+        table.record(method, Code::Ok, Duration::from_millis(1));
+        let used: Vec<_> = table
+            .used()
+            .map(|(_, _, code, h)| (code, h.count()))
+            .collect();
+        assert_eq!(used, [(Code::Ok, 1), (Code::Unknown, 1)]);
+    }
+}
