@@ -140,6 +140,65 @@ async fn the_readme_grpcurl_examples_work() {
     assert_eq!(updated["description"], "deploys billing and invoices");
     assert_eq!(updated["permissions"], json!(["domains:read"]));
 
+    let rotated = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"id": id, "gracePeriod": "3600s"})),
+        &["tokenauthority.v1.TokenService/RotateToken"],
+    ));
+    assert_eq!(rotated["token"]["id"], id.as_str());
+    assert!(rotated["token"]["previousSecretExpireTime"].is_string());
+    assert_ne!(rotated["secret"], secret.as_str());
+
+    let filtered = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"type": "service", "enabled": true, "namePrefix": "billing",
+          "expired": false, "bindings": {"reportId": "r-17"}})),
+        &["tokenauthority.v1.TokenService/ListTokens"],
+    ));
+    assert_eq!(filtered["totalSize"], "1", "{filtered}");
+    assert_eq!(filtered["tokens"][0]["name"], "billing-ci");
+
+    let limited = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"token": {"name": "batch-job", "maxUses": "100",
+          "rateLimit": {"requests": "10", "interval": "60s"}}})),
+        &["tokenauthority.v1.TokenService/CreateToken"],
+    ));
+    assert_eq!(limited["token"]["maxUses"], "100");
+    assert_eq!(limited["token"]["rateLimit"]["interval"], "60s");
+
+    let listed_types = grpcurl(
+        &app,
+        Some(&admin),
+        None,
+        &["tokenauthority.v1.TokenTypeService/ListTokenTypes"],
+    );
+    assert!(listed_types.contains("\"assistant\""), "{listed_types}");
+    let assistant = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"id": "assistant"})),
+        &["tokenauthority.v1.TokenTypeService/GetTokenType"],
+    ));
+    assert_eq!(assistant["template"]["requiredBindings"], json!(["assistantId"]));
+
+    let trail = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"target": format!("token/{id}"), "pageSize": 20})),
+        &["tokenauthority.v1.AuditService/ListAuditEvents"],
+    ));
+    let actions: Vec<_> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["rotate", "update", "create"], "{trail}");
+
     let verify = |app: &TestApp| {
         json_of(&grpcurl(
             app,
@@ -192,6 +251,14 @@ async fn the_readme_grpcurl_examples_work() {
         &["tokenauthority.v1.TokenService/DeleteToken"],
     );
     assert_eq!(verify(&app)["result"], "VERIFY_RESULT_NOT_FOUND");
+
+    let revoked = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"owner": "team-billing"})),
+        &["tokenauthority.v1.TokenService/RevokeTokens"],
+    ));
+    assert!(revoked.get("revokedCount").is_none(), "nothing left to revoke: {revoked}");
 
     let health = json_of(&grpcurl(
         &app,
