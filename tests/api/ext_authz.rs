@@ -44,7 +44,7 @@ both_backends!(
 );
 
 /// A CheckRequest as Envoy sends it for an HTTP request from `source`.
-fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+pub(crate) fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
     request_from("127.0.0.1", method, path, headers, &[])
 }
 

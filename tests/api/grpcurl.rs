@@ -153,8 +153,10 @@ async fn the_readme_grpcurl_examples_work() {
     let filtered = json_of(&grpcurl(
         &app,
         Some(&admin),
-        Some(json!({"type": "service", "enabled": true, "namePrefix": "billing",
-          "expired": false, "bindings": {"reportId": "r-17"}})),
+        Some(
+            json!({"type": "service", "enabled": true, "namePrefix": "billing",
+          "expired": false, "bindings": {"reportId": "r-17"}}),
+        ),
         &["tokenauthority.v1.TokenService/ListTokens"],
     ));
     assert_eq!(filtered["totalSize"], "1", "{filtered}");
@@ -183,7 +185,10 @@ async fn the_readme_grpcurl_examples_work() {
         Some(json!({"id": "assistant"})),
         &["tokenauthority.v1.TokenTypeService/GetTokenType"],
     ));
-    assert_eq!(assistant["template"]["requiredBindings"], json!(["assistantId"]));
+    assert_eq!(
+        assistant["template"]["requiredBindings"],
+        json!(["assistantId"])
+    );
 
     let trail = json_of(&grpcurl(
         &app,
@@ -258,7 +263,10 @@ async fn the_readme_grpcurl_examples_work() {
         Some(json!({"owner": "team-billing"})),
         &["tokenauthority.v1.TokenService/RevokeTokens"],
     ));
-    assert!(revoked.get("revokedCount").is_none(), "nothing left to revoke: {revoked}");
+    assert!(
+        revoked.get("revokedCount").is_none(),
+        "nothing left to revoke: {revoked}"
+    );
 
     let health = json_of(&grpcurl(
         &app,

@@ -17,7 +17,10 @@ use crate::{
     },
 };
 
-both_backends!(metrics_count_calls_verdicts_the_cache_and_the_store);
+both_backends!(
+    metrics_count_calls_verdicts_the_cache_and_the_store,
+    check_verdicts_are_counted_apart_from_verify,
+);
 
 async fn spawn_metered(backend: Backend) -> (TestApp, u16) {
     let db = TestDb::fresh(backend).await;
@@ -37,6 +40,49 @@ async fn scrape_until(port: u16, series: &str, min: f64) -> String {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{series} never reached {min}:\n{}", scrape(port).await);
+}
+
+async fn check_verdicts_are_counted_apart_from_verify(backend: Backend) {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    let (app, port) = spawn_metered(backend).await;
+    let secret = app.create(spec("checked", &["reports:read"])).await.secret;
+    let unknown = TokenSecret::generate(&TokenPrefix::default());
+    let mut client = AuthorizationClient::new(app.channel.clone());
+    for presented in [secret.as_str(), secret.as_str(), unknown.expose()] {
+        let auth = format!("Bearer {presented}");
+        client
+            .check(crate::ext_authz::request(
+                "GET",
+                "/reports/1",
+                &[("authorization", &auth)],
+            ))
+            .await
+            .unwrap();
+    }
+    let ok = r#"token_authority_verdicts_total{service="check",result="ok"}"#;
+    let text = scrape_until(port, ok, 2.0).await;
+    assert_eq!(sample(&text, ok), Some(2.0));
+    assert_eq!(
+        sample(
+            &text,
+            r#"token_authority_verdicts_total{service="check",result="not_found"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"token_authority_verdicts_total{service="verify",result="ok"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"grpc_server_handled_total{grpc_service="envoy.service.auth.v3.Authorization",grpc_method="Check",grpc_code="OK"}"#
+        ),
+        Some(3.0)
+    );
 }
 
 fn rpc(method: &str, code: &str) -> String {
