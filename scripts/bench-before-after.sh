@@ -35,15 +35,16 @@ else
 fi
 work=$(mktemp -d /tmp/ta-bench-ba.XXXXXX)
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "server on $1 did not start" >&2; exit 1; }
-start() { # start NAME BIN PORT
-  local db="ta_ba_$1_$$"
+start() { # start NAME BIN PORT [flags...]
+  local name=$1 bin=$2 port=$3 db="ta_ba_$1_$$"; shift 3
   psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $db"
-  RUST_LOG=info DATABASE_URL="${DATABASE_URL%/*}/$db" "$2" --listen-addr "127.0.0.1:$3" \
-    --bootstrap-token-file "$work/$1.secret" >>"$work/$1.log" 2>&1 &
-  wait_port "$3"
+  RUST_LOG=info DATABASE_URL="${DATABASE_URL%/*}/$db" "$bin" --listen-addr "127.0.0.1:$port" \
+    --bootstrap-token-file "$work/$name.secret" "$@" >>"$work/$name.log" 2>&1 &
+  wait_port "$port"
 }
 start before "$BEFORE_BIN" 50971
-start after "$AFTER_BIN" 50972
+# This build's metrics are on, as in production (the earlier build may not have them).
+start after "$AFTER_BIN" 50972 --metrics-addr 127.0.0.1:0
 
 for round in $(seq 1 "$ROUNDS"); do
   for side in before after; do
