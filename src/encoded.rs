@@ -3,7 +3,9 @@
 //! the rules need (permissions, networks, hosts, bindings) are read from the encoding in
 //! place, without allocating. About 400 bytes per token instead of ~2 KB as a `Token`.
 
-use std::{net::IpAddr, sync::OnceLock};
+use std::net::IpAddr;
+
+use once_cell::race::OnceBox;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -44,10 +46,12 @@ pub struct EncodedToken {
     restricts_hosts: bool,
     has_bindings: bool,
     usage_limited: bool,
-    rate_limit: Option<RateLimit>,
+    /// The rate limit as (requests, interval in ms); (0, 0) for none. Packed: every byte
+    /// here is paid once per cached token.
+    rate: (u32, u32),
     encoded: Bytes,
     /// The ext_authz answer allowing this token, encoded by the first Check that needs it.
-    allowed_check: OnceLock<Box<AllowedCheck>>,
+    allowed_check: OnceBox<AllowedCheck>,
 }
 
 /// An allowed ext_authz Check answer for one token, encoded once (see `grpc::ext_authz`).
@@ -73,9 +77,11 @@ impl EncodedToken {
             restricts_hosts: !token.allowed_hosts.is_empty(),
             has_bindings: !token.bindings.is_empty(),
             usage_limited: token.max_uses.is_some(),
-            rate_limit: token.rate_limit,
+            rate: token.rate_limit.map_or((0, 0), |limit| {
+                (limit.requests, limit.interval.as_millis() as u32)
+            }),
             encoded: Bytes::from(token_to_pb(token).encode_to_vec()),
-            allowed_check: OnceLock::new(),
+            allowed_check: OnceBox::new(),
         }
     }
 
@@ -128,7 +134,11 @@ impl Subject for EncodedToken {
     }
 
     fn rate_limit(&self) -> Option<RateLimit> {
-        self.rate_limit
+        let (requests, interval_ms) = self.rate;
+        (requests > 0).then(|| RateLimit {
+            requests,
+            interval: std::time::Duration::from_millis(u64::from(interval_ms)),
+        })
     }
 
     fn enabled(&self) -> bool {
@@ -376,6 +386,17 @@ mod tests {
         assert_eq!(decoded, token_to_pb(&t));
         assert_eq!(encoded.binding("reportId"), Some("r-17"));
         assert_eq!(encoded.binding("nope"), None);
+        assert_eq!(encoded.rate_limit(), None);
+        assert!(!encoded.usage_limited());
+        let mut limited = t.clone();
+        limited.max_uses = Some(5);
+        limited.rate_limit = Some(
+            crate::domain::token::RateLimit::new(7, std::time::Duration::from_millis(86_400_000))
+                .unwrap(),
+        );
+        let packed = EncodedToken::new(&limited);
+        assert_eq!(packed.rate_limit(), limited.rate_limit);
+        assert!(packed.usage_limited());
         assert_eq!(encoded.name(), t.name);
         assert_eq!(encoded.owner(), t.owner);
         assert_eq!(encoded.token_type(), t.token_type);
