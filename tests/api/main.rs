@@ -4,6 +4,7 @@
 mod helpers;
 
 mod authorization;
+mod deploy_files;
 mod envoy;
 mod ext_authz;
 mod grpcurl;
