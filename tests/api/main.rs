@@ -8,6 +8,7 @@ mod deploy_files;
 mod envoy;
 mod ext_authz;
 mod grpcurl;
+mod hostile_input;
 mod lifecycle;
 mod metrics;
 mod operations;
