@@ -4,9 +4,11 @@
 mod helpers;
 
 mod authorization;
+mod deploy_files;
 mod envoy;
 mod ext_authz;
 mod grpcurl;
+mod hostile_input;
 mod lifecycle;
 mod metrics;
 mod operations;

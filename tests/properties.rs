@@ -1,0 +1,143 @@
+//! Property tests of the parsers that read hostile input (secrets, permissions, networks,
+//! hosts, the ext_authz rules file) and of permission matching. The fuzz targets in fuzz/
+//! go deeper where nightly is available; these run everywhere, in CI, in seconds.
+
+use proptest::prelude::*;
+use token_authority::{
+    check::Rules,
+    domain::{
+        permission::Permission,
+        restrictions::{Cidr, HostPattern},
+        secret::{TokenPrefix, TokenSecret},
+    },
+};
+
+/// Few enough cases to keep CI fast, unless PROPTEST_CASES asks for more (scripts/fuzz).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(256);
+    ProptestConfig::with_cases(cases)
+}
+
+/// One side of a permission from a small alphabet, so that generated permissions often
+/// share names and the covering relation is exercised, not vacuous.
+fn segment() -> impl Strategy<Value = String> {
+    prop_oneof![Just("*".to_owned()), "[a-c][a-c0-9._-]{0,2}"]
+}
+
+fn permission() -> impl Strategy<Value = Permission> {
+    (segment(), segment()).prop_map(|(resource, action)| {
+        Permission::parse(&format!("{resource}:{action}")).expect("generated permissions parse")
+    })
+}
+
+/// Strings that look like the inputs: mostly printable, with the separators that matter.
+fn near_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[a-zA-Z0-9:*._/\\[\\]%{}-]{0,40}",
+        "[0-9a-f:.]{0,45}(/[0-9]{0,3})?",
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn the_admin_permission_covers_every_permission(p in permission()) {
+        prop_assert!(Permission::all().covers(&p));
+        prop_assert!(p.is_covered_by_text("*:*"));
+    }
+
+    #[test]
+    fn covering_is_reflexive(p in permission()) {
+        prop_assert!(p.covers(&p));
+    }
+
+    #[test]
+    fn covering_is_transitive(a in permission(), b in permission(), c in permission()) {
+        if a.covers(&b) && b.covers(&c) {
+            prop_assert!(a.covers(&c), "{a} covers {b} covers {c}");
+        }
+    }
+
+    #[test]
+    fn covering_by_text_agrees_with_covering(held in permission(), required in permission()) {
+        prop_assert_eq!(required.is_covered_by_text(&held.to_string()), held.covers(&required));
+    }
+
+    #[test]
+    fn a_permission_parses_back_from_its_text(p in permission()) {
+        prop_assert_eq!(Permission::parse(&p.to_string()), Ok(p));
+    }
+
+    #[test]
+    fn permission_parsing_accepts_only_canonical_text(text in near_text()) {
+        if let Ok(p) = Permission::parse(&text) {
+            prop_assert_eq!(p.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn cidr_parsing_never_panics_and_round_trips(text in near_text()) {
+        if let Ok(cidr) = Cidr::parse(&text) {
+            prop_assert_eq!(Cidr::parse(&cidr.to_string()), Ok(cidr));
+            prop_assert!(cidr.contains_net(&cidr));
+        }
+    }
+
+    #[test]
+    fn host_pattern_parsing_never_panics_and_round_trips(text in near_text()) {
+        if let Ok(host) = HostPattern::parse(&text) {
+            prop_assert_eq!(HostPattern::parse(&host.to_string()), Ok(host.clone()));
+            prop_assert!(host.within(&host));
+            let _ = host.matches(&text);
+        }
+    }
+
+    #[test]
+    fn presented_secrets_never_panic(text in near_text()) {
+        let _ = TokenSecret::hash_of_presented(&text);
+        let _ = TokenSecret::parse(&text);
+    }
+
+    #[test]
+    fn any_one_character_typo_in_a_secret_is_refused(
+        position in any::<prop::sample::Index>(),
+        replacement in "[0-9A-Za-z_]",
+    ) {
+        let secret = TokenSecret::generate(&TokenPrefix::default());
+        let text = secret.expose();
+        prop_assert_eq!(TokenSecret::hash_of_presented(text), Ok(secret.hash()));
+        let at = position.index(text.len());
+        prop_assume!(text[at..at + 1] != replacement);
+        let typo = format!("{}{}{}", &text[..at], replacement, &text[at + 1..]);
+        prop_assert!(TokenSecret::hash_of_presented(&typo).is_err(), "{typo} accepted");
+    }
+
+    #[test]
+    fn rules_parsing_never_panics_on_any_text(text in any::<String>()) {
+        let _ = Rules::parse(&text);
+    }
+
+    #[test]
+    fn rules_parsing_never_panics_on_any_rule(
+        methods in prop::collection::vec(near_text(), 0..3),
+        path in near_text(),
+        permissions in prop::collection::vec(near_text(), 0..3),
+    ) {
+        let quoted = |items: &[String]| {
+            items.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+        };
+        // Debug quoting of Rust strings is close enough to TOML's basic strings that most
+        // documents reach the rule parser rather than stopping at the TOML layer.
+        let text = format!(
+            "[[rule]]\nmethods = [{}]\npath = {path:?}\npermissions = [{}]\n",
+            quoted(&methods),
+            quoted(&permissions),
+        );
+        let _ = Rules::parse(&text);
+    }
+}
