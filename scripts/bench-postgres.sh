@@ -48,11 +48,12 @@ free_port() {
   done
 }
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "server on $1 did not start" >&2; exit 1; }
-start_server() { # start_server PORT [flags...]: a production build at info level, usage bookkeeping on
+start_server() { # start_server PORT [flags...]: a production build at info level, usage bookkeeping and metrics on
   local port=$1; shift
-  # The benchmark makes thousands of tokens from one address: no management rate limit.
-  RUST_LOG=info DATABASE_URL="$url" "$BIN" --listen-addr "127.0.0.1:$port" \
-    --bootstrap-token-file "$work/admin.secret" --management-rate-limit 0 --metrics-addr 127.0.0.1:0 "$@" >>"$work/server-$port.log" 2>&1 &
+  # Metrics on a free port each, so that two servers at once (the revocation run) do not
+  # clash; no management rate limit, since the benchmark makes thousands of tokens.
+  RUST_LOG=info DATABASE_URL="$url" "$BIN" --listen-addr "127.0.0.1:$port" --metrics-addr 127.0.0.1:0 \
+    --bootstrap-token-file "$work/admin.secret" --management-rate-limit 0 "$@" >>"$work/server-$port.log" 2>&1 &
   wait_port "$port"
 }
 stop_servers() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; }

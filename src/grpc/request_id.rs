@@ -7,7 +7,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::{Instrument, instrument::Instrumented};
@@ -15,7 +15,7 @@ use tracing::{Instrument, instrument::Instrumented};
 use crate::metrics::rpc::Method;
 
 /// The metadata key of the request id, in requests and responses.
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest request id taken from a caller; longer ones are replaced.
 pub const MAX_LEN: usize = 128;
@@ -69,15 +69,19 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let id = match request.headers().get(HEADER) {
+        let mut id = match request.headers().get(&HEADER) {
             Some(id) if usable(id) => id.clone(),
             _ => generate(),
         };
-        let (service, method) = Method::of(request.uri().path()).names();
+        // Unique per call, so not worth a slot in either side's HPACK table: sent as a
+        // never-indexed literal instead of churning the table on every response.
+        id.set_sensitive(true);
+        // Plain strings, which telemetry writes into the span without the formatter's
+        // field visitor (see `telemetry::PlainSpanFields`).
         let span = tracing::info_span!(
             "rpc",
             request_id = id.to_str().unwrap_or_default(),
-            rpc = format_args!("{service}/{method}"),
+            rpc = Method::of(request.uri().path()).name(),
         );
         let inner = {
             let _entered = span.enter();

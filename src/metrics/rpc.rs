@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tonic::Code;
@@ -24,35 +24,29 @@ use super::{
     histogram::{Histogram, RPC_BOUNDS},
 };
 
-/// The methods served here, as (service, method). The Envoy ext_authz `Check` is listed so
-/// that it is named as soon as it is served.
-pub const KNOWN_METHODS: [(&str, &str); 20] = [
-    ("tokenauthority.v1.VerifyService", "Verify"),
-    ("envoy.service.auth.v3.Authorization", "Check"),
-    ("tokenauthority.v1.TokenService", "CreateToken"),
-    ("tokenauthority.v1.TokenService", "GetToken"),
-    ("tokenauthority.v1.TokenService", "ListTokens"),
-    ("tokenauthority.v1.TokenService", "UpdateToken"),
-    ("tokenauthority.v1.TokenService", "SetTokenEnabled"),
-    ("tokenauthority.v1.TokenService", "DeleteToken"),
-    ("tokenauthority.v1.TokenService", "RotateToken"),
-    ("tokenauthority.v1.TokenService", "RevokeTokens"),
-    ("tokenauthority.v1.TokenTypeService", "ListTokenTypes"),
-    ("tokenauthority.v1.TokenTypeService", "GetTokenType"),
-    ("tokenauthority.v1.TokenTypeService", "CreateTokenType"),
-    ("tokenauthority.v1.TokenTypeService", "UpdateTokenType"),
-    ("tokenauthority.v1.TokenTypeService", "DeleteTokenType"),
-    ("tokenauthority.v1.AuditService", "ListAuditEvents"),
-    ("grpc.health.v1.Health", "Check"),
-    ("grpc.health.v1.Health", "Watch"),
-    (
-        "grpc.reflection.v1.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-    (
-        "grpc.reflection.v1alpha.ServerReflection",
-        "ServerReflectionInfo",
-    ),
+/// The methods served here, as request paths. The Envoy ext_authz `Check` is listed so that
+/// it is named as soon as it is served.
+pub const KNOWN_METHODS: [&str; 20] = [
+    "/tokenauthority.v1.VerifyService/Verify",
+    "/envoy.service.auth.v3.Authorization/Check",
+    "/tokenauthority.v1.TokenService/CreateToken",
+    "/tokenauthority.v1.TokenService/GetToken",
+    "/tokenauthority.v1.TokenService/ListTokens",
+    "/tokenauthority.v1.TokenService/UpdateToken",
+    "/tokenauthority.v1.TokenService/SetTokenEnabled",
+    "/tokenauthority.v1.TokenService/DeleteToken",
+    "/tokenauthority.v1.TokenService/RotateToken",
+    "/tokenauthority.v1.TokenService/RevokeTokens",
+    "/tokenauthority.v1.TokenTypeService/ListTokenTypes",
+    "/tokenauthority.v1.TokenTypeService/GetTokenType",
+    "/tokenauthority.v1.TokenTypeService/CreateTokenType",
+    "/tokenauthority.v1.TokenTypeService/UpdateTokenType",
+    "/tokenauthority.v1.TokenTypeService/DeleteTokenType",
+    "/tokenauthority.v1.AuditService/ListAuditEvents",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
 /// The index every other path maps to, labelled `unknown`.
@@ -68,23 +62,25 @@ pub struct Method(usize);
 impl Method {
     /// Returns the method a request path (`/package.Service/Method`) names, or `unknown`.
     pub fn of(path: &str) -> Self {
-        let index = path
-            .strip_prefix('/')
-            .and_then(|p| p.split_once('/'))
-            .and_then(|(service, method)| {
-                KNOWN_METHODS
-                    .iter()
-                    .position(|&(s, m)| s == service && m == method)
-            })
-            .unwrap_or(UNKNOWN);
-        Self(index)
+        Self(
+            KNOWN_METHODS
+                .iter()
+                .position(|&known| known == path)
+                .unwrap_or(UNKNOWN),
+        )
+    }
+
+    /// Returns `package.Service/Method`, or `unknown`.
+    pub fn name(self) -> &'static str {
+        KNOWN_METHODS
+            .get(self.0)
+            .map_or("unknown", |path| &path[1..])
     }
 
     /// Returns the (service, method) names.
     pub fn names(self) -> (&'static str, &'static str) {
-        KNOWN_METHODS
-            .get(self.0)
-            .copied()
+        self.name()
+            .split_once('/')
             .unwrap_or(("unknown", "unknown"))
     }
 }
@@ -230,9 +226,11 @@ impl Drop for InFlight {
     }
 }
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The status in a `grpc-status` header or trailer, if there is one.
 fn status_of(headers: &HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(&GRPC_STATUS)?;
     let code = std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()?;
     Some(Code::from_i32(code))
 }
