@@ -68,7 +68,10 @@ enum Scenario {
     /// Envoy ext_authz Check of an HTTP request (GET /domains/1 from 10.1.2.3, the headers
     /// Envoy sends) bearing the `verify` scenario's token: the same judgement as `verify`.
     Check,
-    /// verify and check alternately for --rounds rounds; medians and check/verify.
+    /// Check against a no-op Authorization service (hosted by this tool) that answers a real
+    /// Check answer without checking: the ceiling for Check's bytes.
+    NoopCheck,
+    /// verify, check and noop-check alternately for --rounds rounds; medians and ratios.
     CompareCheck,
     /// CreateToken of a new token (owner bench) each call.
     Create,
@@ -274,13 +277,15 @@ impl Bench {
     async fn compare_check(&mut self) -> anyhow::Result<()> {
         let mut rows = Vec::new();
         for round in 1..=self.args.rounds {
-            for scenario in [Scenario::Verify, Scenario::Check] {
+            for scenario in [Scenario::Verify, Scenario::Check, Scenario::NoopCheck] {
                 let row = self.run(scenario, Some(round)).await?;
                 self.printer.row(&row);
                 rows.push(row);
             }
         }
         self.printer.pair_summary(&rows, "check", "verify");
+        self.printer.pair_summary(&rows, "check", "noop-check");
+        self.printer.pair_summary(&rows, "noop-check", "verify");
         Ok(())
     }
 
@@ -376,6 +381,31 @@ impl Bench {
                     bail!("Check of the bench token is denied: {:?}", reply.status);
                 }
                 Ok(self.row("check", round, measured, Some(reply.encoded_len())))
+            }
+            Scenario::NoopCheck => {
+                let requests = self.single_requests().await?;
+                let request = Arc::new(check_request(&requests[0].token));
+                let real = AuthorizationClient::new(self.control.clone())
+                    .check(CheckRequest::clone(&request))
+                    .await
+                    .map_err(|status| anyhow::anyhow!("Check: {}", load::status_text(&status)))?
+                    .into_inner();
+                let reply_bytes = real.encoded_len();
+                let wire = token_authority::pb::ext_authz_wire::CheckResponse::decode(
+                    real.encode_to_vec().as_slice(),
+                )?;
+                let verify_reply = self.real_reply().await?;
+                let server = noop::Noop::start_with_check(&verify_reply, wire).await?;
+                let channels =
+                    connect_many(&format!("http://{}", server.addr), self.args.connections).await?;
+                let callers = self.spread(&channels, |channel, _| Caller::Check {
+                    client: AuthorizationClient::new(channel),
+                    request: request.clone(),
+                });
+                let measured = self.closed(callers).await;
+                drop(channels);
+                server.stop().await;
+                Ok(self.row("noop-check", round, measured, Some(reply_bytes)))
             }
             Scenario::Create => {
                 let authorization = self.authorization("create")?;

@@ -18,9 +18,12 @@ use std::{
 use anyhow::Context;
 use prost::Message;
 use token_authority::{
-    grpc::authority_layer,
+    grpc::{
+        authority_layer,
+        ext_authz::{Authorization, AuthorizationServer},
+    },
     pb::{
-        v1,
+        ext_authz_wire, v1,
         wire::{
             VerifyRequest, VerifyResponse,
             verify_service_server::{VerifyService, VerifyServiceServer},
@@ -55,6 +58,23 @@ impl VerifyService for NoopVerify {
     }
 }
 
+/// Answers every ext_authz Check with one prepared answer, decoding each request into the
+/// server's own zero-copy view, as the real service does.
+struct NoopCheck {
+    reply: ext_authz_wire::CheckResponse,
+}
+
+#[tonic::async_trait]
+impl Authorization for NoopCheck {
+    async fn check(
+        &self,
+        request: Request<ext_authz_wire::CheckRequest>,
+    ) -> Result<Response<ext_authz_wire::CheckResponse>, Status> {
+        drop(request);
+        Ok(Response::new(self.reply.clone()))
+    }
+}
+
 /// The reply as the real server sends it: the same bytes, the token encoded once.
 fn to_wire(reply: &v1::VerifyResponse) -> anyhow::Result<VerifyResponse> {
     let encoded = reply.encode_to_vec();
@@ -79,7 +99,10 @@ impl NoopServer {
     /// tonic settings as the production server (see `src/startup.rs`): the same
     /// `:authority` layer, `serve_with_incoming` over a `TcpIncoming` with TCP_NODELAY,
     /// and a multi-threaded runtime with a worker per core, as `#[tokio::main]` gives it.
-    pub async fn start(reply: &v1::VerifyResponse) -> anyhow::Result<Self> {
+    pub async fn start(
+        reply: &v1::VerifyResponse,
+        check: Option<ext_authz_wire::CheckResponse>,
+    ) -> anyhow::Result<Self> {
         let reply = to_wire(reply)?;
         let (bound_tx, bound_rx) = oneshot::channel::<std::io::Result<SocketAddr>>();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -110,6 +133,9 @@ impl NoopServer {
                     let served = Server::builder()
                         .layer(authority_layer())
                         .add_service(VerifyServiceServer::new(NoopVerify { reply }))
+                        .add_optional_service(
+                            check.map(|reply| AuthorizationServer::new(NoopCheck { reply })),
+                        )
                         .serve_with_incoming_shutdown(incoming, async {
                             let _ = stopped.await;
                         })
@@ -163,7 +189,7 @@ impl Noop {
     /// run again with `--serve-noop`).
     pub async fn start(reply: &v1::VerifyResponse, in_child: bool) -> anyhow::Result<Self> {
         if !in_child {
-            let server = NoopServer::start(reply).await?;
+            let server = NoopServer::start(reply, None).await?;
             return Ok(Self {
                 addr: server.addr,
                 host: Host::InProcess(server),
@@ -195,6 +221,19 @@ impl Noop {
         Ok(Self {
             addr,
             host: Host::Child { child, stdin },
+        })
+    }
+
+    /// Starts, in this process, a no-op server that also answers every ext_authz Check
+    /// with `check`, a real Check answer.
+    pub async fn start_with_check(
+        reply: &v1::VerifyResponse,
+        check: ext_authz_wire::CheckResponse,
+    ) -> anyhow::Result<Self> {
+        let server = NoopServer::start(reply, Some(check)).await?;
+        Ok(Self {
+            addr: server.addr,
+            host: Host::InProcess(server),
         })
     }
 
@@ -232,7 +271,7 @@ pub fn serve_child() -> anyhow::Result<()> {
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let server = control.block_on(NoopServer::start(&reply))?;
+    let server = control.block_on(NoopServer::start(&reply, None))?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", server.addr)?;
     stdout.flush()?;
