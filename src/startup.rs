@@ -50,6 +50,11 @@ pub const SERVICE_NAMES: [&str; 5] = [
     "envoy.service.auth.v3.Authorization",
 ];
 
+/// A health name that reports whether the process serves at all, whatever the store's
+/// state: for liveness probes, which should not restart a replica because Postgres is down
+/// (readiness, on "" or a service, takes it out of rotation meanwhile).
+pub const LIVENESS_SERVICE: &str = "token-authority.liveness";
+
 /// Everything the service needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -246,6 +251,9 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: reporting NOT_SERVING");
             set_status(&reporter, ServingStatus::NotServing).await;
+            reporter
+                .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
+                .await;
             let _ = stop_tx.send(true);
             tokio::time::sleep(drain).await;
             drained.notify_one();
@@ -268,6 +276,9 @@ impl Application {
         );
         // The store answered at build time; per-service statuses exist from the first call.
         set_status(&health_reporter, ServingStatus::Serving).await;
+        health_reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut builder = Server::builder();
         if let Some(tls) = tls {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_norway::Value;
 use token_authority::{
     config::{Cli, Command, parse_duration},
-    startup::SERVICE_NAMES,
+    startup::{LIVENESS_SERVICE, SERVICE_NAMES},
 };
 
 fn repo() -> &'static Path {
@@ -92,7 +92,10 @@ fn flag_envs() -> BTreeSet<String> {
 
 /// The names grpc.health.v1 answers for: "" and every service.
 fn health_names() -> BTreeSet<&'static str> {
-    std::iter::once("").chain(SERVICE_NAMES).collect()
+    ["", LIVENESS_SERVICE]
+        .into_iter()
+        .chain(SERVICE_NAMES)
+        .collect()
 }
 
 fn is_ours(name: &str) -> bool {

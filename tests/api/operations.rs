@@ -97,6 +97,13 @@ async fn health_is_not_serving_while_postgres_is_unreachable() {
             .unwrap(),
         ServingStatus::NotServing
     );
+    assert_eq!(
+        status(&app, token_authority::startup::LIVENESS_SERVICE)
+            .await
+            .unwrap(),
+        ServingStatus::Serving,
+        "liveness does not follow the store: a Postgres outage must not restart replicas"
+    );
     let outage = app
         .verifier
         .clone()
