@@ -458,6 +458,14 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Kills the process with SIGKILL, as a crash or the OOM killer would, and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("the server can be killed");
+        self.child.wait().expect("the killed server is reaped");
+    }
+}
+
 impl Drop for Process {
     /// Kills the server if a failed test left it running.
     fn drop(&mut self) {

@@ -253,3 +253,120 @@ async fn while_the_change_feed_is_down_the_cache_is_bypassed() {
         "the cache is used again once the feed is back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_replica_loses_nothing_acknowledged_and_the_other_keeps_serving() {
+    // Arrange: two server processes on one Postgres; writes go through A.
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_file = dir.path().join("admin.secret");
+    let admin_file_str = admin_file.display().to_string();
+    let env = [("DATABASE_URL", db.url.as_str()), ("RUST_LOG", "info")];
+    let mut a = Process::start(
+        dir.path(),
+        &[],
+        &[env[0], env[1], ("TA_BOOTSTRAP_TOKEN_FILE", &admin_file_str)],
+    );
+    let b = Process::start(dir.path(), &[], &env);
+    let admin = std::fs::read_to_string(&admin_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut tokens_a = TokenServiceClient::connect(format!("http://127.0.0.1:{}", a.port))
+        .await
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let created = tokens_a
+            .create_token(authed(
+                &admin,
+                CreateTokenRequest {
+                    token: Some(spec(&format!("acked-{i}"), &[])),
+                    ttl: None,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        acknowledged.push(created);
+    }
+    let revoked_id = acknowledged[0].token.as_ref().unwrap().id.clone();
+    tokens_a
+        .set_token_enabled(authed(
+            &admin,
+            SetTokenEnabledRequest {
+                id: revoked_id,
+                enabled: false,
+            },
+        ))
+        .await
+        .unwrap();
+
+    // Act: B is under Verify load while A is killed with SIGKILL.
+    let b_target = format!("http://127.0.0.1:{}", b.port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let secret = acknowledged[1].secret.clone();
+        let mut client = VerifyServiceClient::connect(b_target.clone())
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let (mut calls, mut failures) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                calls += 1;
+                match client
+                    .verify(VerifyRequest {
+                        token: secret.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(answer) if answer.get_ref().valid => {}
+                    _ => failures += 1,
+                }
+            }
+            (calls, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failures) = load.await.unwrap();
+
+    // Assert: B answered every call, and every acknowledged write is there.
+    assert!(calls > 10, "B was under load ({calls} calls)");
+    assert_eq!(
+        failures, 0,
+        "B failed {failures} of {calls} calls while A died"
+    );
+    let mut verify_b = VerifyServiceClient::connect(b_target.clone())
+        .await
+        .unwrap();
+    let mut tokens_b = TokenServiceClient::connect(b_target).await.unwrap();
+    for (i, created) in acknowledged.iter().enumerate() {
+        let want = if i == 0 {
+            VerifyResult::Disabled
+        } else {
+            VerifyResult::Ok
+        };
+        assert_eq!(
+            verify(&mut verify_b, &created.secret).await.result(),
+            want,
+            "token {i}"
+        );
+    }
+    let listed = tokens_b
+        .list_tokens(authed(
+            &admin,
+            token_authority::pb::v1::ListTokensRequest {
+                name_prefix: "acked-".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total_size, 20);
+}
