@@ -233,3 +233,113 @@ async fn shutdown_lets_in_flight_calls_finish() {
     let app = crate::helpers::spawn_with(db, settings, Some(admin)).await;
     assert!(app.verify_perms(&secret, &[]).await.valid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_reports_not_serving_first_and_fails_no_call() {
+    // Arrange: the real binary with a 1 s drain, under Verify load, its health watched.
+    let dir = tempfile::tempdir().unwrap();
+    let admin_file = dir.path().join("admin.secret");
+    let admin_file_str = admin_file.display().to_string();
+    let server = crate::helpers::Process::start(
+        dir.path(),
+        &[],
+        &[
+            ("TA_SHUTDOWN_DRAIN", "1s"),
+            ("TA_SHUTDOWN_TIMEOUT", "5s"),
+            ("TA_BOOTSTRAP_TOKEN_FILE", &admin_file_str),
+        ],
+    );
+    let admin = std::fs::read_to_string(&admin_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let target = format!("http://127.0.0.1:{}", server.port);
+    let start = std::time::Instant::now();
+    let load = {
+        let target = target.clone();
+        tokio::spawn(async move {
+            let mut client =
+                token_authority::pb::v1::verify_service_client::VerifyServiceClient::connect(
+                    target,
+                )
+                .await
+                .unwrap();
+            // (sent at, answered at, valid) of every call until the server is gone.
+            let mut calls = Vec::new();
+            loop {
+                let sent = start.elapsed();
+                let answer = client
+                    .verify(token_authority::pb::v1::VerifyRequest {
+                        token: admin.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                let valid = answer.is_ok_and(|a| a.get_ref().valid);
+                calls.push((sent, start.elapsed(), valid));
+                if !valid || calls.len() > 1_000_000 {
+                    return calls;
+                }
+            }
+        })
+    };
+    let health = {
+        let target = target.clone();
+        tokio::spawn(async move {
+            let channel = tonic::transport::Channel::from_shared(target)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut client = HealthClient::new(channel);
+            loop {
+                match client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    Ok(answer) if answer.get_ref().status() == ServingStatus::NotServing => {
+                        return Some(start.elapsed());
+                    }
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    Err(_) => return None,
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Act: SIGTERM.
+    let signalled = start.elapsed();
+    let (exited_cleanly, _, stderr) = server.terminate().await;
+    let exited = start.elapsed();
+
+    // Assert: NOT_SERVING came first; every call sent before the drain ended succeeded;
+    // the process exited within the drain and the shutdown timeout.
+    let not_serving = health
+        .await
+        .unwrap()
+        .expect("health reported NOT_SERVING before the server went away");
+    assert!(not_serving >= signalled && not_serving < signalled + Duration::from_secs(1));
+    let calls = load.await.unwrap();
+    let drain_end = signalled + Duration::from_millis(900);
+    let during_drain = calls
+        .iter()
+        .filter(|(sent, _, _)| *sent > not_serving && *sent < drain_end)
+        .count();
+    assert!(during_drain > 0, "calls were made during the drain");
+    let failed: Vec<_> = calls
+        .iter()
+        .filter(|(sent, _, valid)| *sent < drain_end && !valid)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "calls failed during the drain: {failed:?}"
+    );
+    assert!(exited_cleanly, "{stderr}");
+    assert!(
+        exited < signalled + Duration::from_secs(6),
+        "exited {:?} after SIGTERM",
+        exited - signalled
+    );
+}
