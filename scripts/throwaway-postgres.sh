@@ -3,6 +3,8 @@
 #
 #   eval "$(scripts/throwaway-postgres.sh)"   # sets DATABASE_URL and TA_PG_DIR
 #   scripts/throwaway-postgres.sh --stop "$TA_PG_DIR"
+#   scripts/throwaway-postgres.sh --pause "$TA_PG_DIR"    # stop the server, keep its data
+#   scripts/throwaway-postgres.sh --resume "$TA_PG_DIR"   # start it again, same port
 #
 # Uses the machine's PostgreSQL binaries, installing Debian's package when there are none.
 # PostgreSQL refuses to run as root, so as root the cluster belongs to an unprivileged user.
@@ -34,6 +36,19 @@ if [ "${1:-}" = "--stop" ]; then
   user=$(stat -c %U "$dir/data" 2>/dev/null || id -un)
   run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$dir"
+  exit 0
+fi
+
+if [ "${1:-}" = "--pause" ] || [ "${1:-}" = "--resume" ]; then
+  dir=${2:?usage: $1 DIR}
+  bindir=$(find_bindir)
+  user=$(stat -c %U "$dir/data")
+  if [ "$1" = "--pause" ]; then
+    run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  else
+    run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+      -o "$(cat "$dir/options")" start >/dev/null
+  fi
   exit 0
 fi
 
@@ -73,8 +88,10 @@ done
 run_as "$user" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
   || { cat "$dir/initdb.log" >&2; exit 1; }
 # Durability of the test cluster itself does not matter: fsync off keeps tests fast.
+options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400"
+echo "$options" >"$dir/options"
 run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+  -o "$options" \
   start >/dev/null \
   || { cat "$dir/postgres.log" >&2; exit 1; }
 

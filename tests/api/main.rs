@@ -7,6 +7,7 @@ mod authorization;
 mod deploy_files;
 mod envoy;
 mod ext_authz;
+mod faults;
 mod grpcurl;
 mod hostile_input;
 mod lifecycle;
