@@ -879,20 +879,7 @@ where
 
     async fn seed_types(&self, types: &[TokenType]) -> Result<(), StoreError> {
         for token_type in types {
-            sqlx::query(&format!(
-                "INSERT INTO token_types ({TYPE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (id) DO NOTHING"
-            ))
-            .bind(token_type.id.as_str())
-            .bind(token_type.display_name.as_str())
-            .bind(token_type.description.as_str())
-            .bind(json(&token_type.template))
-            .bind(token_type.builtin)
-            .bind(token_type.create_time)
-            .bind(token_type.update_time)
-            .bind(token_type.revision)
-            .execute(&self.pool)
-            .await?;
+            insert_type_row(&self.pool, token_type, " ON CONFLICT (id) DO NOTHING").await?;
         }
         Ok(())
     }
@@ -922,20 +909,7 @@ where
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO token_types ({TYPE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        ))
-        .bind(token_type.id.as_str())
-        .bind(token_type.display_name.as_str())
-        .bind(token_type.description.as_str())
-        .bind(json(&token_type.template))
-        .bind(token_type.builtin)
-        .bind(token_type.create_time)
-        .bind(token_type.update_time)
-        .bind(token_type.revision)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_write_error)?;
+        insert_type_row(&mut *tx, token_type, "").await?;
         insert_audit(&mut *tx, audit, "").await?;
         tx.commit().await?;
         Ok(())
@@ -1058,6 +1032,39 @@ where
     insert_audit(&mut *tx, audit, &token.owner).await?;
     tx.commit().await?;
     Ok(Some(token))
+}
+
+/// Inserts a token type; `suffix` may add an ON CONFLICT clause.
+async fn insert_type_row<'e, DB, E>(
+    executor: E,
+    token_type: &TokenType,
+    suffix: &str,
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    E: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<Value>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(&format!(
+        "INSERT INTO token_types ({TYPE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8){suffix}"
+    ))
+    .bind(token_type.id.as_str())
+    .bind(token_type.display_name.as_str())
+    .bind(token_type.description.as_str())
+    .bind(json(&token_type.template))
+    .bind(token_type.builtin)
+    .bind(token_type.create_time)
+    .bind(token_type.update_time)
+    .bind(token_type.revision)
+    .execute(executor)
+    .await
+    .map_err(map_write_error)?;
+    Ok(())
 }
 
 async fn insert_audit<'e, DB, E>(
