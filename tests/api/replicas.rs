@@ -14,6 +14,43 @@ use tonic::transport::Channel;
 
 use crate::helpers::{Backend, Process, TestDb, authed, spawn_app, spec};
 
+/// Two server processes of the real binary on one fresh Postgres database; A made the
+/// bootstrap admin.
+struct Replicas {
+    db: TestDb,
+    a: Process,
+    b: Process,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    async fn start() -> Self {
+        let db = TestDb::fresh(Backend::Postgres).await;
+        let dir = tempfile::tempdir().unwrap();
+        let admin_file = dir.path().join("admin.secret");
+        let admin_file_str = admin_file.display().to_string();
+        let env = [("DATABASE_URL", db.url.as_str()), ("RUST_LOG", "info")];
+        let a = Process::start(
+            dir.path(),
+            &[],
+            &[env[0], env[1], ("TA_BOOTSTRAP_TOKEN_FILE", &admin_file_str)],
+        );
+        let b = Process::start(dir.path(), &[], &env);
+        let admin = std::fs::read_to_string(&admin_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            db,
+            a,
+            b,
+            admin,
+            _dir: dir,
+        }
+    }
+}
+
 /// Connects to the test's database with triggers off for this session, to change rows
 /// behind the replicas' backs (no NOTIFY), which shows whether they serve from cache.
 async fn silent_connection(db: &TestDb) -> PgConnection {
@@ -67,21 +104,13 @@ async fn until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_replica_is_refused_by_the_other() {
     // Arrange: two server processes on one Postgres.
-    let db = TestDb::fresh(Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let admin_file = dir.path().join("admin.secret");
-    let admin_file_str = admin_file.display().to_string();
-    let env = [("DATABASE_URL", db.url.as_str()), ("RUST_LOG", "info")];
-    let a = Process::start(
-        dir.path(),
-        &[],
-        &[env[0], env[1], ("TA_BOOTSTRAP_TOKEN_FILE", &admin_file_str)],
-    );
-    let b = Process::start(dir.path(), &[], &env);
-    let admin = std::fs::read_to_string(&admin_file)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let Replicas {
+        db,
+        a,
+        b,
+        admin,
+        _dir,
+    } = Replicas::start().await;
     let mut tokens_a = TokenServiceClient::connect(format!("http://127.0.0.1:{}", a.port))
         .await
         .unwrap();
@@ -257,21 +286,13 @@ async fn while_the_change_feed_is_down_the_cache_is_bypassed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_replica_loses_nothing_acknowledged_and_the_other_keeps_serving() {
     // Arrange: two server processes on one Postgres; writes go through A.
-    let db = TestDb::fresh(Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let admin_file = dir.path().join("admin.secret");
-    let admin_file_str = admin_file.display().to_string();
-    let env = [("DATABASE_URL", db.url.as_str()), ("RUST_LOG", "info")];
-    let mut a = Process::start(
-        dir.path(),
-        &[],
-        &[env[0], env[1], ("TA_BOOTSTRAP_TOKEN_FILE", &admin_file_str)],
-    );
-    let b = Process::start(dir.path(), &[], &env);
-    let admin = std::fs::read_to_string(&admin_file)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let Replicas {
+        mut a,
+        b,
+        admin,
+        _dir,
+        ..
+    } = Replicas::start().await;
     let mut tokens_a = TokenServiceClient::connect(format!("http://127.0.0.1:{}", a.port))
         .await
         .unwrap();
