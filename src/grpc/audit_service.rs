@@ -19,8 +19,6 @@ use crate::{
     store::{AuditQuery, Scope},
 };
 
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 1000;
 /// The longest filter string accepted.
 const FILTER_LEN: usize = 256;
 
@@ -69,17 +67,7 @@ impl AuditService for AuditApi {
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let caller = authorize(&self.state, &request, &[Permission::new("audit", "read")]).await?;
         let request = request.into_inner();
-        let limit = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 || n as u32 > MAX_PAGE_SIZE => {
-                return Err(Error::invalid(
-                    "page_size",
-                    format!("must be between 1 and {MAX_PAGE_SIZE}"),
-                )
-                .into());
-            }
-            n => n as u32,
-        };
+        let limit = convert::parse_page_size(request.page_size)?;
         let query = AuditQuery {
             owner: match caller.scope() {
                 Scope::All => None,

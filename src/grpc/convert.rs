@@ -214,6 +214,23 @@ pub fn parse_id(value: &str, field: &str) -> Result<Uuid, Error> {
     Uuid::try_parse(value).map_err(|_| Error::invalid(field, "must be a UUID"))
 }
 
+/// The page size when a request gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// The largest page size accepted.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Parses a request's `page_size`: 0 is the default, 1 to [`MAX_PAGE_SIZE`] as given.
+pub fn parse_page_size(value: i32) -> Result<u32, Error> {
+    match value {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n < 0 || n as u32 > MAX_PAGE_SIZE => Err(Error::invalid(
+            "page_size",
+            format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        )),
+        n => Ok(n as u32),
+    }
+}
+
 /// Encodes the id a page ends at as an opaque page token.
 pub fn encode_page_token(last: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(last.as_bytes())

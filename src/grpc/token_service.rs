@@ -30,8 +30,6 @@ use crate::{
     store::{ListQuery, RevokeFilter, Rotation, Scope, UpdateOutcome},
 };
 
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 1000;
 /// The longest `ttl` accepted: 100 years.
 const MAX_TTL_SECONDS: i64 = 100 * 366 * 24 * 3600;
 /// How often an update is retried when another change to the same token wins the race.
@@ -194,16 +192,7 @@ impl TokenApi {
         caller: &Caller,
         request: ListTokensRequest,
     ) -> Result<ListTokensResponse, Error> {
-        let limit = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 || n as u32 > MAX_PAGE_SIZE => {
-                return Err(Error::invalid(
-                    "page_size",
-                    format!("must be between 1 and {MAX_PAGE_SIZE}"),
-                ));
-            }
-            n => n as u32,
-        };
+        let limit = convert::parse_page_size(request.page_size)?;
         let after = convert::decode_page_token(&request.page_token)?;
         let scope = match (request.owner.as_str(), caller.scope()) {
             ("", scope) => scope,
