@@ -12,6 +12,9 @@ const PROTOS: &[&str] = &[
     "proto/tokenauthority/v1/audit.proto",
 ];
 
+/// Our codec: prost's, with undecodable requests answered INVALID_ARGUMENT, not INTERNAL.
+const CODEC: &str = "crate::grpc::codec::ProstCodec";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(PROTOS, ["proto"])?;
@@ -21,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        .codec_path(CODEC)
         .build_server(true)
         .build_client(true)
         // These carry a plaintext secret: src/pb.rs gives them a redacted Debug.
@@ -52,6 +56,7 @@ fn compile_ext_authz_wire(out_dir: &std::path::Path) -> Result<(), Box<dyn std::
     fs::create_dir_all(&wire_dir)?;
     let descriptors = protox::compile(["ext_authz.proto"], ["proto/wire"])?;
     tonic_prost_build::configure()
+        .codec_path(CODEC)
         .build_server(true)
         .build_client(false)
         .out_dir(&wire_dir)
@@ -79,6 +84,7 @@ fn compile_verify_wire(out_dir: &std::path::Path) -> Result<(), Box<dyn std::err
     fs::write(wire_dir.join("tokenauthority/v1/verify.proto"), wire)?;
     let descriptors = protox::compile(["tokenauthority/v1/verify.proto"], [&wire_dir])?;
     tonic_prost_build::configure()
+        .codec_path(CODEC)
         .build_server(true)
         .build_client(false)
         .out_dir(&wire_dir)

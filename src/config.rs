@@ -177,6 +177,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_MANAGEMENT_RATE_LIMIT", default_value_t = 120)]
     pub management_rate_limit: u32,
 
+    /// The largest request message any service accepts (bytes, or with KiB or MiB); larger
+    /// ones are refused OUT_OF_RANGE before they are decoded.
+    #[arg(long, env = "TA_MAX_MESSAGE_SIZE", default_value = "4MiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
     /// How Envoy ext_authz Check requests are read and answered.
     #[command(flatten)]
     pub ext_authz: ExtAuthzArgs,
@@ -345,9 +350,49 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a byte size: `65536`, `64KiB` or `4MiB`; at least 1 KiB, at most 1 GiB.
+pub fn parse_size(value: &str) -> Result<usize, String> {
+    let text = value.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        _ => {
+            return Err(format!(
+                "{value:?} is not a size such as 65536, 64KiB or 4MiB"
+            ));
+        }
+    };
+    let bytes = number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{value:?} is not a size such as 65536, 64KiB or 4MiB"))?;
+    if !(1 << 10..=1 << 30).contains(&bytes) {
+        return Err(format!("{value:?}: must be between 1KiB and 1024MiB"));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_stay_in_bounds() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert!(parse_size("4MB").is_err());
+        assert!(parse_size("100").is_err());
+        assert!(parse_size("2048MiB").is_err());
+        assert!(parse_size("99999999999999999999MiB").is_err());
+        assert!(parse_size("").is_err());
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -88,6 +88,8 @@ pub struct Settings {
     pub ext_authz: CheckSettings,
     /// Management requests per minute per client address; 0 for no limit.
     pub management_rate_limit: u32,
+    /// The largest request message a service accepts, in bytes.
+    pub max_message_size: usize,
 }
 
 /// A built, bound, not yet serving service.
@@ -280,6 +282,7 @@ impl Application {
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let max_message = settings.max_message_size;
         let mut builder = Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
@@ -292,16 +295,26 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
-            .add_service(TokenTypeServiceServer::new(TokenTypeApi::new(
-                state.clone(),
-            )))
-            .add_service(AuditServiceServer::new(AuditApi::new(state.clone())))
-            .add_service(VerifyServiceServer::new(VerifyApi::new(state.clone())))
-            .add_service(AuthorizationServer::new(ExtAuthzApi::new(
-                state,
-                Arc::new(settings.ext_authz),
-            )))
+            .add_service(
+                TokenServiceServer::new(TokenApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                TokenTypeServiceServer::new(TokenTypeApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AuditServiceServer::new(AuditApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                VerifyServiceServer::new(VerifyApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AuthorizationServer::new(ExtAuthzApi::new(state, Arc::new(settings.ext_authz)))
+                    .max_decoding_message_size(max_message),
+            )
             .serve_with_incoming_shutdown(incoming, stopping);
         let served = tokio::select! {
             served = server => served,

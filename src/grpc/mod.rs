@@ -2,6 +2,7 @@
 
 pub mod audit_service;
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod ext_authz;
 pub mod request_id;

@@ -7,11 +7,12 @@ use tonic::Code;
 
 use crate::{
     both_backends,
-    helpers::{Backend, TestApp, spawn_app, spec},
+    helpers::{Backend, TestApp, TestDb, spawn_app, spawn_with, spec, test_settings},
 };
 
 both_backends!(
     an_oversized_verify_request_is_refused_and_the_server_keeps_serving,
+    messages_over_the_configured_size_are_refused_and_change_nothing,
     deeply_nested_metadata_is_invalid_and_creates_nothing
 );
 
@@ -39,7 +40,7 @@ async fn still_serves(app: &TestApp) {
 }
 
 async fn an_oversized_verify_request_is_refused_and_the_server_keeps_serving(backend: Backend) {
-    // Arrange: 5 MiB, past tonic's 4 MiB default decoding limit.
+    // Arrange: 5 MiB, past the default --max-message-size of 4 MiB.
     let app = spawn_app(backend).await;
     let huge = VerifyRequest {
         token: "ta_".to_owned() + &"x".repeat(5 * 1024 * 1024),
@@ -54,6 +55,38 @@ async fn an_oversized_verify_request_is_refused_and_the_server_keeps_serving(bac
         matches!(refused.code(), Code::ResourceExhausted | Code::OutOfRange),
         "{refused:?}"
     );
+    still_serves(&app).await;
+}
+
+async fn messages_over_the_configured_size_are_refused_and_change_nothing(backend: Backend) {
+    // Arrange: a server that takes at most 16 KiB per message.
+    let db = TestDb::fresh(backend).await;
+    let mut settings = test_settings(&db);
+    settings.max_message_size = 16 << 10;
+    let app = spawn_with(db, settings, None).await;
+    let before = app.all_tokens().await.len();
+    let big_value = Value {
+        kind: Some(Kind::StringValue("x".repeat(20 << 10))),
+    };
+
+    // Act: a 20 KiB Verify and a CreateToken carrying 20 KiB of metadata.
+    let verify = VerifyRequest {
+        token: "ta_".to_owned() + &"x".repeat(20 << 10),
+        ..Default::default()
+    };
+    let refused_verify = app.verifier.clone().verify(verify).await.unwrap_err();
+    let mut token = spec("big", &["reports:read"]);
+    token.metadata = Some(Struct {
+        fields: [("k".to_owned(), big_value)].into(),
+    });
+    let refused_create = app.create_as(&app.admin, token).await.unwrap_err();
+
+    // Assert: both refused before decoding (tonic says OUT_OF_RANGE); nothing made; the
+    // server still serves ordinary calls.
+    for refused in [&refused_verify, &refused_create] {
+        assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    }
+    assert_eq!(app.all_tokens().await.len(), before);
     still_serves(&app).await;
 }
 
@@ -74,14 +107,19 @@ async fn deeply_nested_metadata_is_invalid_and_creates_nothing(backend: Backend)
         assert!(refused.message().contains("token.metadata"), "{refused:?}");
     }
     // Deeper than prost's recursion limit (100 messages; each level is three): refused
-    // while decoding, before the service runs. tonic answers any decoding failure with
-    // INTERNAL, not INVALID_ARGUMENT; the request still changes nothing.
+    // while decoding, before the service runs, as the caller's fault (tonic's own codec
+    // would say INTERNAL), naming where decoding stopped; the request changes nothing.
     for levels in [40, 1000] {
         let mut token = spec(&format!("deeper-{levels}"), &["reports:read"]);
         token.metadata = Some(nested(levels));
         let refused = app.create_as(&app.admin, token).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{levels}: {refused:?}"
+        );
         assert!(
-            matches!(refused.code(), Code::InvalidArgument | Code::Internal),
+            refused.message().contains("recursion limit"),
             "{levels}: {refused:?}"
         );
     }
