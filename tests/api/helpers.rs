@@ -460,6 +460,23 @@ impl Process {
 }
 
 impl Process {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The resident memory of the process (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the server's /proc status is readable");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS is in /proc/<pid>/status");
+        kib * 1024
+    }
+
     /// Kills the process with SIGKILL, as a crash or the OOM killer would, and reaps it.
     pub fn kill(&mut self) {
         self.child.kill().expect("the server can be killed");
@@ -509,4 +526,46 @@ macro_rules! both_backends {
             )*
         }
     };
+}
+
+/// Two server processes of the real binary on one fresh Postgres database; A made the
+/// bootstrap admin.
+pub struct Replicas {
+    pub db: TestDb,
+    pub a: Process,
+    pub b: Process,
+    pub admin: String,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Both started with these extra flags.
+    pub async fn start_with(args: &[&str]) -> Self {
+        let db = TestDb::fresh(Backend::Postgres).await;
+        let dir = tempfile::tempdir().unwrap();
+        let admin_file = dir.path().join("admin.secret");
+        let admin_file_str = admin_file.display().to_string();
+        let env = [("DATABASE_URL", db.url.as_str()), ("RUST_LOG", "info")];
+        let a = Process::start(
+            dir.path(),
+            args,
+            &[env[0], env[1], ("TA_BOOTSTRAP_TOKEN_FILE", &admin_file_str)],
+        );
+        let b = Process::start(dir.path(), args, &env);
+        let admin = std::fs::read_to_string(&admin_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            db,
+            a,
+            b,
+            admin,
+            _dir: dir,
+        }
+    }
 }

@@ -17,6 +17,7 @@ mod persistence;
 mod replicas;
 mod request_ids;
 mod rotation_and_limits;
+mod soak;
 mod tls;
 mod types_and_audit;
 mod validation;

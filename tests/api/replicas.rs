@@ -12,44 +12,7 @@ use token_authority::pb::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::helpers::{Backend, Process, TestDb, authed, spawn_app, spec};
-
-/// Two server processes of the real binary on one fresh Postgres database; A made the
-/// bootstrap admin.
-struct Replicas {
-    db: TestDb,
-    a: Process,
-    b: Process,
-    admin: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Replicas {
-    async fn start() -> Self {
-        let db = TestDb::fresh(Backend::Postgres).await;
-        let dir = tempfile::tempdir().unwrap();
-        let admin_file = dir.path().join("admin.secret");
-        let admin_file_str = admin_file.display().to_string();
-        let env = [("DATABASE_URL", db.url.as_str()), ("RUST_LOG", "info")];
-        let a = Process::start(
-            dir.path(),
-            &[],
-            &[env[0], env[1], ("TA_BOOTSTRAP_TOKEN_FILE", &admin_file_str)],
-        );
-        let b = Process::start(dir.path(), &[], &env);
-        let admin = std::fs::read_to_string(&admin_file)
-            .unwrap()
-            .trim()
-            .to_owned();
-        Self {
-            db,
-            a,
-            b,
-            admin,
-            _dir: dir,
-        }
-    }
-}
+use crate::helpers::{Backend, Replicas, TestDb, authed, spawn_app, spec};
 
 /// Connects to the test's database with triggers off for this session, to change rows
 /// behind the replicas' backs (no NOTIFY), which shows whether they serve from cache.
