@@ -8,7 +8,7 @@ use dashmap::DashMap;
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
-use crate::store::{TokenStore, UsageRecord};
+use crate::store::{StoreError, TokenStore, UsageRecord};
 
 #[derive(Clone, Copy, Debug)]
 struct Pending {
@@ -85,20 +85,42 @@ impl UsageRecorder {
     /// Writes every pending use to the store; on failure keeps them for the next try.
     /// Returns how many tokens were written.
     pub async fn flush(&self, store: &dyn TokenStore) -> usize {
-        let batch = self.drain();
-        if batch.is_empty() {
-            return 0;
-        }
-        match store.record_usage(&batch).await {
-            Ok(()) => batch.len(),
-            Err(error) => {
-                tracing::warn!(%error, tokens = batch.len(), "usage write failed; will retry");
-                self.restore(batch);
-                0
+        self.flush_with(|chunk| async move { store.record_usage(&chunk).await })
+            .await
+    }
+
+    /// [`flush`](Self::flush) through `write`, which writes one chunk in one transaction.
+    ///
+    /// Every replica writes rows in ascending id order, in short transactions of at most
+    /// [`FLUSH_CHUNK`] rows: two replicas flushing at once then take row locks in the same
+    /// order and cannot deadlock each other, and no management write waits long behind a
+    /// flush. (Unordered, in one transaction per batch, they deadlocked under load, which
+    /// failed management writes; the soak found it.) A failed chunk and the ones after it
+    /// are kept for the next flush; the chunks before it are not written twice.
+    async fn flush_with<F, Fut>(&self, mut write: F) -> usize
+    where
+        F: FnMut(Vec<UsageRecord>) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let mut batch = self.drain();
+        batch.sort_unstable_by_key(|record| record.id);
+        let mut written = 0;
+        while written < batch.len() {
+            let end = (written + FLUSH_CHUNK).min(batch.len());
+            if let Err(error) = write(batch[written..end].to_vec()).await {
+                let unwritten = batch.split_off(written);
+                tracing::warn!(%error, tokens = unwritten.len(), "usage write failed; will retry");
+                self.restore(unwritten);
+                break;
             }
+            written = end;
         }
+        written
     }
 }
+
+/// The most usage rows written in one transaction.
+const FLUSH_CHUNK: usize = 128;
 
 /// Flushes `recorder` every `interval` until `shutdown` turns true, then once more.
 pub fn spawn_flusher(
@@ -156,6 +178,53 @@ mod tests {
         assert_eq!(batch[0].last_used_time, t0 + Duration::seconds(1));
         assert_eq!(batch[0].last_used_ip.as_deref(), Some("10.0.0.2"));
         assert!(recorder.drain().is_empty(), "drain empties");
+    }
+
+    #[test]
+    fn a_flush_writes_in_ascending_id_order_in_chunks_and_keeps_only_what_failed() {
+        let recorder = UsageRecorder::default();
+        let ids: Vec<Uuid> = (0..FLUSH_CHUNK * 2 + 5)
+            .map(|_| Uuid::from_u128(rand::random()))
+            .collect();
+        for id in &ids {
+            recorder.record(*id, Utc::now(), None);
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+
+        // The second chunk fails.
+        let chunks = std::sync::Mutex::new(Vec::<Vec<Uuid>>::new());
+        let written = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(recorder.flush_with(|chunk| {
+                let mut seen = chunks.lock().unwrap();
+                seen.push(chunk.iter().map(|r| r.id).collect());
+                let result = if seen.len() == 2 {
+                    Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))
+                } else {
+                    Ok(())
+                };
+                async move { result }
+            }));
+
+        let chunks = chunks.into_inner().unwrap();
+        assert_eq!(written, FLUSH_CHUNK, "the first chunk was written");
+        assert_eq!(chunks.len(), 2, "no chunk after the failed one is tried");
+        assert!(chunks.iter().all(|c| c.len() == FLUSH_CHUNK));
+        let attempted: Vec<Uuid> = chunks.concat();
+        assert_eq!(
+            attempted,
+            sorted[..FLUSH_CHUNK * 2],
+            "in ascending id order"
+        );
+        let mut kept: Vec<Uuid> = recorder.drain().iter().map(|r| r.id).collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            sorted[FLUSH_CHUNK..],
+            "exactly the unwritten uses are kept"
+        );
     }
 
     #[test]

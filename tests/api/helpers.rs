@@ -465,6 +465,20 @@ impl Process {
         self.child.id()
     }
 
+    /// The warnings and errors the process logged so far (JSON lines), without waiting.
+    pub fn problems_logged(&mut self) -> Vec<String> {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen
+            .iter()
+            .filter(|line| {
+                line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// The resident memory of the process (VmRSS), in bytes.
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
