@@ -177,8 +177,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_MANAGEMENT_RATE_LIMIT", default_value_t = 120)]
     pub management_rate_limit: u32,
 
-    /// The largest request message any service accepts (bytes, or with KiB or MiB); larger
-    /// ones are refused OUT_OF_RANGE before they are decoded.
+    /// The largest request message the token, type, audit, Verify and Check services accept
+    /// (bytes, or with KiB or MiB); larger ones are refused OUT_OF_RANGE before they are
+    /// decoded. Health and reflection keep tonic's 4 MiB.
     #[arg(long, env = "TA_MAX_MESSAGE_SIZE", default_value = "4MiB", value_parser = parse_size)]
     pub max_message_size: usize,
 

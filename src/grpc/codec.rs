@@ -2,7 +2,8 @@
 //! cannot be decoded is the caller's fault. tonic's `ProstCodec` answers it with INTERNAL
 //! (as for a server bug); we answer INVALID_ARGUMENT with prost's description, which names
 //! the message and field where decoding stopped (e.g. metadata nested past prost's
-//! recursion limit) and never carries the bytes themselves.
+//! recursion limit) and never carries the bytes themselves. The generated clients use it
+//! too, so a reply a client cannot decode is also INVALID_ARGUMENT there.
 
 use std::marker::PhantomData;
 

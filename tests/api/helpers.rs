@@ -479,16 +479,21 @@ impl Process {
             .collect()
     }
 
-    /// The resident memory of the process (VmRSS), in bytes.
+    /// The resident memory of the process (VmRSS), in bytes; 0 once it has exited.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("the server's /proc status is readable");
-        let kib: u64 = status
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS is in /proc/<pid>/status");
-        kib * 1024
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |kib| kib * 1024)
     }
 
     /// Kills the process with SIGKILL, as a crash or the OOM killer would, and reaps it.
