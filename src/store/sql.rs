@@ -45,6 +45,10 @@ pub trait Backend: Database {
     /// `postgres` or `sqlite`.
     const BACKEND_NAME: &'static str;
 
+    /// Appended to a `SELECT … ORDER BY id` to lock the rows it reads, in that order, where
+    /// the backend locks rows (Postgres); SQLite locks the whole database on write.
+    const LOCK_ROWS: &'static str;
+
     /// Applies this backend's migrations.
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>>;
 
@@ -60,6 +64,7 @@ pub trait Backend: Database {
 
 impl Backend for Postgres {
     const BACKEND_NAME: &'static str = "postgres";
+    const LOCK_ROWS: &'static str = " FOR UPDATE";
 
     fn binding_clause(key: usize, value: usize) -> String {
         format!("bindings ->> ${key} = ${value}")
@@ -147,6 +152,7 @@ fn parse_hash(hex: &str) -> Option<SecretHash> {
 
 impl Backend for Sqlite {
     const BACKEND_NAME: &'static str = "sqlite";
+    const LOCK_ROWS: &'static str = "";
 
     fn binding_clause(key: usize, value: usize) -> String {
         // Binding keys are letters, digits and `._-`, so they quote safely in a JSON path.
@@ -772,15 +778,18 @@ where
             RevokeFilter::Owner(owner) => ("owner", owner),
             RevokeFilter::Type(kind) => ("token_type", kind),
         };
-        let sql = scoped(
-            &format!(
-                "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
-                 WHERE enabled = $3 AND {column} = $4"
-            ),
+        // The rows are locked in id order first, the order usage flushes write in, so that a
+        // bulk revocation and another replica's flush cannot deadlock.
+        let matching = scoped(
+            &format!("SELECT id FROM tokens WHERE enabled = $3 AND {column} = $4"),
             scope,
             5,
         );
-        let returning = format!("{sql} RETURNING {COLUMNS}");
+        let returning = format!(
+            "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
+             WHERE id IN ({matching} ORDER BY id{lock}) RETURNING {COLUMNS}",
+            lock = DB::LOCK_ROWS
+        );
         let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
             .bind(false)
             .bind(now)
