@@ -333,10 +333,7 @@ fn parse_prefix(value: &str) -> Result<TokenPrefix, String> {
 /// Parses durations such as `250ms`, `5s`, `2m`, `1h`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
+    let (number, unit) = split_number(value);
     let number: u64 = number
         .parse()
         .map_err(|_| format!("{value:?} is not a duration such as 250ms, 5s, 2m or 1h"))?;
@@ -351,13 +348,17 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     }
 }
 
+/// Splits `250ms` into its leading digits and the rest (`250`, `ms`).
+fn split_number(text: &str) -> (&str, &str) {
+    text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    )
+}
+
 /// Parses a byte size: `65536`, `64KiB` or `4MiB`; at least 1 KiB, at most 1 GiB.
 pub fn parse_size(value: &str) -> Result<usize, String> {
-    let text = value.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = split_number(value.trim());
     let unit = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
