@@ -7,7 +7,11 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::domain::{permission::Permission, restrictions::canonical_ip, token::limits};
+use crate::domain::{
+    permission::Permission,
+    restrictions::{client_address, parse_ip},
+    token::limits,
+};
 
 /// The `context_extensions` key that names the permissions a route needs.
 pub const PERMISSION_KEY: &str = "permission";
@@ -160,38 +164,7 @@ pub fn client_ip(
     forwarded_for: Option<&str>,
     trusted: &[IpNet],
 ) -> Option<IpAddr> {
-    let peer = canonical_ip(parse_ip(source?)?);
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return Some(peer);
-    }
-    let Some(chain) = forwarded_for else {
-        return Some(peer);
-    };
-    let mut last = peer;
-    for hop in chain.rsplit(',') {
-        let ip = canonical_ip(parse_ip(hop.trim())?);
-        if !is_trusted(&ip) {
-            return Some(ip);
-        }
-        last = ip;
-    }
-    // Every hop is a trusted proxy: the leftmost is the nearest thing to a client.
-    Some(last)
-}
-
-/// Parses an address as proxies write it: bare, bracketed IPv6, or with a port.
-fn parse_ip(value: &str) -> Option<IpAddr> {
-    if let Ok(ip) = value.parse() {
-        return Some(ip);
-    }
-    if let Ok(addr) = value.parse::<std::net::SocketAddr>() {
-        return Some(addr.ip());
-    }
-    value
-        .strip_prefix('[')
-        .and_then(|v| v.strip_suffix(']'))
-        .and_then(|v| v.parse().ok())
+    client_address(parse_ip(source?)?, forwarded_for, trusted)
 }
 
 /// What a request needs of a token.

@@ -183,6 +183,14 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_MAX_MESSAGE_SIZE", default_value = "4MiB", value_parser = parse_size)]
     pub max_message_size: usize,
 
+    /// Comma-separated networks of the proxies in front of the gRPC port (load balancers)
+    /// whose x-forwarded-for is believed for management calls: the caller's address then
+    /// comes from it, for its token's allowed_cidrs and the per-address management rate
+    /// limit. Empty: the caller is the peer. Check has its own list,
+    /// --ext-authz-trusted-proxies.
+    #[arg(long, env = "TA_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// How Envoy ext_authz Check requests are read and answered.
     #[command(flatten)]
     pub ext_authz: ExtAuthzArgs,

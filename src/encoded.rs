@@ -345,6 +345,7 @@ mod tests {
                                 .iter()
                                 .map(|(k, v)| (k.to_string(), v.to_string()))
                                 .collect(),
+                            unsatisfiable: None,
                         });
                     }
                 }

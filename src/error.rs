@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::store::StoreError;
+use crate::{domain::policy::Refusal, store::StoreError};
 
 /// Everything a call can fail with. Messages are for the client and never carry a secret;
 /// internal causes are logged, not sent.
@@ -48,6 +48,17 @@ impl Error {
         Self::InvalidArgument {
             field: field.into(),
             message: message.into(),
+        }
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound(message) => Error::NotFound(message),
+            Refusal::Forbidden(message) => Error::PermissionDenied(message),
+            Refusal::Invalid { field, message } => Error::InvalidArgument { field, message },
+            Refusal::FailedPrecondition(message) => Error::FailedPrecondition(message),
         }
     }
 }

@@ -90,6 +90,9 @@ pub struct Settings {
     pub management_rate_limit: u32,
     /// The largest request message a service accepts, in bytes.
     pub max_message_size: usize,
+    /// Proxies in front of the gRPC port (load balancers) whose `x-forwarded-for` names
+    /// a management caller's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A built, bound, not yet serving service.
@@ -164,6 +167,7 @@ impl Application {
             management_rate: ManagementRate::new(settings.management_rate_limit),
             failure_audit: FailureAudit::default(),
             metrics: Arc::new(Metrics::default()),
+            trusted_proxies: settings.trusted_proxies.clone(),
         });
         Ok(Self {
             listener,

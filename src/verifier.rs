@@ -2,7 +2,8 @@
 //!
 //! The Verify RPC looks tokens up in the cache before the store, and gets back the token
 //! in its encoded form. The management API's caller authentication always reads the store:
-//! it is rare, and it needs the whole token to judge what the caller may grant.
+//! it is rare, and it needs the whole token to judge what the caller may grant. A use is
+//! spent (rate limit, `max_uses`, usage record) only when the use is allowed.
 
 use std::sync::Arc;
 
@@ -97,7 +98,11 @@ impl Verifier {
         self.judge(token, usage, now).await
     }
 
-    /// Verifies a management caller's secret against the store (never the cache).
+    /// Authenticates a management caller's secret against the store (never the cache):
+    /// the rules only, spending nothing (the call spends one use once it is allowed, see
+    /// [`Verifier::spend`]). A previous secret in its rotation grace period still passes
+    /// Verify and Check, but authenticates no management call: whoever holds a leaked,
+    /// rotated-out secret must not be able to rotate again and keep the only live one.
     pub async fn authenticate(
         &self,
         presented: &str,
@@ -108,16 +113,30 @@ impl Verifier {
             Err(verdict) => return Ok(verdict),
         };
         let now = now();
-        let token = self
-            .store
-            .find_by_hash(&hash, now)
-            .await?
-            .map(|t| Arc::new(as_presented(t, &hash)));
-        self.judge(token, usage, now).await
+        let Some(token) = self.store.find_by_hash(&hash, now).await? else {
+            return Ok(Verdict::without_token(Outcome::NotFound, "token not found"));
+        };
+        if token.secret_hash != hash {
+            return Ok(Verdict {
+                outcome: Outcome::NotFound,
+                reason:
+                    "this secret was rotated out; management calls need the token's current secret"
+                        .into(),
+                token: Some(Arc::new(token)),
+            });
+        }
+        let (mut outcome, mut reason) = evaluate(&token, usage, now);
+        if outcome == Outcome::Ok && token.max_uses.is_some_and(|max| token.uses >= max) {
+            (outcome, reason) = (Outcome::UsageExceeded, "token has no uses left".into());
+        }
+        Ok(Verdict {
+            outcome,
+            reason,
+            token: Some(Arc::new(token)),
+        })
     }
 
-    /// Applies the rules to a found (or missing) token, then its rate limit and its
-    /// usage limit, and records a successful use.
+    /// Applies the rules to a found (or missing) token, then, if it passed, spends one use.
     async fn judge<T: Subject>(
         &self,
         token: Option<Arc<T>>,
@@ -128,32 +147,41 @@ impl Verifier {
             return Ok(Verdict::without_token(Outcome::NotFound, "token not found"));
         };
         let (mut outcome, mut reason) = evaluate(token.as_ref(), usage, now);
-        if outcome == Outcome::Ok
-            && let Some(limit) = token.rate_limit()
-            && !self.rates.allow(token.id(), limit)
-        {
-            outcome = Outcome::RateLimited;
-            reason = format!(
-                "token is limited to {} requests per {:?} on this replica",
-                limit.requests, limit.interval
-            );
-        }
-        // Counted in the store, atomically, so no replica can let a use past max_uses.
-        if outcome == Outcome::Ok
-            && token.usage_limited()
-            && self.store.consume_use(token.id()).await?.is_none()
-        {
-            outcome = Outcome::UsageExceeded;
-            reason = "token has no uses left".into();
-        }
         if outcome == Outcome::Ok {
-            self.usage.record(token.id(), now, usage.client_ip);
+            (outcome, reason) = self.spend(token.as_ref(), usage, now).await?;
         }
         Ok(Verdict {
             outcome,
             reason,
             token: Some(token),
         })
+    }
+
+    /// Spends one use of a token that passed the rules: its rate limit, then its usage
+    /// limit, then records the use. Only allowed uses are spent.
+    pub async fn spend<T: Subject + ?Sized>(
+        &self,
+        token: &T,
+        usage: &Usage,
+        now: DateTime<Utc>,
+    ) -> Result<(Outcome, String), StoreError> {
+        if let Some(limit) = token.rate_limit()
+            && !self.rates.allow(token.id(), limit)
+        {
+            return Ok((
+                Outcome::RateLimited,
+                format!(
+                    "token is limited to {} requests per {:?} on this replica",
+                    limit.requests, limit.interval
+                ),
+            ));
+        }
+        // Counted in the store, atomically, so no replica can let a use past max_uses.
+        if token.usage_limited() && self.store.consume_use(token.id()).await?.is_none() {
+            return Ok((Outcome::UsageExceeded, "token has no uses left".into()));
+        }
+        self.usage.record(token.id(), now, usage.client_ip);
+        Ok((Outcome::Ok, String::new()))
     }
 
     /// Drops rate-limit state of tokens not used lately.

@@ -59,39 +59,3 @@ impl AuditEvent {
         self
     }
 }
-
-/// The values of a token's settable fields, for the `changes` of create and update events.
-pub fn token_fields(token: &Token, fields: &[&str]) -> Map<String, Value> {
-    let strings = |items: &mut dyn Iterator<Item = String>| Value::from(items.collect::<Vec<_>>());
-    let mut changes = Map::new();
-    for field in fields {
-        let value = match *field {
-            "name" => Value::from(token.name.clone()),
-            "type" => Value::from(token.token_type.clone()),
-            "description" => Value::from(token.description.clone()),
-            "permissions" => strings(&mut token.permissions.iter().map(ToString::to_string)),
-            "read_only" => Value::from(token.read_only),
-            "allowed_cidrs" => strings(&mut token.allowed_cidrs.iter().map(ToString::to_string)),
-            "allowed_hosts" => strings(&mut token.allowed_hosts.iter().map(ToString::to_string)),
-            "bindings" => Value::from(
-                token
-                    .bindings
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                    .collect::<Map<_, _>>(),
-            ),
-            "metadata" => Value::Object(token.metadata.clone()),
-            "expire_time" => token
-                .expire_time
-                .map_or(Value::Null, |t| Value::from(t.to_rfc3339())),
-            "max_uses" => token.max_uses.map_or(Value::Null, Value::from),
-            "rate_limit" => token.rate_limit.map_or(Value::Null, |r| {
-                serde_json::json!({"requests": r.requests, "interval_ms": r.interval.as_millis() as u64})
-            }),
-            "enabled" => Value::from(token.enabled),
-            _ => continue,
-        };
-        changes.insert((*field).to_owned(), value);
-    }
-    changes
-}

@@ -1,8 +1,10 @@
 //! The domain: tokens, secrets, permissions, restrictions and the rules over them. Pure, no I/O.
 
 pub mod audit;
-pub mod grant;
+pub mod fields;
 pub mod permission;
+pub mod policy;
+pub mod power;
 pub mod restrictions;
 pub mod secret;
 pub mod token;

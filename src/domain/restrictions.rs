@@ -61,6 +61,50 @@ pub fn canonical_ip(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// Works out a client's address from the peer that connected and the `x-forwarded-for`
+/// chain it sent: the peer itself, unless it is one of the `trusted` proxies; then the
+/// rightmost entry of the chain that is not itself a trusted proxy. `None` when the chain
+/// cannot be read (tokens limited to networks then fail closed). A client that is not a
+/// trusted proxy cannot choose its address by sending the header.
+pub fn client_address(
+    peer: IpAddr,
+    forwarded_for: Option<&str>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let peer = canonical_ip(peer);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let Some(chain) = forwarded_for else {
+        return Some(peer);
+    };
+    let mut last = peer;
+    for hop in chain.rsplit(',') {
+        let ip = canonical_ip(parse_ip(hop.trim())?);
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+        last = ip;
+    }
+    // Every hop is a trusted proxy: the leftmost is the nearest thing to a client.
+    Some(last)
+}
+
+/// Parses an address as proxies write it: bare, bracketed IPv6, or with a port.
+pub fn parse_ip(value: &str) -> Option<IpAddr> {
+    if let Ok(ip) = value.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = value.parse::<std::net::SocketAddr>() {
+        return Some(addr.ip());
+    }
+    value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .and_then(|v| v.parse().ok())
+}
+
 /// A host a token may be used at: an exact name (`api.example.com`), any subdomain of a
 /// name (`*.example.com`), or an IP address. Stored lowercase.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -5,22 +5,10 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    permission::Permission,
+    fields::{present, template_fields},
+    permission::{Permission, allows as allows_permission},
     token::{Token, check_binding, parse_type},
 };
-
-/// The fields a template can require or allow.
-pub const TEMPLATE_FIELDS: [&str; 9] = [
-    "description",
-    "permissions",
-    "allowed_cidrs",
-    "allowed_hosts",
-    "bindings",
-    "metadata",
-    "expire_time",
-    "max_uses",
-    "rate_limit",
-];
 
 /// The longest max_lifetime: 100 years.
 const MAX_LIFETIME_SECONDS: i64 = 100 * 366 * 24 * 3600;
@@ -50,7 +38,7 @@ pub struct TokenType {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Template {
-    /// Fields a token must set (from [`TEMPLATE_FIELDS`]).
+    /// Fields a token must set (from [`template_fields`]).
     pub required_fields: Vec<String>,
     /// If not empty, the only optional fields a token may set.
     pub allowed_fields: Vec<String>,
@@ -80,22 +68,6 @@ fn violation(field: &str, message: String) -> Violation {
     }
 }
 
-/// Whether a token sets a template field.
-fn present(token: &Token, field: &str) -> bool {
-    match field {
-        "description" => !token.description.is_empty(),
-        "permissions" => !token.permissions.is_empty(),
-        "allowed_cidrs" => !token.allowed_cidrs.is_empty(),
-        "allowed_hosts" => !token.allowed_hosts.is_empty(),
-        "bindings" => !token.bindings.is_empty(),
-        "metadata" => !token.metadata.is_empty(),
-        "expire_time" => token.expire_time.is_some(),
-        "max_uses" => token.max_uses.is_some(),
-        "rate_limit" => token.rate_limit.is_some(),
-        _ => false,
-    }
-}
-
 impl Template {
     /// Checks a template as given by an administrator.
     pub fn validate(&self) -> Result<(), Violation> {
@@ -103,10 +75,16 @@ impl Template {
             ("required_fields", &self.required_fields),
             ("allowed_fields", &self.allowed_fields),
         ] {
-            if let Some(bad) = list.iter().find(|f| !TEMPLATE_FIELDS.contains(&f.as_str())) {
+            if let Some(bad) = list
+                .iter()
+                .find(|f| !template_fields().any(|t| t == f.as_str()))
+            {
                 return Err(violation(
                     name,
-                    format!("{bad:?} is not one of {}", TEMPLATE_FIELDS.join(", ")),
+                    format!(
+                        "{bad:?} is not one of {}",
+                        template_fields().collect::<Vec<_>>().join(", ")
+                    ),
                 ));
             }
         }
@@ -125,6 +103,69 @@ impl Template {
             ));
         }
         Ok(())
+    }
+
+    /// Returns how this template lets tokens be something `before` did not, if it does:
+    /// writable where it was not, longer-lived, without a required field or binding, with
+    /// more optional fields, or with default permissions `before`'s do not cover.
+    pub fn loosens(&self, before: &Template) -> Option<String> {
+        if self.writable && !before.writable {
+            return Some("writable: tokens would no longer be read-only".into());
+        }
+        if let Some(limit) = before.max_lifetime_seconds
+            && self
+                .max_lifetime_seconds
+                .is_none_or(|seconds| seconds > limit)
+        {
+            return Some(format!(
+                "max_lifetime: tokens would live longer than {limit} s"
+            ));
+        }
+        if let Some(field) = before
+            .required_fields
+            .iter()
+            .find(|f| !self.required_fields.contains(f))
+        {
+            return Some(format!(
+                "required_fields: {field} would no longer be required"
+            ));
+        }
+        if let Some(key) = before
+            .required_bindings
+            .iter()
+            .find(|k| !self.required_bindings.contains(k))
+        {
+            return Some(format!(
+                "required_bindings: {key} would no longer be required"
+            ));
+        }
+        // Which optional fields a token may set: those listed (required ones included), or
+        // all of them when none are listed.
+        let allows = |t: &Template, field: &str| {
+            t.allowed_fields.is_empty()
+                || t.allowed_fields
+                    .iter()
+                    .chain(&t.required_fields)
+                    .any(|f| f == field)
+        };
+        if let Some(field) = template_fields().find(|f| allows(self, f) && !allows(before, f)) {
+            return Some(format!("allowed_fields: {field} would be allowed"));
+        }
+        let parse = |list: &[String]| -> Vec<Permission> {
+            list.iter()
+                .filter_map(|p| Permission::parse(p).ok())
+                .collect()
+        };
+        let held = parse(&before.default_permissions);
+        if let Some(p) = parse(&self.default_permissions)
+            .iter()
+            .find(|p| !allows_permission(&held, p))
+        {
+            return Some(format!(
+                "default_permissions: {p} would be given by default"
+            ));
+        }
+        None
     }
 
     /// Fills a new token's defaults: permissions when it names none, the maximum lifetime
@@ -158,14 +199,14 @@ impl Template {
             }
         }
         if !self.allowed_fields.is_empty()
-            && let Some(field) = TEMPLATE_FIELDS.iter().find(|f| {
+            && let Some(field) = template_fields().find(|f| {
                 // Fields the template fills itself are always allowed.
-                let filled = (**f == "permissions" && !self.default_permissions.is_empty())
-                    || (**f == "expire_time" && self.max_lifetime_seconds.is_some());
+                let filled = (*f == "permissions" && !self.default_permissions.is_empty())
+                    || (*f == "expire_time" && self.max_lifetime_seconds.is_some());
                 present(token, f)
                     && !filled
-                    && !self.allowed_fields.iter().any(|a| a == *f)
-                    && !self.required_fields.iter().any(|r| r == *f)
+                    && !self.allowed_fields.iter().any(|a| a == f)
+                    && !self.required_fields.iter().any(|r| r == f)
             })
         {
             return Err(violation(
@@ -321,6 +362,78 @@ mod tests {
         strict.check("s", &t).unwrap();
         t.allowed_hosts = vec![crate::domain::restrictions::HostPattern::parse("a.b").unwrap()];
         assert_eq!(strict.check("s", &t).unwrap_err().field, "allowed_hosts");
+    }
+
+    #[test]
+    fn loosening_is_told_apart_from_tightening() {
+        let assistant = assistant();
+        assert_eq!(
+            assistant.loosens(&assistant),
+            None,
+            "unchanged is not looser"
+        );
+        let writable = Template {
+            writable: true,
+            ..assistant.clone()
+        };
+        assert!(
+            writable
+                .loosens(&assistant)
+                .unwrap()
+                .starts_with("writable")
+        );
+        let longer = Template {
+            max_lifetime_seconds: None,
+            ..assistant.clone()
+        };
+        assert!(
+            longer
+                .loosens(&assistant)
+                .unwrap()
+                .starts_with("max_lifetime")
+        );
+        let unbound = Template {
+            required_bindings: vec![],
+            ..assistant.clone()
+        };
+        assert!(
+            unbound
+                .loosens(&assistant)
+                .unwrap()
+                .starts_with("required_bindings")
+        );
+        let broader = Template {
+            default_permissions: vec!["*:*".into()],
+            ..assistant.clone()
+        };
+        assert!(
+            broader
+                .loosens(&assistant)
+                .unwrap()
+                .starts_with("default_permissions")
+        );
+        let narrow = Template {
+            allowed_fields: vec!["description".into()],
+            ..assistant.clone()
+        };
+        assert_eq!(
+            narrow.loosens(&assistant),
+            None,
+            "fewer optional fields is tighter"
+        );
+        assert!(
+            assistant
+                .loosens(&narrow)
+                .unwrap()
+                .starts_with("allowed_fields")
+        );
+        let shorter = Template {
+            max_lifetime_seconds: Some(3600),
+            required_fields: vec!["description".into()],
+            ..assistant.clone()
+        };
+        assert_eq!(shorter.loosens(&assistant), None);
+        assert!(assistant.loosens(&shorter).is_some());
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct Usage {
     pub host: Option<String>,
     /// Resources the use touches.
     pub bindings: BTreeMap<String, String>,
+    /// Why no token is valid for this use (e.g. no rule maps the request), if so. Judged
+    /// after the token's own state, so that a bad token is still told it is bad, and such
+    /// a use never spends a token's uses or rate.
+    pub unsatisfiable: Option<String>,
 }
 
 /// What the rules need to know of a token. Implemented by the stored [`Token`] and by the
@@ -220,6 +224,9 @@ pub fn evaluate<S: Subject + ?Sized>(
             format!("token is read-only and {write} is not a read"),
         );
     }
+    if let Some(reason) = &usage.unsatisfiable {
+        return (Outcome::PermissionDenied, reason.clone());
+    }
     if let Some(missing) = usage.required.iter().find(|p| !token.allows(p)) {
         return (
             Outcome::PermissionDenied,
@@ -344,6 +351,18 @@ pub(crate) mod tests {
         assert_eq!(outcome(&t, &usage), Outcome::Ok);
         usage.host = Some("evil.com".into());
         assert_eq!(outcome(&t, &usage), Outcome::HostNotAllowed);
+    }
+
+    #[test]
+    fn an_unsatisfiable_use_is_denied_after_the_tokens_own_state() {
+        let mut usage = needs(&[]);
+        usage.unsatisfiable = Some("no rule maps this request".into());
+        let (result, reason) = evaluate(&token(&["*:*"]), &usage, Utc::now());
+        assert_eq!(result, Outcome::PermissionDenied);
+        assert_eq!(reason, "no rule maps this request");
+        let mut disabled = token(&["*:*"]);
+        disabled.enabled = false;
+        assert_eq!(outcome(&disabled, &usage), Outcome::Disabled);
     }
 
     #[test]

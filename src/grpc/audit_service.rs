@@ -6,11 +6,14 @@ use tonic::{Request, Response, Status};
 
 use super::{
     AppState,
-    auth::authorize,
+    auth::authenticate,
     convert::{self, chrono_to_timestamp, json_to_struct, timestamp_to_chrono},
 };
 use crate::{
-    domain::{audit::AuditEvent, permission::Permission},
+    domain::{
+        audit::AuditEvent,
+        policy::{Action, Request as Policy},
+    },
     error::Error,
     pb::v1::{
         AuditEvent as PbAuditEvent, ListAuditEventsRequest, ListAuditEventsResponse,
@@ -65,7 +68,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let caller = authorize(&self.state, &request, &[Permission::new("audit", "read")]).await?;
+        let caller = authenticate(&self.state, &request, Action::ReadAudit).await?;
         let request = request.into_inner();
         let limit = convert::parse_page_size(request.page_size)?;
         let query = AuditQuery {
@@ -92,6 +95,7 @@ impl AuditService for AuditApi {
                 .map(|t| timestamp_to_chrono(t, "end_time"))
                 .transpose()?,
         };
+        caller.authorize(&self.state, &Policy::ReadAudit).await?;
         let mut events = self
             .state
             .store

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
+        fields,
         permission::Permission,
         restrictions::{Cidr, HostPattern},
         token::{self, DEFAULT_TYPE, Token, limits},
@@ -19,24 +20,15 @@ use crate::{
     pb::v1 as pb,
 };
 
-/// Fields a client may set on create and change with UpdateToken.
-pub const SETTABLE_FIELDS: [&str; 12] = [
-    "name",
-    "type",
-    "description",
-    "permissions",
-    "read_only",
-    "allowed_cidrs",
-    "allowed_hosts",
-    "bindings",
-    "metadata",
-    "expire_time",
-    "max_uses",
-    "rate_limit",
-];
+/// Returns the fields a client may set on create and change with UpdateToken, from the
+/// domain's field table, as a list for messages.
+pub fn settable_list() -> String {
+    fields::settable().collect::<Vec<_>>().join(", ")
+}
 
 /// Parses one settable field of `source` (named `path`, reported as `token.<path>`) and
-/// sets it on `target`.
+/// sets it on `target`. Handles every field the field table marks settable (a test holds
+/// the two together).
 pub fn apply_field(
     target: &mut Token,
     source: &pb::Token,
@@ -122,7 +114,7 @@ pub fn apply_field(
                 format!(
                     "{:?} is not a field that can be set; settable: {}",
                     other.chars().take(64).collect::<String>(),
-                    SETTABLE_FIELDS.join(", ")
+                    settable_list()
                 ),
             ));
         }
@@ -379,6 +371,30 @@ pub fn token_to_pb(token: &Token) -> pb::Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_settable_field_of_the_table_is_parsed_and_nothing_else() {
+        let now = Utc::now();
+        let source = pb::Token {
+            name: "n".into(),
+            ..Default::default()
+        };
+        let mut target = crate::domain::verify::tests::token(&[]);
+        for name in fields::settable() {
+            apply_field(&mut target, &source, name, now)
+                .unwrap_or_else(|e| panic!("{name} is settable but not parsed: {e}"));
+        }
+        for field in fields::FIELDS {
+            if field.change != fields::Change::Settable {
+                let err = apply_field(&mut target, &source, field.name, now).unwrap_err();
+                assert!(
+                    err.to_string().starts_with("update_mask:"),
+                    "{}",
+                    field.name
+                );
+            }
+        }
+    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {

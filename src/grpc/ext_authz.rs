@@ -82,10 +82,11 @@ impl Authorization for ExtAuthzApi {
         let requirement =
             check::requirement(settings, text(&http.method), text(&http.path), &extensions)
                 .map_err(|bad| Error::invalid(bad.field, bad.message))?;
-        let (unmapped, requirement) = match requirement {
+        let (unsatisfiable, requirement) = match requirement {
             Ok(requirement) => (None, requirement),
-            // The token is still judged, so that a bad one is told it is bad (401).
-            Err(unmapped) => (Some(unmapped), Requirement::default()),
+            // The token is still judged, so that a bad one is told it is bad (401), but
+            // the request is refused (403) without spending the token's uses or rate.
+            Err(unmapped) => (Some(unmapped.0), Requirement::default()),
         };
         let source = attributes
             .source
@@ -106,6 +107,7 @@ impl Authorization for ExtAuthzApi {
                 .or_else(|| headers.get("host"))
                 .map(str::to_owned),
             bindings: requirement.bindings,
+            unsatisfiable,
         };
         let verdict = self
             .state
@@ -121,15 +123,11 @@ impl Authorization for ExtAuthzApi {
         self.state
             .metrics
             .record_verdict(Endpoint::Check, verdict.outcome);
-        let response = match (verdict.outcome, verdict.token, unmapped) {
-            (Outcome::Ok, Some(_), Some(unmapped)) => deny(
-                settings,
-                Denial::forbidden(Outcome::PermissionDenied, unmapped.0, &[]),
-            ),
-            (Outcome::Ok, Some(token), None) => {
+        let response = match (verdict.outcome, verdict.token) {
+            (Outcome::Ok, Some(token)) => {
                 allow(settings, &token, credential.header == "authorization")
             }
-            (outcome, _, _) => deny(
+            (outcome, _) => deny(
                 settings,
                 match outcome {
                     Outcome::Malformed

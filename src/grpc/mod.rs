@@ -37,6 +37,9 @@ pub struct AppState {
     pub management_rate: ManagementRate,
     /// How many failed authentications are written to the audit trail.
     pub failure_audit: FailureAudit,
+    /// Proxies in front of this service whose `x-forwarded-for` names the management
+    /// caller's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl AppState {

@@ -1,4 +1,6 @@
-//! TokenService: create, get, list, update, enable/disable and delete tokens.
+//! TokenService: create, get, list, update, enable/disable, rotate, revoke and delete
+//! tokens. Each call decodes its request, reads what the policy needs, asks the policy
+//! (`Caller::authorize`), writes what it allowed, and encodes the answer.
 
 use std::sync::Arc;
 
@@ -8,16 +10,18 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    auth::{Action, Caller, authorize},
-    convert::{self, SETTABLE_FIELDS, apply_field, token_to_pb},
+    auth::{Caller, authenticate},
+    convert::{self, apply_field, settable_list, token_to_pb},
 };
 use crate::{
     domain::{
-        audit::{AuditEvent, token_fields},
-        grant::{self, Power},
+        audit::AuditEvent,
+        fields,
+        policy::{Action, Request as Policy},
+        power,
         secret::TokenSecret,
         token::{self, Token, limits, parse_owner, parse_type},
-        token_type::Violation,
+        token_type::TokenType,
     },
     encoded::EncodedToken,
     error::Error,
@@ -27,13 +31,14 @@ use crate::{
         RotateTokenRequest, RotateTokenResponse, SetTokenEnabledRequest, Token as PbToken,
         UpdateTokenRequest, token_service_server::TokenService,
     },
-    store::{ListQuery, RevokeFilter, Rotation, Scope, UpdateOutcome},
+    store::{ListQuery, RevokeQuery, Rotation, UpdateOutcome},
 };
 
 /// The longest `ttl` accepted: 100 years.
 const MAX_TTL_SECONDS: i64 = 100 * 366 * 24 * 3600;
-/// How often an update is retried when another change to the same token wins the race.
-const UPDATE_ATTEMPTS: usize = 5;
+/// How often a change is read, judged and written again when another change to the same
+/// token wins the race.
+const WRITE_ATTEMPTS: usize = 5;
 
 /// The TokenService implementation.
 pub struct TokenApi {
@@ -60,15 +65,10 @@ impl TokenApi {
         } else {
             parse_owner(&spec.owner).map_err(|m| Error::invalid("token.owner", m))?
         };
-        if owner != caller.token.owner && !caller.token.is_admin() {
-            return Err(Error::PermissionDenied(
-                "token.owner: only a caller with *:* may create tokens for another owner".into(),
-            ));
-        }
         let secret = TokenSecret::generate(&self.state.prefix);
         let mut token = Token::new(owner, &secret, Some(caller.token.id), now);
-        for path in SETTABLE_FIELDS {
-            apply_field(&mut token, &spec, path, now)?;
+        for name in fields::settable() {
+            apply_field(&mut token, &spec, name, now)?;
         }
         if let Some(ttl) = &request.ttl {
             if spec.expire_time.is_some() {
@@ -79,10 +79,8 @@ impl TokenApi {
             }
             token.expire_time = Some((now + parse_ttl(ttl)?).trunc_subsecs(6));
         }
-        let token_type = self
-            .state
-            .store
-            .get_type(&token.token_type)
+        let kind = self
+            .registered_type(&token.token_type)
             .await?
             .ok_or_else(|| {
                 Error::invalid(
@@ -93,20 +91,20 @@ impl TokenApi {
                     ),
                 )
             })?;
-        token_type.template.fill_defaults(&mut token, now);
-        grant::inherit_limits(&caller.token, &mut token);
-        token_type
-            .template
-            .check(&token_type.id, &token)
-            .map_err(template_error)?;
-        grant::check(&caller.token, &token, &Power::ALL).map_err(Error::PermissionDenied)?;
-        let mut audit = caller.event("create", AuditEvent::token_target(token.id), now);
-        let mut fields: Vec<&str> = SETTABLE_FIELDS.to_vec();
-        fields.push("owner");
-        audit.changes = token_fields(&token, &fields);
-        audit
-            .changes
-            .insert("owner".into(), token.owner.clone().into());
+        kind.template.fill_defaults(&mut token, now);
+        power::inherit_limits(&caller.token, &mut token);
+        caller
+            .authorize(
+                &self.state,
+                &Policy::Create {
+                    token: &token,
+                    kind: &kind,
+                },
+            )
+            .await?;
+        let mut audit = caller.event(Action::CreateToken, AuditEvent::token_target(token.id), now);
+        let recorded: Vec<&str> = fields::settable().chain(["owner"]).collect();
+        audit.changes = fields::audited(&token, &recorded);
         self.state.store.insert(&token, &audit).await?;
         self.state
             .cache
@@ -136,55 +134,110 @@ impl TokenApi {
         if paths.is_empty() {
             return Err(Error::invalid(
                 "update_mask",
-                format!(
-                    "must name the fields to update: {}",
-                    SETTABLE_FIELDS.join(", ")
-                ),
+                format!("must name the fields to update: {}", settable_list()),
             ));
         }
-        let powers: Vec<Power> = paths.iter().filter_map(|path| power_of(path)).collect();
-        for _ in 0..UPDATE_ATTEMPTS {
-            let current = self
-                .state
-                .store
-                .get(id, caller.scope())
-                .await?
-                .ok_or_else(|| not_found(id))?;
+        for _ in 0..WRITE_ATTEMPTS {
+            let before = self.current(caller, id).await?;
             let now = token::now();
-            let mut updated = current.clone();
+            let mut after = before.clone();
             for path in &paths {
-                apply_field(&mut updated, &spec, path, now)?;
+                apply_field(&mut after, &spec, path, now)?;
             }
-            grant::check(&caller.token, &updated, &powers).map_err(Error::PermissionDenied)?;
-            self.check_template(&current, &updated).await?;
-            updated.update_time = now;
-            let mut audit = caller.event("update", AuditEvent::token_target(id), now);
-            let fields: Vec<&str> = paths.iter().map(String::as_str).collect();
-            audit.changes = token_fields(&updated, &fields);
-            match self
-                .state
-                .store
-                .update(&updated, caller.scope(), &audit)
-                .await?
-            {
-                UpdateOutcome::Updated(token) => {
-                    self.state.evict(&token);
-                    tracing::info!(
-                        action = "update",
-                        token_id = %id,
-                        fields = %paths.join(","),
-                        actor = %caller.token.id,
-                        "token updated"
-                    );
-                    return Ok(*token);
-                }
-                UpdateOutcome::NotFound => return Err(not_found(id)),
-                UpdateOutcome::Conflict => continue,
+            after.update_time = now;
+            let before_kind = self.registered_type(&before.token_type).await?;
+            let after_kind = if after.token_type == before.token_type {
+                before_kind.clone()
+            } else {
+                self.registered_type(&after.token_type).await?
+            };
+            caller
+                .authorize(
+                    &self.state,
+                    &Policy::Update {
+                        before: &before,
+                        after: &after,
+                        before_kind: before_kind.as_ref(),
+                        after_kind: after_kind.as_ref(),
+                    },
+                )
+                .await?;
+            let mut audit = caller.event(Action::UpdateToken, AuditEvent::token_target(id), now);
+            let changed: Vec<&str> = paths.iter().map(String::as_str).collect();
+            audit.changes = fields::audited(&after, &changed);
+            let outcome = self.state.store.update(&after, &audit).await?;
+            if let Some(token) = self.written(id, outcome)? {
+                tracing::info!(
+                    action = "update",
+                    token_id = %id,
+                    fields = %paths.join(","),
+                    actor = %caller.token.id,
+                    "token updated"
+                );
+                return Ok(token);
             }
         }
-        Err(Error::Aborted(
-            "token was changed concurrently; retry".into(),
-        ))
+        Err(concurrently_changed())
+    }
+
+    async fn set_enabled(&self, caller: &Caller, id: Uuid, enabled: bool) -> Result<Token, Error> {
+        let action = if enabled {
+            Action::EnableToken
+        } else {
+            Action::DisableToken
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            let before = self.current(caller, id).await?;
+            caller
+                .authorize(
+                    &self.state,
+                    &Policy::SetEnabled {
+                        token: &before,
+                        enabled,
+                    },
+                )
+                .await?;
+            let now = token::now();
+            let audit = caller
+                .event(action, AuditEvent::token_target(id), now)
+                .change("enabled", enabled);
+            let outcome = self
+                .state
+                .store
+                .set_enabled(id, enabled, now, before.revision, &audit)
+                .await?;
+            if let Some(token) = self.written(id, outcome)? {
+                tracing::info!(
+                    action = action.audit_name(),
+                    token_id = %id,
+                    actor = %caller.token.id,
+                    "token {}",
+                    if enabled { "enabled" } else { "disabled" }
+                );
+                return Ok(token);
+            }
+        }
+        Err(concurrently_changed())
+    }
+
+    async fn delete(&self, caller: &Caller, id: Uuid) -> Result<(), Error> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let before = self.current(caller, id).await?;
+            caller
+                .authorize(&self.state, &Policy::Delete(&before))
+                .await?;
+            let audit = caller.event(
+                Action::DeleteToken,
+                AuditEvent::token_target(id),
+                token::now(),
+            );
+            let outcome = self.state.store.delete(id, before.revision, &audit).await?;
+            if self.written(id, outcome)?.is_some() {
+                tracing::info!(action = "delete", token_id = %id, actor = %caller.token.id, "token deleted");
+                return Ok(());
+            }
+        }
+        Err(concurrently_changed())
     }
 
     async fn list(
@@ -194,16 +247,7 @@ impl TokenApi {
     ) -> Result<ListTokensResponse, Error> {
         let limit = convert::parse_page_size(request.page_size)?;
         let after = convert::decode_page_token(&request.page_token)?;
-        let scope = match (request.owner.as_str(), caller.scope()) {
-            ("", scope) => scope,
-            (owner, Scope::All) => Scope::Owner(owner),
-            (owner, Scope::Owner(own)) if owner == own => Scope::Owner(own),
-            (_, Scope::Owner(_)) => {
-                return Err(Error::PermissionDenied(
-                    "owner: only a caller with *:* may list another owner's tokens".into(),
-                ));
-            }
-        };
+        let owner = (!request.owner.is_empty()).then_some(request.owner.as_str());
         if !request.r#type.is_empty() {
             parse_type(&request.r#type).map_err(|m| Error::invalid("type", m))?;
         }
@@ -213,8 +257,19 @@ impl TokenApi {
                 format!("is longer than {} bytes", limits::NAME_LEN),
             ));
         }
+        let created_by = match request.created_by.as_str() {
+            "" => None,
+            id => Some(convert::parse_id(id, "created_by")?),
+        };
+        let bindings = convert::parse_bindings(&request.bindings, "bindings")?;
+        caller
+            .authorize(&self.state, &Policy::ListTokens { owner })
+            .await?;
         let mut query = ListQuery {
-            scope,
+            scope: match owner {
+                Some(owner) => crate::store::Scope::Owner(owner),
+                None => caller.scope(),
+            },
             after,
             limit: limit + 1,
             token_type: (!request.r#type.is_empty()).then_some(request.r#type.as_str()),
@@ -222,7 +277,8 @@ impl TokenApi {
             name_prefix: (!request.name_prefix.is_empty()).then_some(request.name_prefix.as_str()),
             expired: request.expired,
             now: token::now(),
-            bindings: convert::parse_bindings(&request.bindings, "bindings")?,
+            bindings,
+            created_by,
         };
         let mut tokens = self.state.store.list(&query).await?;
         query.after = None;
@@ -241,22 +297,6 @@ impl TokenApi {
             next_page_token,
             total_size,
         })
-    }
-
-    /// Checks an updated token against its type's template. A token whose type is no
-    /// longer registered may keep it, but may not move to an unregistered type.
-    async fn check_template(&self, current: &Token, updated: &Token) -> Result<(), Error> {
-        match self.state.store.get_type(&updated.token_type).await? {
-            Some(token_type) => token_type
-                .template
-                .check(&token_type.id, updated)
-                .map_err(template_error),
-            None if updated.token_type == current.token_type => Ok(()),
-            None => Err(Error::invalid(
-                "token.type",
-                format!("{:?} is not a registered token type", updated.token_type),
-            )),
-        }
     }
 
     async fn rotate(
@@ -278,48 +318,50 @@ impl TokenApi {
                 Some(Duration::seconds(d.seconds) + Duration::nanoseconds(i64::from(d.nanos)))
             }
         };
-        let current = self
-            .state
-            .store
-            .get(id, caller.scope())
-            .await?
-            .ok_or_else(|| not_found(id))?;
-        let now = token::now();
-        let secret = TokenSecret::generate(&self.state.prefix);
-        // Rotation never extends a lifetime: the old secret ends by the token's expiry too.
-        let previous_until = grace.map(|grace| {
-            let until = (now + grace).trunc_subsecs(6);
-            current.expire_time.map_or(until, |at| until.min(at))
-        });
-        let mut audit = caller.event("rotate", AuditEvent::token_target(id), now);
-        audit
-            .changes
-            .insert("display_hint".into(), secret.display_hint().into());
-        audit.changes.insert(
-            "previous_secret_expire_time".into(),
-            previous_until.map_or(serde_json::Value::Null, |t| t.to_rfc3339().into()),
-        );
-        let rotation = Rotation {
-            hash: secret.hash(),
-            display_hint: secret.display_hint(),
-            previous_until,
-            now,
-        };
-        let token = self
-            .state
-            .store
-            .rotate(id, &rotation, caller.scope(), &audit)
-            .await?
-            .ok_or_else(|| not_found(id))?;
-        // Every secret the token had or has: the old one may now be a previous one, with a
-        // shorter life than its cached entry, and the new one may be cached as unknown.
-        self.state.evict(&current);
-        self.state.evict(&token);
-        tracing::info!(action = "rotate", token_id = %id, actor = %caller.token.id, "token rotated");
-        Ok(RotateTokenResponse {
-            token: Some(token_to_pb(&token)),
-            secret: secret.expose().to_owned(),
-        })
+        for _ in 0..WRITE_ATTEMPTS {
+            let before = self.current(caller, id).await?;
+            // The policy judges before the secret exists: a refused rotation makes none.
+            caller
+                .authorize(&self.state, &Policy::Rotate(&before))
+                .await?;
+            let now = token::now();
+            let secret = TokenSecret::generate(&self.state.prefix);
+            // Rotation never extends a lifetime: the old secret ends by the token's expiry too.
+            let previous_until = grace.map(|grace| {
+                let until = (now + grace).trunc_subsecs(6);
+                before.expire_time.map_or(until, |at| until.min(at))
+            });
+            let rotation = Rotation {
+                hash: secret.hash(),
+                display_hint: secret.display_hint(),
+                previous_until,
+                now,
+            };
+            let mut rotated = before.clone();
+            rotated.display_hint = rotation.display_hint.clone();
+            rotated.previous_hash = previous_until.map(|_| before.secret_hash);
+            rotated.previous_hash_expire_time = previous_until;
+            let mut audit = caller.event(Action::RotateToken, AuditEvent::token_target(id), now);
+            audit.changes =
+                fields::audited(&rotated, &["display_hint", "previous_secret_expire_time"]);
+            let outcome = self
+                .state
+                .store
+                .rotate(id, &rotation, before.revision, &audit)
+                .await?;
+            if let Some(token) = self.written(id, outcome)? {
+                // Every secret the token had or has: the old one may now be a previous
+                // one, with a shorter life than its cached entry, and the new one may be
+                // cached as unknown.
+                self.state.evict(&before);
+                tracing::info!(action = "rotate", token_id = %id, actor = %caller.token.id, "token rotated");
+                return Ok(RotateTokenResponse {
+                    token: Some(token_to_pb(&token)),
+                    secret: secret.expose().to_owned(),
+                });
+            }
+        }
+        Err(concurrently_changed())
     }
 
     async fn revoke(
@@ -328,69 +370,109 @@ impl TokenApi {
         request: RevokeTokensRequest,
     ) -> Result<RevokeTokensResponse, Error> {
         let now = token::now();
-        let (filter, target, target_owner) =
-            match (request.owner.is_empty(), request.r#type.is_empty()) {
-                (false, true) => {
-                    let owner =
-                        parse_owner(&request.owner).map_err(|m| Error::invalid("owner", m))?;
-                    if !caller.token.is_admin() && owner != caller.token.owner {
-                        return Err(Error::PermissionDenied(
-                            "owner: only a caller with *:* may revoke another owner's tokens"
-                                .into(),
-                        ));
-                    }
-                    (
-                        RevokeFilter::Owner(&request.owner),
-                        format!("owner/{owner}"),
-                        owner,
-                    )
-                }
-                (true, false) => {
-                    let kind =
-                        parse_type(&request.r#type).map_err(|m| Error::invalid("type", m))?;
-                    let owner = match caller.scope() {
-                        Scope::All => String::new(),
-                        Scope::Owner(own) => own.to_owned(),
-                    };
-                    (
-                        RevokeFilter::Type(&request.r#type),
-                        format!("type/{kind}"),
-                        owner,
-                    )
-                }
-                _ => {
-                    return Err(Error::invalid(
-                        "owner",
-                        "give exactly one of owner and type",
-                    ));
-                }
-            };
-        let mut audit = caller.event("bulk_revoke", target, now);
-        audit.target_owner = target_owner;
+        let given = [
+            !request.owner.is_empty(),
+            !request.r#type.is_empty(),
+            !request.created_by.is_empty(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(Error::invalid(
+                "owner",
+                "give exactly one of owner, type and created_by",
+            ));
+        }
+        let owner = if request.owner.is_empty() {
+            None
+        } else {
+            Some(parse_owner(&request.owner).map_err(|m| Error::invalid("owner", m))?)
+        };
+        if !request.r#type.is_empty() {
+            parse_type(&request.r#type).map_err(|m| Error::invalid("type", m))?;
+        }
+        let created_by = match request.created_by.as_str() {
+            "" => None,
+            id => Some(convert::parse_id(id, "created_by")?),
+        };
+        caller
+            .authorize(
+                &self.state,
+                &Policy::Revoke {
+                    owner: owner.as_deref(),
+                },
+            )
+            .await?;
+        // A caller without `*:*` only ever reaches its own owner's tokens.
+        let scope_owner = owner
+            .clone()
+            .or_else(|| (!caller.token.is_admin()).then(|| caller.token.owner.clone()));
+        let target = match (&owner, created_by) {
+            (Some(owner), _) => format!("owner/{owner}"),
+            (None, Some(id)) => AuditEvent::token_target(id),
+            (None, None) => format!("type/{}", request.r#type),
+        };
+        let mut audit = caller.event(Action::RevokeTokens, target, now);
+        audit.target_owner = scope_owner.clone().unwrap_or_default();
+        let query = RevokeQuery {
+            owner: scope_owner.as_deref(),
+            token_type: (!request.r#type.is_empty()).then_some(request.r#type.as_str()),
+            descendants_of: created_by,
+        };
+        let include_caller = request.include_caller;
+        let decide = |token: &Token| {
+            caller
+                .decide(&Policy::RevokeOne {
+                    token,
+                    include_caller,
+                })
+                .is_ok()
+        };
         let revoked = self
             .state
             .store
-            .revoke(filter, now, caller.scope(), &audit)
+            .revoke(&query, &decide, now, &audit)
             .await?;
-        for token in &revoked {
+        for token in &revoked.tokens {
             self.state.evict(token);
         }
         tracing::info!(
             action = "bulk_revoke",
             target = %audit.target,
-            revoked = revoked.len(),
+            revoked = revoked.tokens.len(),
+            skipped = revoked.skipped,
             actor = %caller.token.id,
             "tokens revoked"
         );
         Ok(RevokeTokensResponse {
-            revoked_count: revoked.len() as i64,
+            revoked_count: revoked.tokens.len() as i64,
+            skipped_count: revoked.skipped as i64,
         })
     }
-}
 
-/// A template violation, as an error naming the token field.
-fn template_error(violation: Violation) -> Error {
-    Error::invalid(format!("token.{}", violation.field), violation.message)
+    /// Reads a token as the caller may see it.
+    async fn current(&self, caller: &Caller, id: Uuid) -> Result<Token, Error> {
+        self.state
+            .store
+            .get(id, caller.scope())
+            .await?
+            .ok_or_else(|| not_found(id))
+    }
+
+    async fn registered_type(&self, id: &str) -> Result<Option<TokenType>, Error> {
+        Ok(self.state.store.get_type(id).await?)
+    }
+
+    /// The token a conditional write changed, after evicting it; `None` when another
+    /// change won the race and the caller should read, judge and try again.
+    fn written(&self, id: Uuid, outcome: UpdateOutcome) -> Result<Option<Token>, Error> {
+        match outcome {
+            UpdateOutcome::Updated(token) => {
+                self.state.evict(&token);
+                Ok(Some(*token))
+            }
+            UpdateOutcome::NotFound => Err(not_found(id)),
+            UpdateOutcome::Conflict => Ok(None),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -399,7 +481,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
-        let caller = authorize(&self.state, &request, &[Action::Create.permission()]).await?;
+        let caller = authenticate(&self.state, &request, Action::CreateToken).await?;
         Ok(Response::new(
             self.create(&caller, request.into_inner()).await?,
         ))
@@ -409,15 +491,12 @@ impl TokenService for TokenApi {
         &self,
         request: Request<GetTokenRequest>,
     ) -> Result<Response<PbToken>, Status> {
-        let caller = authorize(&self.state, &request, &[Action::Read.permission()]).await?;
+        let caller = authenticate(&self.state, &request, Action::ReadTokens).await?;
         let id = convert::parse_id(&request.get_ref().id, "id")?;
-        let token = self
-            .state
-            .store
-            .get(id, caller.scope())
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(|| not_found(id))?;
+        let token = self.current(&caller, id).await?;
+        caller
+            .authorize(&self.state, &Policy::GetToken(&token))
+            .await?;
         Ok(Response::new(token_to_pb(&token)))
     }
 
@@ -425,7 +504,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
-        let caller = authorize(&self.state, &request, &[Action::Read.permission()]).await?;
+        let caller = authenticate(&self.state, &request, Action::ReadTokens).await?;
         Ok(Response::new(
             self.list(&caller, request.into_inner()).await?,
         ))
@@ -435,7 +514,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<UpdateTokenRequest>,
     ) -> Result<Response<PbToken>, Status> {
-        let caller = authorize(&self.state, &request, &[Action::Write.permission()]).await?;
+        let caller = authenticate(&self.state, &request, Action::UpdateToken).await?;
         let token = self.update(&caller, request.into_inner()).await?;
         Ok(Response::new(token_to_pb(&token)))
     }
@@ -444,32 +523,15 @@ impl TokenService for TokenApi {
         &self,
         request: Request<SetTokenEnabledRequest>,
     ) -> Result<Response<PbToken>, Status> {
-        let caller = authorize(&self.state, &request, &[Action::Write.permission()]).await?;
-        let SetTokenEnabledRequest { id, enabled } = request.into_inner();
-        let id = convert::parse_id(&id, "id")?;
-        let now = token::now();
-        let audit = caller
-            .event(
-                if enabled { "enable" } else { "disable" },
-                AuditEvent::token_target(id),
-                now,
-            )
-            .change("enabled", enabled);
-        let token = self
-            .state
-            .store
-            .set_enabled(id, enabled, now, caller.scope(), &audit)
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(|| not_found(id))?;
-        self.state.evict(&token);
-        tracing::info!(
-            action = if enabled { "enable" } else { "disable" },
-            token_id = %id,
-            actor = %caller.token.id,
-            "token {}",
-            if enabled { "enabled" } else { "disabled" }
-        );
+        let enabled = request.get_ref().enabled;
+        let action = if enabled {
+            Action::EnableToken
+        } else {
+            Action::DisableToken
+        };
+        let caller = authenticate(&self.state, &request, action).await?;
+        let id = convert::parse_id(&request.get_ref().id, "id")?;
+        let token = self.set_enabled(&caller, id, enabled).await?;
         Ok(Response::new(token_to_pb(&token)))
     }
 
@@ -477,18 +539,9 @@ impl TokenService for TokenApi {
         &self,
         request: Request<DeleteTokenRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = authorize(&self.state, &request, &[Action::Delete.permission()]).await?;
+        let caller = authenticate(&self.state, &request, Action::DeleteToken).await?;
         let id = convert::parse_id(&request.get_ref().id, "id")?;
-        let audit = caller.event("delete", AuditEvent::token_target(id), token::now());
-        let deleted = self
-            .state
-            .store
-            .delete(id, caller.scope(), &audit)
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(|| not_found(id))?;
-        self.state.evict(&deleted);
-        tracing::info!(action = "delete", token_id = %id, actor = %caller.token.id, "token deleted");
+        self.delete(&caller, id).await?;
         Ok(Response::new(()))
     }
 
@@ -496,7 +549,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<RotateTokenRequest>,
     ) -> Result<Response<RotateTokenResponse>, Status> {
-        let caller = authorize(&self.state, &request, &[Action::Write.permission()]).await?;
+        let caller = authenticate(&self.state, &request, Action::RotateToken).await?;
         Ok(Response::new(
             self.rotate(&caller, request.into_inner()).await?,
         ))
@@ -506,7 +559,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<RevokeTokensRequest>,
     ) -> Result<Response<RevokeTokensResponse>, Status> {
-        let caller = authorize(&self.state, &request, &[Action::Write.permission()]).await?;
+        let caller = authenticate(&self.state, &request, Action::RevokeTokens).await?;
         Ok(Response::new(
             self.revoke(&caller, request.into_inner()).await?,
         ))
@@ -523,18 +576,10 @@ fn parse_ttl(ttl: &prost_types::Duration) -> Result<Duration, Error> {
     Ok(Duration::seconds(ttl.seconds) + Duration::nanoseconds(i64::from(ttl.nanos)))
 }
 
-fn power_of(path: &str) -> Option<Power> {
-    Some(match path {
-        "permissions" => Power::Permissions,
-        "read_only" => Power::ReadOnly,
-        "expire_time" => Power::Expiry,
-        "allowed_cidrs" => Power::Cidrs,
-        "allowed_hosts" => Power::Hosts,
-        "bindings" => Power::Bindings,
-        _ => return None,
-    })
-}
-
 fn not_found(id: Uuid) -> Error {
     Error::NotFound(format!("token {id} not found"))
+}
+
+fn concurrently_changed() -> Error {
+    Error::Aborted("token was changed concurrently; retry".into())
 }

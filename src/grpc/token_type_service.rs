@@ -6,13 +6,12 @@ use tonic::{Request, Response, Status};
 
 use super::{
     AppState,
-    auth::authorize,
+    auth::authenticate,
     convert::{chrono_to_timestamp, struct_free_duration},
 };
 use crate::{
     domain::{
-        audit::AuditEvent,
-        permission::Permission,
+        policy::{Action, Request as Policy},
         token::{self, parse_description},
         token_type::{Template, TokenType, parse_type_id},
     },
@@ -38,10 +37,6 @@ impl TokenTypeApi {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
     }
-}
-
-fn permission(action: &str) -> Permission {
-    Permission::new("token-types", action)
 }
 
 fn not_found(id: &str) -> Error {
@@ -101,7 +96,8 @@ impl TokenTypeService for TokenTypeApi {
         &self,
         request: Request<ListTokenTypesRequest>,
     ) -> Result<Response<ListTokenTypesResponse>, Status> {
-        authorize(&self.state, &request, &[]).await?;
+        let caller = authenticate(&self.state, &request, Action::ReadTypes).await?;
+        caller.authorize(&self.state, &Policy::ReadTypes).await?;
         let types = self.state.store.list_types().await.map_err(Error::from)?;
         Ok(Response::new(ListTokenTypesResponse {
             total_size: types.len() as i64,
@@ -113,8 +109,9 @@ impl TokenTypeService for TokenTypeApi {
         &self,
         request: Request<GetTokenTypeRequest>,
     ) -> Result<Response<PbTokenType>, Status> {
-        authorize(&self.state, &request, &[]).await?;
+        let caller = authenticate(&self.state, &request, Action::ReadTypes).await?;
         let id = parse_type_id(&request.get_ref().id).map_err(|m| Error::invalid("id", m))?;
+        caller.authorize(&self.state, &Policy::ReadTypes).await?;
         let found = self.state.store.get_type(&id).await.map_err(Error::from)?;
         Ok(Response::new(type_to_pb(
             &found.ok_or_else(|| not_found(&id))?,
@@ -125,7 +122,7 @@ impl TokenTypeService for TokenTypeApi {
         &self,
         request: Request<CreateTokenTypeRequest>,
     ) -> Result<Response<PbTokenType>, Status> {
-        let caller = authorize(&self.state, &request, &[permission("create")]).await?;
+        let caller = authenticate(&self.state, &request, Action::CreateType).await?;
         let spec = request
             .into_inner()
             .token_type
@@ -142,8 +139,11 @@ impl TokenTypeService for TokenTypeApi {
             update_time: now,
             revision: 1,
         };
+        caller
+            .authorize(&self.state, &Policy::CreateType(&token_type))
+            .await?;
         let audit = caller
-            .event("type_create", format!("type/{}", token_type.id), now)
+            .event(Action::CreateType, format!("type/{}", token_type.id), now)
             .change(
                 "template",
                 serde_json::to_value(&token_type.template).unwrap_or_default(),
@@ -161,7 +161,7 @@ impl TokenTypeService for TokenTypeApi {
         &self,
         request: Request<UpdateTokenTypeRequest>,
     ) -> Result<Response<PbTokenType>, Status> {
-        let caller = authorize(&self.state, &request, &[permission("write")]).await?;
+        let caller = authenticate(&self.state, &request, Action::UpdateType).await?;
         let request = request.into_inner();
         let spec = request
             .token_type
@@ -184,7 +184,7 @@ impl TokenTypeService for TokenTypeApi {
             .ok_or_else(|| not_found(&id))?;
         let now = token::now();
         let mut updated = current.clone();
-        let mut audit = caller.event("type_update", format!("type/{id}"), now);
+        let mut audit = caller.event(Action::UpdateType, format!("type/{id}"), now);
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
@@ -217,6 +217,15 @@ impl TokenTypeService for TokenTypeApi {
             }
         }
         updated.update_time = now;
+        caller
+            .authorize(
+                &self.state,
+                &Policy::UpdateType {
+                    before: &current,
+                    after: &updated,
+                },
+            )
+            .await?;
         let stored = self
             .state
             .store
@@ -232,9 +241,19 @@ impl TokenTypeService for TokenTypeApi {
         &self,
         request: Request<DeleteTokenTypeRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = authorize(&self.state, &request, &[permission("delete")]).await?;
+        let caller = authenticate(&self.state, &request, Action::DeleteType).await?;
         let id = parse_type_id(&request.get_ref().id).map_err(|m| Error::invalid("id", m))?;
-        let audit: AuditEvent = caller.event("type_delete", format!("type/{id}"), token::now());
+        let current = self
+            .state
+            .store
+            .get_type(&id)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| not_found(&id))?;
+        caller
+            .authorize(&self.state, &Policy::DeleteType(&current))
+            .await?;
+        let audit = caller.event(Action::DeleteType, format!("type/{id}"), token::now());
         match self
             .state
             .store

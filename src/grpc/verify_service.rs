@@ -57,6 +57,7 @@ fn parse_usage(request: &VerifyRequest) -> Result<Usage, Error> {
         client_ip,
         host: (!request.host.is_empty()).then(|| request.host.clone()),
         bindings: parse_bindings(&request.bindings, "bindings")?,
+        unsatisfiable: None,
     })
 }
 

@@ -48,12 +48,12 @@ pub enum StoreError {
     },
 }
 
-/// The result of a conditional update.
+/// The result of a conditional write of one token.
 #[derive(Debug)]
 pub enum UpdateOutcome {
-    /// Written; the token as stored now.
+    /// Written; the token as stored now (as it was, for a deletion).
     Updated(Box<Token>),
-    /// No such token (in the caller's scope).
+    /// No such token.
     NotFound,
     /// The token changed since it was read; read it again and retry.
     Conflict,
@@ -99,16 +99,32 @@ pub struct ListQuery<'a> {
     pub now: DateTime<Utc>,
     /// Only tokens bound to every one of these.
     pub bindings: BTreeMap<String, String>,
+    /// Only tokens this token created.
+    pub created_by: Option<Uuid>,
 }
 
-/// Which tokens a bulk revocation disables.
-#[derive(Clone, Copy, Debug)]
-pub enum RevokeFilter<'a> {
-    /// Every token of this owner.
-    Owner(&'a str),
-    /// Every token of this type.
-    Type(&'a str),
+/// Which enabled tokens a bulk revocation matches: those meeting every condition given.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RevokeQuery<'a> {
+    /// Tokens of this owner.
+    pub owner: Option<&'a str>,
+    /// Tokens of this type.
+    pub token_type: Option<&'a str>,
+    /// Tokens this token created, and those they created, all the way down.
+    pub descendants_of: Option<Uuid>,
 }
+
+/// What a bulk revocation did.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    /// The tokens it disabled, as stored now.
+    pub tokens: Vec<Token>,
+    /// The matching tokens it left enabled, because the caller may not revoke them.
+    pub skipped: usize,
+}
+
+/// Decides, for each token a bulk revocation matches, whether to disable it.
+pub type RevokeDecision<'a> = &'a (dyn Fn(&Token) -> bool + Send + Sync);
 
 /// A token's new secret, from a rotation.
 #[derive(Clone, Debug)]
@@ -223,49 +239,51 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Counts the tokens matching a query's filters (ignoring `after` and `limit`).
     async fn count(&self, query: &ListQuery<'_>) -> Result<i64, StoreError>;
 
-    /// Writes a token's mutable fields if its revision is still `token.revision`.
-    async fn update(
-        &self,
-        token: &Token,
-        scope: Scope<'_>,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError>;
+    // Every write of one token below is conditional on the revision the caller judged,
+    // so that what the policy allowed is what gets changed: a token changed meanwhile is
+    // a `Conflict`, to be read and judged again.
 
-    /// Enables or disables a token; returns it as stored now.
+    /// Writes a token's mutable fields if its revision is still `token.revision`.
+    async fn update(&self, token: &Token, audit: &AuditEvent) -> Result<UpdateOutcome, StoreError>;
+
+    /// Enables or disables a token if its revision is still `revision`; returns it as
+    /// stored now.
     async fn set_enabled(
         &self,
         id: Uuid,
         enabled: bool,
         now: DateTime<Utc>,
-        scope: Scope<'_>,
+        revision: i64,
         audit: &AuditEvent,
-    ) -> Result<Option<Token>, StoreError>;
+    ) -> Result<UpdateOutcome, StoreError>;
 
-    /// Deletes a token; returns it as it was, if it existed.
+    /// Deletes a token if its revision is still `revision`; returns it as it was.
     async fn delete(
         &self,
         id: Uuid,
-        scope: Scope<'_>,
+        revision: i64,
         audit: &AuditEvent,
-    ) -> Result<Option<Token>, StoreError>;
+    ) -> Result<UpdateOutcome, StoreError>;
 
-    /// Gives a token a new secret; returns it as stored now.
+    /// Gives a token a new secret if its revision is still `revision`; returns it as
+    /// stored now.
     async fn rotate(
         &self,
         id: Uuid,
         rotation: &Rotation,
-        scope: Scope<'_>,
+        revision: i64,
         audit: &AuditEvent,
-    ) -> Result<Option<Token>, StoreError>;
+    ) -> Result<UpdateOutcome, StoreError>;
 
-    /// Disables every enabled token matching the filter, atomically; returns them.
+    /// Disables, atomically, every enabled token matching the query that `decide` lets
+    /// go (the others are counted as skipped), and records `audit` with both counts.
     async fn revoke(
         &self,
-        filter: RevokeFilter<'_>,
+        query: &RevokeQuery<'_>,
+        decide: RevokeDecision<'_>,
         now: DateTime<Utc>,
-        scope: Scope<'_>,
         audit: &AuditEvent,
-    ) -> Result<Vec<Token>, StoreError>;
+    ) -> Result<Revoked, StoreError>;
 
     /// Counts one use against a usage-limited token, atomically: `Some(uses)` when it was
     /// under `max_uses`, `None` when the uses are used up (or the token is gone).

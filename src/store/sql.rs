@@ -22,8 +22,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    AuditQuery, CHANGE_CHANNEL, ChangeFeed, ListQuery, PoolStats, RevokeFilter, Rotation, Scope,
-    StoreError, TokenStore, TypeDeletion, UpdateOutcome, UsageRecord,
+    AuditQuery, CHANGE_CHANNEL, ChangeFeed, ListQuery, PoolStats, RevokeDecision, RevokeQuery,
+    Revoked, Rotation, Scope, StoreError, TokenStore, TypeDeletion, UpdateOutcome, UsageRecord,
 };
 use crate::{
     domain::{
@@ -176,6 +176,9 @@ pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     acquire_times: Histogram,
 }
+
+/// The most tokens disabled by one statement of a bulk revocation.
+const REVOKE_CHUNK: usize = 500;
 
 impl<DB: Database> SqlStore<DB> {
     /// Wraps a connected pool.
@@ -468,6 +471,9 @@ fn token_filter<'a, DB: Backend>(query: &'a ListQuery<'a>) -> Filter<'a> {
     if let Some(enabled) = query.enabled {
         filter.and("enabled = ?", Arg::Bool(enabled));
     }
+    if let Some(creator) = query.created_by {
+        filter.and("created_by = ?", Arg::Uuid(creator));
+    }
     if let Some(prefix) = query.name_prefix {
         filter.and("name LIKE ? ESCAPE '\\'", Arg::Text(like_prefix(prefix)));
     }
@@ -638,24 +644,16 @@ where
         Ok(statement.fetch_one(&self.pool).await?)
     }
 
-    async fn update(
-        &self,
-        token: &Token,
-        scope: Scope<'_>,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError> {
-        let sql = scoped(
+    async fn update(&self, token: &Token, audit: &AuditEvent) -> Result<UpdateOutcome, StoreError> {
+        let returning = format!(
             "UPDATE tokens SET name = $1, token_type = $2, description = $3, permissions = $4, \
              read_only = $5, allowed_cidrs = $6, allowed_hosts = $7, bindings = $8, metadata = $9, \
              expire_time = $10, update_time = $11, max_uses = $12, rate_limit_requests = $13, \
              rate_limit_interval_ms = $14, revision = revision + 1 \
-             WHERE id = $15 AND revision = $16",
-            scope,
-            17,
+             WHERE id = $15 AND revision = $16 RETURNING {COLUMNS}"
         );
-        let returning = format!("{sql} RETURNING {COLUMNS}");
         let (requests, interval) = rate_columns(token);
-        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
+        let statement = sqlx::query_as::<DB, TokenRow>(&returning)
             .bind(&token.name)
             .bind(&token.token_type)
             .bind(&token.description)
@@ -672,29 +670,7 @@ where
             .bind(interval)
             .bind(token.id)
             .bind(token.revision);
-        if let Scope::Owner(owner) = scope {
-            statement = statement.bind(owner);
-        }
-        let mut tx = self.pool.begin().await?;
-        let row = statement
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_write_error)?;
-        match row {
-            Some(row) => {
-                let token = Token::try_from(row)?;
-                insert_audit(&mut *tx, audit, &token.owner).await?;
-                tx.commit().await?;
-                Ok(UpdateOutcome::Updated(Box::new(token)))
-            }
-            None => {
-                drop(tx);
-                match self.get(token.id, scope).await? {
-                    Some(_) => Ok(UpdateOutcome::Conflict),
-                    None => Ok(UpdateOutcome::NotFound),
-                }
-            }
-        }
+        write_one(&self.pool, token.id, statement, audit).await
     }
 
     async fn set_enabled(
@@ -702,115 +678,131 @@ where
         id: Uuid,
         enabled: bool,
         now: DateTime<Utc>,
-        scope: Scope<'_>,
+        revision: i64,
         audit: &AuditEvent,
-    ) -> Result<Option<Token>, StoreError> {
-        let sql = scoped(
-            "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 WHERE id = $3",
-            scope,
-            4,
+    ) -> Result<UpdateOutcome, StoreError> {
+        let returning = format!(
+            "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
+             WHERE id = $3 AND revision = $4 RETURNING {COLUMNS}"
         );
-        let returning = format!("{sql} RETURNING {COLUMNS}");
-        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
+        let statement = sqlx::query_as::<DB, TokenRow>(&returning)
             .bind(enabled)
             .bind(now)
-            .bind(id);
-        if let Scope::Owner(owner) = scope {
-            statement = statement.bind(owner);
-        }
-        write_one(&self.pool, statement, audit).await
+            .bind(id)
+            .bind(revision);
+        write_one(&self.pool, id, statement, audit).await
     }
 
     async fn delete(
         &self,
         id: Uuid,
-        scope: Scope<'_>,
+        revision: i64,
         audit: &AuditEvent,
-    ) -> Result<Option<Token>, StoreError> {
-        let sql = scoped("DELETE FROM tokens WHERE id = $1", scope, 2);
-        let returning = format!("{sql} RETURNING {COLUMNS}");
-        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning).bind(id);
-        if let Scope::Owner(owner) = scope {
-            statement = statement.bind(owner);
-        }
-        write_one(&self.pool, statement, audit).await
+    ) -> Result<UpdateOutcome, StoreError> {
+        let returning =
+            format!("DELETE FROM tokens WHERE id = $1 AND revision = $2 RETURNING {COLUMNS}");
+        let statement = sqlx::query_as::<DB, TokenRow>(&returning)
+            .bind(id)
+            .bind(revision);
+        write_one(&self.pool, id, statement, audit).await
     }
 
     async fn rotate(
         &self,
         id: Uuid,
         rotation: &Rotation,
-        scope: Scope<'_>,
+        revision: i64,
         audit: &AuditEvent,
-    ) -> Result<Option<Token>, StoreError> {
+    ) -> Result<UpdateOutcome, StoreError> {
         // With a grace period the current secret becomes the previous one (replacing any
         // earlier previous secret); without, no previous secret works any more.
-        let sql = scoped(
+        let returning = format!(
             "UPDATE tokens SET \
              previous_secret_hash = CASE WHEN $1 THEN secret_hash ELSE NULL END, \
              previous_hash_expire_time = $2, secret_hash = $3, display_hint = $4, \
-             update_time = $5, revision = revision + 1 WHERE id = $6",
-            scope,
-            7,
+             update_time = $5, revision = revision + 1 WHERE id = $6 AND revision = $7 \
+             RETURNING {COLUMNS}"
         );
-        let returning = format!("{sql} RETURNING {COLUMNS}");
-        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
+        let statement = sqlx::query_as::<DB, TokenRow>(&returning)
             .bind(rotation.previous_until.is_some())
             .bind(rotation.previous_until)
             .bind(&rotation.hash.as_bytes()[..])
             .bind(rotation.display_hint.as_str())
             .bind(rotation.now)
-            .bind(id);
-        if let Scope::Owner(owner) = scope {
-            statement = statement.bind(owner);
-        }
-        write_one(&self.pool, statement, audit).await
+            .bind(id)
+            .bind(revision);
+        write_one(&self.pool, id, statement, audit).await
     }
 
     async fn revoke(
         &self,
-        filter: RevokeFilter<'_>,
+        query: &RevokeQuery<'_>,
+        decide: RevokeDecision<'_>,
         now: DateTime<Utc>,
-        scope: Scope<'_>,
         audit: &AuditEvent,
-    ) -> Result<Vec<Token>, StoreError> {
-        let (column, value) = match filter {
-            RevokeFilter::Owner(owner) => ("owner", owner),
-            RevokeFilter::Type(kind) => ("token_type", kind),
-        };
-        // The rows are locked in id order first, the order usage flushes write in, so that a
-        // bulk revocation and another replica's flush cannot deadlock.
-        let matching = scoped(
-            &format!("SELECT id FROM tokens WHERE enabled = $3 AND {column} = $4"),
-            scope,
-            5,
-        );
-        let returning = format!(
-            "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
-             WHERE id IN ({matching} ORDER BY id{lock}) RETURNING {COLUMNS}",
-            lock = DB::LOCK_ROWS
-        );
-        let mut statement = sqlx::query_as::<DB, TokenRow>(&returning)
-            .bind(false)
-            .bind(now)
-            .bind(true)
-            .bind(value);
-        if let Scope::Owner(owner) = scope {
-            statement = statement.bind(owner);
+    ) -> Result<Revoked, StoreError> {
+        let mut filter = Filter::default();
+        let mut tree = "";
+        if let Some(root) = query.descendants_of {
+            // Every token the root created, and those they created, all the way down.
+            filter.args.push(Arg::Uuid(root));
+            tree = "WITH RECURSIVE tree(id) AS (SELECT id FROM tokens WHERE created_by = $1 \
+                    UNION SELECT t.id FROM tokens t JOIN tree ON t.created_by = tree.id) ";
+            filter.and_plain("id IN (SELECT id FROM tree)");
         }
+        if let Some(owner) = query.owner {
+            filter.and("owner = ?", Arg::Str(owner));
+        }
+        if let Some(kind) = query.token_type {
+            filter.and("token_type = ?", Arg::Str(kind));
+        }
+        // The rows are locked in id order, the order usage flushes write in, so that a
+        // bulk revocation and another replica's flush cannot deadlock; nothing else can
+        // change them between the decision and the write.
+        let sql = format!(
+            "{tree}SELECT {COLUMNS} FROM tokens WHERE enabled = TRUE{} ORDER BY id{}",
+            filter.sql,
+            DB::LOCK_ROWS
+        );
         let mut tx = self.pool.begin().await?;
-        let rows = statement.fetch_all(&mut *tx).await?;
-        let tokens = rows
-            .into_iter()
-            .map(Token::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = bind_args!(sqlx::query_as::<DB, TokenRow>(&sql), &filter.args)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut revoked = Revoked::default();
+        let mut chosen = Vec::new();
+        for row in rows {
+            let token = Token::try_from(row)?;
+            if decide(&token) {
+                chosen.push(token.id);
+            } else {
+                revoked.skipped += 1;
+            }
+        }
+        for chunk in chosen.chunks(REVOKE_CHUNK) {
+            let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
+                 WHERE id IN ({}) RETURNING {COLUMNS}",
+                ids.join(", ")
+            );
+            let mut statement = sqlx::query_as::<DB, TokenRow>(&sql).bind(false).bind(now);
+            for id in chunk {
+                statement = statement.bind(*id);
+            }
+            for row in statement.fetch_all(&mut *tx).await? {
+                revoked.tokens.push(Token::try_from(row)?);
+            }
+        }
         let mut audit = audit.clone();
         audit
             .changes
-            .insert("revoked_count".into(), Value::from(tokens.len()));
+            .insert("revoked_count".into(), Value::from(revoked.tokens.len()));
+        audit
+            .changes
+            .insert("skipped_count".into(), Value::from(revoked.skipped));
         insert_audit(&mut *tx, &audit, &audit.target_owner.clone()).await?;
         tx.commit().await?;
-        Ok(tokens)
+        Ok(revoked)
     }
 
     async fn consume_use(&self, id: Uuid) -> Result<Option<i64>, StoreError> {
@@ -1015,13 +1007,15 @@ fn rate_columns(token: &Token) -> (Option<i64>, Option<i64>) {
     }
 }
 
-/// Runs a statement that changes (at most) one token and, if it did, records its audit
-/// event in the same transaction.
+/// Runs a conditional statement that changes (at most) one token and, if it did, records
+/// its audit event in the same transaction. When it changed nothing, tells a token that
+/// is gone from one whose revision moved on.
 async fn write_one<'q, DB>(
     pool: &Pool<DB>,
+    id: Uuid,
     statement: sqlx::query::QueryAs<'q, DB, TokenRow, DB::Arguments<'q>>,
     audit: &AuditEvent,
-) -> Result<Option<Token>, StoreError>
+) -> Result<UpdateOutcome, StoreError>
 where
     DB: Backend,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -1032,15 +1026,29 @@ where
     for<'a> DateTime<Utc>: Encode<'a, DB> + Type<DB>,
     for<'a> Json<Value>: Encode<'a, DB> + Type<DB>,
     for<'a> Option<Uuid>: Encode<'a, DB> + Type<DB>,
+    for<'a> i64: Decode<'a, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
 {
     let mut tx = pool.begin().await?;
-    let Some(row) = statement.fetch_optional(&mut *tx).await? else {
-        return Ok(None);
+    let row = statement
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_write_error)?;
+    let Some(row) = row else {
+        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        return Ok(if exists > 0 {
+            UpdateOutcome::Conflict
+        } else {
+            UpdateOutcome::NotFound
+        });
     };
     let token = Token::try_from(row)?;
     insert_audit(&mut *tx, audit, &token.owner).await?;
     tx.commit().await?;
-    Ok(Some(token))
+    Ok(UpdateOutcome::Updated(Box::new(token)))
 }
 
 /// Inserts a token type; `suffix` may add an ON CONFLICT clause.

@@ -110,6 +110,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         // Tests make many calls from one address; the limit has its own test.
         management_rate_limit: 0,
         max_message_size: 4 << 20,
+        trusted_proxies: Vec::new(),
     }
 }
 
