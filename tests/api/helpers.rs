@@ -341,6 +341,55 @@ impl TestApp {
         tokens
     }
 
+    /// Every audit event, newest first, as the admin sees them.
+    pub async fn audit_events(&self) -> Vec<token_authority::pb::v1::AuditEvent> {
+        use token_authority::pb::v1::{
+            ListAuditEventsRequest, audit_service_client::AuditServiceClient,
+        };
+        let mut events = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = AuditServiceClient::new(self.channel.clone())
+                .list_audit_events(authed(
+                    &self.admin,
+                    ListAuditEventsRequest {
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("admin lists audit events")
+                .into_inner();
+            events.extend(page.events);
+            if page.next_page_token.is_empty() {
+                return events;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// What a refused call must leave as it was: every token (usage bookkeeping aside)
+    /// and every audit event but failed authentications, which are audited by design.
+    pub async fn state(&self) -> (Vec<Token>, Vec<token_authority::pb::v1::AuditEvent>) {
+        let events = self
+            .audit_events()
+            .await
+            .into_iter()
+            .filter(|e| e.action != "authentication_failed")
+            .collect();
+        (self.snapshot().await, events)
+    }
+
+    /// The bootstrap admin token.
+    pub async fn admin_token(&self) -> Token {
+        self.all_tokens()
+            .await
+            .into_iter()
+            .find(|t| t.name == "bootstrap-admin")
+            .expect("the bootstrap admin exists")
+    }
+
     /// Stops the server gracefully and returns its database, for a restart.
     pub async fn stop(mut self) -> (TestDb, String) {
         self.shutdown().await;

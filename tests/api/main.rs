@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod attacks;
 mod authorization;
 mod deploy_files;
 mod envoy;
