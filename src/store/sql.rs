@@ -746,8 +746,12 @@ where
         if let Some(root) = query.descendants_of {
             // Every token the root created, and those they created, all the way down.
             filter.args.push(Arg::Uuid(root));
-            tree = "WITH RECURSIVE tree(id) AS (SELECT id FROM tokens WHERE created_by = $1 \
-                    UNION SELECT t.id FROM tokens t JOIN tree ON t.created_by = tree.id) ";
+            // Deleted tokens' lineage counts too: a deleted child's children are reached.
+            tree = "WITH RECURSIVE lineage(id, created_by) AS \
+                    (SELECT id, created_by FROM tokens \
+                     UNION ALL SELECT id, created_by FROM deleted_tokens), \
+                    tree(id) AS (SELECT id FROM lineage WHERE created_by = $1 \
+                    UNION SELECT l.id FROM lineage l JOIN tree ON l.created_by = tree.id) ";
             filter.and_plain("id IN (SELECT id FROM tree)");
         }
         if let Some(owner) = query.owner {

@@ -676,6 +676,25 @@ async fn a_leaked_creator_and_everything_it_made_are_revoked_in_one_call(backend
         .create_as(&child.secret, spec("grandchild", &["domains:read"]))
         .await
         .unwrap();
+    // A child deleted since: what it made is still reached.
+    let middle = app
+        .create_as(&leaked, spec("middle", &["tokens:create", "domains:read"]))
+        .await
+        .unwrap();
+    let orphan = app
+        .create_as(&middle.secret, spec("orphan", &["domains:read"]))
+        .await
+        .unwrap();
+    app.tokens
+        .clone()
+        .delete_token(authed(
+            &app.admin,
+            DeleteTokenRequest {
+                id: middle.token.unwrap().id,
+            },
+        ))
+        .await
+        .unwrap();
     let (bystander, _) = make(&app, spec("bystander", &["domains:read"])).await;
 
     let made = app
@@ -712,8 +731,14 @@ async fn a_leaked_creator_and_everything_it_made_are_revoked_in_one_call(backend
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((revoked.revoked_count, revoked.skipped_count), (3, 0));
-    for secret in [&leaked, &child.secret, &sibling.secret, &grandchild.secret] {
+    assert_eq!((revoked.revoked_count, revoked.skipped_count), (4, 0));
+    for secret in [
+        &leaked,
+        &child.secret,
+        &sibling.secret,
+        &grandchild.secret,
+        &orphan.secret,
+    ] {
         assert_eq!(result(&app, secret).await, VerifyResult::Disabled);
     }
     assert_eq!(result(&app, &bystander).await, VerifyResult::Ok);
@@ -723,7 +748,7 @@ async fn a_leaked_creator_and_everything_it_made_are_revoked_in_one_call(backend
     let count = &event.changes.as_ref().unwrap().fields["revoked_count"];
     assert_eq!(
         count.kind,
-        Some(prost_types::value::Kind::NumberValue(3.0)),
+        Some(prost_types::value::Kind::NumberValue(4.0)),
         "{event:?}"
     );
 
