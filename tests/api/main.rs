@@ -4,6 +4,7 @@
 mod helpers;
 
 mod authorization;
+mod concurrent_writes;
 mod deploy_files;
 mod envoy;
 mod ext_authz;

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_core::future::BoxFuture;
 use sqlx::{
-    Database, Pool, Postgres, Sqlite,
+    Database, Pool, Postgres, Sqlite, Transaction,
     migrate::{MigrateError, Migrator},
     pool::PoolConnection,
 };
@@ -90,6 +90,12 @@ pub trait Backend: Database {
     /// the backend locks rows (Postgres); SQLite locks the whole database on write.
     const LOCK_ROWS: &'static str;
 
+    /// Begins a transaction that may write. SQLite's plain `BEGIN` is deferred: it takes the
+    /// write lock only at the first write, and that upgrade fails at once (SQLITE_BUSY, which
+    /// no busy timeout can wait out) when another connection wrote since the transaction's
+    /// first read. `BEGIN IMMEDIATE` takes the lock at the start, so writers queue instead.
+    const BEGIN_WRITE: &'static str;
+
     /// Applies this backend's migrations.
     fn migrate(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), MigrateError>>;
 
@@ -106,6 +112,7 @@ pub trait Backend: Database {
 impl Backend for Postgres {
     const BACKEND_NAME: &'static str = "postgres";
     const LOCK_ROWS: &'static str = " FOR UPDATE";
+    const BEGIN_WRITE: &'static str = "BEGIN";
 
     fn binding_clause(key: usize, value: usize) -> String {
         format!("bindings ->> ${key} = ${value}")
@@ -125,6 +132,7 @@ impl Backend for Postgres {
 impl Backend for Sqlite {
     const BACKEND_NAME: &'static str = "sqlite";
     const LOCK_ROWS: &'static str = "";
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     fn binding_clause(key: usize, value: usize) -> String {
         // Binding keys are letters, digits and `._-`, so they quote safely in a JSON path.
@@ -164,6 +172,13 @@ impl<DB: Database> SqlStore<DB> {
         let connection = self.pool.acquire().await;
         self.acquire_times.observe(start.elapsed());
         Ok(connection?)
+    }
+}
+
+impl<DB: Backend> SqlStore<DB> {
+    /// Begins a transaction that may write ([`Backend::BEGIN_WRITE`]).
+    async fn begin_write(&self) -> Result<Transaction<'static, DB>, StoreError> {
+        Ok(self.pool.begin_with(DB::BEGIN_WRITE).await?)
     }
 }
 

@@ -23,7 +23,7 @@ impl_sql_store! {
             token: &Token,
             audit: &AuditEvent,
         ) -> Result<(), StoreError> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             Self::insert_token(&mut *tx, token).await?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
             tx.commit().await?;
@@ -36,7 +36,7 @@ impl_sql_store! {
             only_first: bool,
             audit: &AuditEvent,
         ) -> Result<bool, StoreError> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let claimed: Option<String> = sqlx::query_scalar(
                 "INSERT INTO system_state (key, value, update_time) VALUES ('bootstrap', $1, $2) \
              ON CONFLICT (key) DO NOTHING RETURNING key",
@@ -153,7 +153,7 @@ impl_sql_store! {
             if let Scope::Owner(owner) = scope {
                 statement = statement.bind(owner);
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let row = statement
                 .fetch_optional(&mut *tx)
                 .await
@@ -276,7 +276,7 @@ impl_sql_store! {
             if let Scope::Owner(owner) = scope {
                 statement = statement.bind(owner);
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let rows = statement.fetch_all(&mut *tx).await?;
             let tokens = rows
                 .into_iter()
@@ -298,7 +298,7 @@ impl_sql_store! {
             statement: sqlx::query::QueryAs<'q, DB, TokenRow, DB::Arguments<'q>>,
             audit: &AuditEvent,
         ) -> Result<Option<Token>, StoreError> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let Some(row) = statement.fetch_optional(&mut *tx).await? else {
                 return Ok(None);
             };

@@ -45,7 +45,7 @@ impl_sql_store! {
             token_type: &TokenType,
             audit: &AuditEvent,
         ) -> Result<(), StoreError> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             Self::insert_type_row(&mut *tx, token_type, "").await?;
             Self::insert_audit(&mut *tx, audit, "").await?;
             tx.commit().await?;
@@ -57,7 +57,7 @@ impl_sql_store! {
             token_type: &TokenType,
             audit: &AuditEvent,
         ) -> Result<Option<TokenType>, StoreError> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let row: Option<TypeRow> = sqlx::query_as(&format!(
                 "UPDATE token_types SET display_name = $1, description = $2, template = $3, \
          update_time = $4, revision = revision + 1 WHERE id = $5 AND revision = $6 \
@@ -83,7 +83,7 @@ impl_sql_store! {
             id: &str,
             audit: &AuditEvent,
         ) -> Result<TypeDeletion, StoreError> {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let builtin: Option<bool> =
                 sqlx::query_scalar("SELECT builtin FROM token_types WHERE id = $1")
                     .bind(id)

@@ -19,8 +19,7 @@ impl_sql_store! {
         }
 
         pub(super) async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError> {
-            let mut connection = self.acquire().await?;
-            let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+            let mut tx = self.begin_write().await?;
             for record in usage {
                 // Another replica may have written a later use already; keep the later one.
                 sqlx::query(
