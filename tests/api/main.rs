@@ -18,6 +18,7 @@ mod persistence;
 mod replicas;
 mod request_ids;
 mod rotation_and_limits;
+mod settings;
 mod soak;
 mod tls;
 mod types_and_audit;
