@@ -18,7 +18,6 @@ pub(super) fn scoped(sql: &str, scope: Scope<'_>, owner_param: usize) -> String 
 /// A bind parameter of a query built at run time.
 pub(super) enum Arg<'a> {
     Str(&'a str),
-    Text(String),
     Uuid(Uuid),
     Bool(bool),
     Time(DateTime<Utc>),
@@ -52,19 +51,6 @@ impl<'a> Filter<'a> {
     }
 }
 
-/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
-fn like_prefix(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
 /// The filters of a token listing (all but its page position).
 pub(super) fn token_filter<'a, DB: Backend>(query: &'a ListQuery<'a>) -> Filter<'a> {
     let mut filter = Filter::default();
@@ -78,7 +64,10 @@ pub(super) fn token_filter<'a, DB: Backend>(query: &'a ListQuery<'a>) -> Filter<
         filter.and("enabled = ?", Arg::Bool(enabled));
     }
     if let Some(prefix) = query.name_prefix {
-        filter.and("name LIKE ? ESCAPE '\\'", Arg::Text(like_prefix(prefix)));
+        // Compared, not matched: literal (no LIKE wildcards to escape) and case-sensitive on
+        // both backends, where SQLite's LIKE ignores ASCII case and Postgres's does not.
+        // Both count characters, not bytes, in substr and length.
+        filter.and("substr(name, 1, length(?)) = ?", Arg::Str(prefix));
     }
     match query.expired {
         Some(true) => filter.and(
@@ -108,7 +97,6 @@ macro_rules! bind_args {
         for arg in $args {
             statement = match arg {
                 Arg::Str(v) => statement.bind(*v),
-                Arg::Text(v) => statement.bind(v.as_str()),
                 Arg::Uuid(v) => statement.bind(*v),
                 Arg::Bool(v) => statement.bind(*v),
                 Arg::Time(v) => statement.bind(*v),
@@ -118,14 +106,3 @@ macro_rules! bind_args {
     }};
 }
 pub(super) use bind_args;
-
-#[cfg(test)]
-mod tests {
-    use super::like_prefix;
-
-    #[test]
-    fn name_prefixes_match_literally() {
-        assert_eq!(like_prefix("ci_50%"), "ci\\_50\\%%");
-        assert_eq!(like_prefix("a\\b"), "a\\\\b%");
-    }
-}
