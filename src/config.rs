@@ -61,12 +61,13 @@ pub struct StoreArgs {
         long,
         env = "TA_DB_MAX_CONNECTIONS",
         default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_DB_CONNECTIONS),
         global = true
     )]
     pub db_max_connections: u32,
 
     /// How long a call waits for a free database connection before failing (e.g. 5s, 500ms).
-    #[arg(long, env = "TA_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "TA_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration, global = true)]
     pub db_acquire_timeout: Duration,
 }
 
@@ -79,7 +80,7 @@ impl StoreArgs {
                 .clone()
                 .filter(|url| !url.is_empty())
                 .unwrap_or_else(|| store::default_sqlite_url(&self.data_dir)),
-            max_connections: self.db_max_connections.max(1),
+            max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
         }
     }
@@ -140,11 +141,11 @@ pub struct ServeArgs {
     pub bootstrap_token_file: Option<PathBuf>,
 
     /// How often usage (last used time, use count) is written to the store.
-    #[arg(long, env = "TA_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "TA_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub usage_flush_interval: Duration,
 
     /// How often the store is checked for grpc.health.v1.
-    #[arg(long, env = "TA_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "TA_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = parse_positive_duration)]
     pub health_check_interval: Duration,
 
     /// On SIGTERM or Ctrl-C, how long to report NOT_SERVING before refusing new calls, so
@@ -159,16 +160,16 @@ pub struct ServeArgs {
 
     /// How long the Verify cache keeps a token. Changes evict at once on every replica
     /// (Postgres LISTEN/NOTIFY); this only bounds memory held by unused entries.
-    #[arg(long, env = "TA_CACHE_TTL", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "TA_CACHE_TTL", default_value = "10m", value_parser = parse_positive_duration)]
     pub cache_ttl: Duration,
 
     /// How long the Verify cache remembers that a secret is unknown.
-    #[arg(long, env = "TA_CACHE_NEGATIVE_TTL", default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, env = "TA_CACHE_NEGATIVE_TTL", default_value = "1m", value_parser = parse_positive_duration)]
     pub cache_negative_ttl: Duration,
 
     /// After the drain, how long in-flight calls and open connections get to finish before
     /// the process exits anyway.
-    #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub shutdown_timeout: Duration,
 
     /// Management API (TokenService, TokenTypeService, AuditService) requests per minute
@@ -338,22 +339,43 @@ fn parse_prefix(value: &str) -> Result<TokenPrefix, String> {
     TokenPrefix::parse(value)
 }
 
-/// Parses durations such as `250ms`, `5s`, `2m`, `1h`.
+/// The most database connections a pool may hold: sqlx allocates a slot for each up
+/// front, so an absurd value would exhaust memory instead of failing clearly.
+const MAX_DB_CONNECTIONS: i64 = 10_000;
+
+/// The longest duration any flag takes: 100 years, far past any sensible setting, and
+/// short enough that adding it to a clock cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses durations such as `250ms`, `5s`, `2m`, `1h` (zero included), at most 100 years.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
+    let not_a_duration = || format!("{value:?} is not a duration such as 250ms, 5s, 2m or 1h");
     let (number, unit) = split_number(value);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration such as 250ms, 5s, 2m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" | "" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        "h" => Ok(Duration::from_secs(number * 3600)),
-        _ => Err(format!(
-            "{value:?} is not a duration such as 250ms, 5s, 2m or 1h"
-        )),
+    let number: u64 = number.parse().map_err(|_| not_a_duration())?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(not_a_duration()),
+    };
+    let duration = number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| format!("{value:?} is too long: at most 100 years"))?;
+    Ok(duration)
+}
+
+/// Parses an interval, timeout or TTL: a duration more than zero. (A zero interval would
+/// panic the task that ticks on it; a zero timeout or TTL would fail or drop everything.)
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration.is_zero() {
+        return Err(format!("{:?} must be more than 0", value.trim()));
     }
+    Ok(duration)
 }
 
 /// Splits `250ms` into its leading digits and the rest (`250`, `ms`).
@@ -412,6 +434,47 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_duration("876000h").is_ok(), "100 years");
+        assert!(parse_duration("876001h").unwrap_err().contains("too long"));
+        assert!(
+            parse_duration("18446744073709551615h").is_err(),
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn intervals_timeouts_and_ttls_must_be_more_than_zero_naming_the_flag() {
+        for flag in [
+            "--usage-flush-interval",
+            "--health-check-interval",
+            "--db-acquire-timeout",
+            "--shutdown-timeout",
+            "--cache-ttl",
+            "--cache-negative-ttl",
+        ] {
+            for value in ["0s", "0ms", "0", "-1s"] {
+                let error = Cli::try_parse_from(["token-authority", &format!("{flag}={value}")])
+                    .expect_err("refused")
+                    .to_string();
+                assert!(error.contains(flag), "{flag} {value}: {error}");
+            }
+            assert!(Cli::try_parse_from(["token-authority", flag, "1ms"]).is_ok());
+        }
+        let drain = Cli::try_parse_from(["token-authority", "--shutdown-drain", "0s"]).unwrap();
+        assert_eq!(
+            drain.serve.shutdown_drain,
+            Duration::ZERO,
+            "no drain is a choice"
+        );
+        for connections in ["0", "10001"] {
+            let error =
+                Cli::try_parse_from(["token-authority", "--db-max-connections", connections])
+                    .expect_err("refused")
+                    .to_string();
+            assert!(error.contains("--db-max-connections"), "{error}");
+        }
     }
 
     #[test]

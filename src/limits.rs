@@ -18,6 +18,11 @@ fn quota(requests: u32, interval: Duration) -> Quota {
         .allow_burst(burst)
 }
 
+fn new_limiter(limit: RateLimit) -> (RateLimit, Arc<DefaultDirectRateLimiter>) {
+    let limiter = RateLimiter::direct(quota(limit.requests, limit.interval));
+    (limit, Arc::new(limiter))
+}
+
 /// Per-token request rates, for tokens that have a rate limit.
 #[derive(Default)]
 pub struct TokenRates {
@@ -27,19 +32,24 @@ pub struct TokenRates {
 impl TokenRates {
     /// Counts one request of a token against its limit; false when it is over it.
     pub fn allow(&self, id: Uuid, limit: RateLimit) -> bool {
-        let limiter = {
-            let entry = self.limiters.get(&id);
-            match entry {
-                Some(entry) if entry.0 == limit => entry.1.clone(),
-                _ => {
-                    drop(entry);
-                    let limiter =
-                        Arc::new(RateLimiter::direct(quota(limit.requests, limit.interval)));
-                    self.limiters.insert(id, (limit, limiter.clone()));
-                    limiter
-                }
+        // The common case under a shard's read lock; a new (or changed) limit is decided
+        // under its write lock, so that uses arriving at once share one limiter instead of
+        // each making its own (which allowed a burst per racing use).
+        let known = self
+            .limiters
+            .get(&id)
+            .filter(|entry| entry.0 == limit)
+            .map(|entry| entry.1.clone());
+        let limiter = known.unwrap_or_else(|| {
+            let mut entry = self
+                .limiters
+                .entry(id)
+                .or_insert_with(|| new_limiter(limit));
+            if entry.0 != limit {
+                *entry = new_limiter(limit);
             }
-        };
+            entry.1.clone()
+        });
         limiter.check().is_ok()
     }
 
@@ -134,6 +144,43 @@ mod tests {
         );
         let raised = RateLimit::new(10, Duration::from_secs(3600)).unwrap();
         assert!(rates.allow(id, raised), "a changed limit starts afresh");
+    }
+
+    #[test]
+    fn first_uses_at_once_share_one_limiter() {
+        // Two threads use each new token at the same moment (a barrier per trial); a token
+        // with a burst of 1 must let exactly one of them through, every time. Two limiters
+        // made by racing first uses let both through.
+        const TRIALS: usize = 20_000;
+        let rates = Arc::new(TokenRates::default());
+        let limit = RateLimit::new(1, Duration::from_secs(3600)).unwrap();
+        let ids: Arc<Vec<Uuid>> = Arc::new((0..TRIALS).map(|_| Uuid::now_v7()).collect());
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (rates, ids, barrier) = (rates.clone(), ids.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    ids.iter()
+                        .map(|id| {
+                            barrier.wait();
+                            rates.allow(*id, limit)
+                        })
+                        .collect::<Vec<bool>>()
+                })
+            })
+            .collect();
+        let results: Vec<Vec<bool>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let doubled = (0..TRIALS)
+            .filter(|&i| results[0][i] && results[1][i])
+            .count();
+        let neither = (0..TRIALS)
+            .filter(|&i| !results[0][i] && !results[1][i])
+            .count();
+        assert_eq!(
+            (doubled, neither),
+            (0, 0),
+            "of {TRIALS} tokens, {doubled} let both first uses through, {neither} neither"
+        );
     }
 
     #[test]

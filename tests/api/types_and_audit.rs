@@ -20,6 +20,7 @@ both_backends!(
     admins_manage_types_with_token_types_permissions,
     create_token_checks_the_template_and_fills_its_defaults,
     list_filters_by_owner_type_state_name_expiry_and_binding,
+    name_prefixes_match_literally_and_case_sensitively,
     every_management_action_is_audited_with_its_changes,
     audit_filters_pages_and_scopes_by_owner,
     failed_authentications_are_audited_but_not_without_limit,
@@ -319,6 +320,40 @@ async fn list(app: &TestApp, request: ListTokensRequest) -> ListTokensResponse {
 
 fn names(response: &ListTokensResponse) -> Vec<&str> {
     response.tokens.iter().map(|t| t.name.as_str()).collect()
+}
+
+async fn name_prefixes_match_literally_and_case_sensitively(backend: Backend) {
+    // Names are case-sensitive (unique per owner as written), so their prefixes are too,
+    // on both backends alike: SQLite's LIKE ignored ASCII case where Postgres's did not.
+    let app = spawn_app(backend).await;
+    for name in [
+        "ci-lower", "CI-upper", "Ci-mixed", "ĉi-hat", "ci%lit", "ci_under",
+    ] {
+        app.create(spec(name, &[])).await;
+    }
+    for (prefix, want) in [
+        ("ci", &["ci-lower", "ci%lit", "ci_under"][..]),
+        ("CI", &["CI-upper"]),
+        ("Ci-", &["Ci-mixed"]),
+        ("cI", &[]),
+        ("ĉi", &["ĉi-hat"]),
+        ("Ĉi", &[]),
+        ("ci%", &["ci%lit"]),
+        ("ci_", &["ci_under"]),
+        ("ci-lower", &["ci-lower"]),
+        ("ci-lowerx", &[]),
+    ] {
+        let listed = list(
+            &app,
+            ListTokensRequest {
+                name_prefix: prefix.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(names(&listed), want, "prefix {prefix:?}");
+        assert_eq!(listed.total_size, want.len() as i64, "prefix {prefix:?}");
+    }
 }
 
 async fn list_filters_by_owner_type_state_name_expiry_and_binding(backend: Backend) {

@@ -1,0 +1,365 @@
+//! Tokens: create, read, list, change, rotate, delete and bulk-revoke, each change with its
+//! audit event in the same transaction.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::Executor;
+use uuid::Uuid;
+
+use super::{
+    map_write_error,
+    query::{Arg, Filter, bind_args, scoped, token_filter},
+    rows::{COLUMNS, TokenRow, json, rate_columns, strings},
+};
+use crate::{
+    domain::{audit::AuditEvent, secret::SecretHash, token::Token},
+    store::{
+        ListQuery, RevokeDecision, RevokeQuery, Revoked, Rotation, Scope, StoreError, UpdateOutcome,
+    },
+};
+
+/// The most tokens disabled by one statement of a bulk revocation.
+const REVOKE_CHUNK: usize = 500;
+
+impl_sql_store! {
+    impl {
+        pub(super) async fn insert(
+            &self,
+            token: &Token,
+            audit: &AuditEvent,
+        ) -> Result<(), StoreError> {
+            let mut tx = self.begin_write().await?;
+            Self::insert_token(&mut *tx, token).await?;
+            Self::insert_audit(&mut *tx, audit, &token.owner).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        pub(super) async fn insert_admin(
+            &self,
+            token: &Token,
+            only_first: bool,
+            audit: &AuditEvent,
+        ) -> Result<bool, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let claimed: Option<String> = sqlx::query_scalar(
+                "INSERT INTO system_state (key, value, update_time) VALUES ('bootstrap', $1, $2) \
+             ON CONFLICT (key) DO NOTHING RETURNING key",
+            )
+            .bind(token.id.to_string())
+            .bind(token.create_time)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if claimed.is_none() && only_first {
+                return Ok(false);
+            }
+            Self::insert_token(&mut *tx, token).await?;
+            Self::insert_audit(&mut *tx, audit, &token.owner).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+
+        pub(super) async fn get(
+            &self,
+            id: Uuid,
+            scope: Scope<'_>,
+        ) -> Result<Option<Token>, StoreError> {
+            let sql = scoped(
+                &format!("SELECT {COLUMNS} FROM tokens WHERE id = $1"),
+                scope,
+                2,
+            );
+            let mut statement = sqlx::query_as::<DB, TokenRow>(&sql).bind(id);
+            if let Scope::Owner(owner) = scope {
+                statement = statement.bind(owner);
+            }
+            let row = statement
+                .fetch_optional(&mut *self.acquire().await?)
+                .await?;
+            row.map(Token::try_from).transpose()
+        }
+
+        pub(super) async fn find_by_hash(
+            &self,
+            hash: &SecretHash,
+            now: DateTime<Utc>,
+        ) -> Result<Option<Token>, StoreError> {
+            let row: Option<TokenRow> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1 \
+             UNION ALL SELECT {COLUMNS} FROM tokens \
+             WHERE previous_secret_hash = $1 AND previous_hash_expire_time > $2"
+            ))
+            .bind(&hash.as_bytes()[..])
+            .bind(now)
+            .fetch_optional(&mut *self.acquire().await?)
+            .await?;
+            row.map(Token::try_from).transpose()
+        }
+
+        pub(super) async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<Token>, StoreError> {
+            let mut filter = token_filter::<DB>(query);
+            if let Some(after) = query.after {
+                filter.and("id > ?", Arg::Uuid(after));
+            }
+            let limit = filter.next();
+            let sql = format!(
+                "SELECT {COLUMNS} FROM tokens WHERE TRUE{} ORDER BY id LIMIT ${limit}",
+                filter.sql
+            );
+            let statement = bind_args!(sqlx::query_as::<DB, TokenRow>(&sql), &filter.args);
+            let rows = statement
+                .bind(i64::from(query.limit))
+                .fetch_all(&mut *self.acquire().await?)
+                .await?;
+            rows.into_iter().map(Token::try_from).collect()
+        }
+
+        pub(super) async fn count(&self, query: &ListQuery<'_>) -> Result<i64, StoreError> {
+            let filter = token_filter::<DB>(query);
+            let sql = format!("SELECT COUNT(*) FROM tokens WHERE TRUE{}", filter.sql);
+            let statement = bind_args!(sqlx::query_scalar::<DB, i64>(&sql), &filter.args);
+            Ok(statement.fetch_one(&self.pool).await?)
+        }
+
+        pub(super) async fn update(
+            &self,
+            token: &Token,
+            audit: &AuditEvent,
+        ) -> Result<UpdateOutcome, StoreError> {
+            let returning = format!(
+                "UPDATE tokens SET name = $1, token_type = $2, description = $3, \
+                 permissions = $4, read_only = $5, allowed_cidrs = $6, allowed_hosts = $7, \
+                 bindings = $8, metadata = $9, expire_time = $10, update_time = $11, \
+                 max_uses = $12, rate_limit_requests = $13, rate_limit_interval_ms = $14, \
+                 revision = revision + 1 WHERE id = $15 AND revision = $16 RETURNING {COLUMNS}"
+            );
+            let (requests, interval) = rate_columns(token);
+            let statement = sqlx::query_as::<DB, TokenRow>(&returning)
+                .bind(&token.name)
+                .bind(&token.token_type)
+                .bind(&token.description)
+                .bind(strings(&token.permissions))
+                .bind(token.read_only)
+                .bind(strings(&token.allowed_cidrs))
+                .bind(strings(&token.allowed_hosts))
+                .bind(json(&token.bindings))
+                .bind(json(&token.metadata))
+                .bind(token.expire_time)
+                .bind(token.update_time)
+                .bind(token.max_uses)
+                .bind(requests)
+                .bind(interval)
+                .bind(token.id)
+                .bind(token.revision);
+            self.write_one(token.id, statement, audit).await
+        }
+
+        pub(super) async fn set_enabled(
+            &self,
+            id: Uuid,
+            enabled: bool,
+            now: DateTime<Utc>,
+            revision: i64,
+            audit: &AuditEvent,
+        ) -> Result<UpdateOutcome, StoreError> {
+            let returning = format!(
+                "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
+                 WHERE id = $3 AND revision = $4 RETURNING {COLUMNS}"
+            );
+            let statement = sqlx::query_as::<DB, TokenRow>(&returning)
+                .bind(enabled)
+                .bind(now)
+                .bind(id)
+                .bind(revision);
+            self.write_one(id, statement, audit).await
+        }
+
+        pub(super) async fn delete(
+            &self,
+            id: Uuid,
+            revision: i64,
+            audit: &AuditEvent,
+        ) -> Result<UpdateOutcome, StoreError> {
+            let returning =
+                format!("DELETE FROM tokens WHERE id = $1 AND revision = $2 RETURNING {COLUMNS}");
+            let statement = sqlx::query_as::<DB, TokenRow>(&returning)
+                .bind(id)
+                .bind(revision);
+            self.write_one(id, statement, audit).await
+        }
+
+        pub(super) async fn rotate(
+            &self,
+            id: Uuid,
+            rotation: &Rotation,
+            revision: i64,
+            audit: &AuditEvent,
+        ) -> Result<UpdateOutcome, StoreError> {
+            // With a grace period the current secret becomes the previous one (replacing any
+            // earlier previous secret); without, no previous secret works any more.
+            let returning = format!(
+                "UPDATE tokens SET \
+                 previous_secret_hash = CASE WHEN $1 THEN secret_hash ELSE NULL END, \
+                 previous_hash_expire_time = $2, secret_hash = $3, display_hint = $4, \
+                 update_time = $5, revision = revision + 1 WHERE id = $6 AND revision = $7 \
+                 RETURNING {COLUMNS}"
+            );
+            let statement = sqlx::query_as::<DB, TokenRow>(&returning)
+                .bind(rotation.previous_until.is_some())
+                .bind(rotation.previous_until)
+                .bind(&rotation.hash.as_bytes()[..])
+                .bind(rotation.display_hint.as_str())
+                .bind(rotation.now)
+                .bind(id)
+                .bind(revision);
+            self.write_one(id, statement, audit).await
+        }
+
+        pub(super) async fn revoke(
+            &self,
+            query: &RevokeQuery<'_>,
+            decide: RevokeDecision<'_>,
+            now: DateTime<Utc>,
+            audit: &AuditEvent,
+        ) -> Result<Revoked, StoreError> {
+            let mut filter = Filter::default();
+            let mut tree = "";
+            if let Some(root) = query.descendants_of {
+                // Every token the root created, and those they created, all the way down;
+                // deleted tokens' lineage counts too, so a deleted child's children are reached.
+                filter.args.push(Arg::Uuid(root));
+                tree = "WITH RECURSIVE lineage(id, created_by) AS \
+                        (SELECT id, created_by FROM tokens \
+                        UNION ALL SELECT id, created_by FROM deleted_tokens), \
+                        tree(id) AS (SELECT id FROM lineage WHERE created_by = $1 \
+                        UNION SELECT l.id FROM lineage l JOIN tree ON l.created_by = tree.id) ";
+                filter.and_plain("id IN (SELECT id FROM tree)");
+            }
+            if let Some(owner) = query.owner {
+                filter.and("owner = ?", Arg::Str(owner));
+            }
+            if let Some(kind) = query.token_type {
+                filter.and("token_type = ?", Arg::Str(kind));
+            }
+            // The rows are locked in id order, the order usage flushes write in, so that a
+            // bulk revocation and another replica's flush cannot deadlock; nothing else can
+            // change them between the decision and the write.
+            let sql = format!(
+                "{tree}SELECT {COLUMNS} FROM tokens WHERE enabled = TRUE{} ORDER BY id{}",
+                filter.sql,
+                DB::LOCK_ROWS
+            );
+            let mut tx = self.begin_write().await?;
+            let rows = bind_args!(sqlx::query_as::<DB, TokenRow>(&sql), &filter.args)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut revoked = Revoked::default();
+            let mut chosen = Vec::new();
+            for row in rows {
+                let token = Token::try_from(row)?;
+                if decide(&token) {
+                    chosen.push(token.id);
+                } else {
+                    revoked.skipped += 1;
+                }
+            }
+            for chunk in chosen.chunks(REVOKE_CHUNK) {
+                let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+                let sql = format!(
+                    "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
+                     WHERE id IN ({}) RETURNING {COLUMNS}",
+                    ids.join(", ")
+                );
+                let mut statement = sqlx::query_as::<DB, TokenRow>(&sql).bind(false).bind(now);
+                for id in chunk {
+                    statement = statement.bind(*id);
+                }
+                for row in statement.fetch_all(&mut *tx).await? {
+                    revoked.tokens.push(Token::try_from(row)?);
+                }
+            }
+            let mut audit = audit.clone();
+            audit
+                .changes
+                .insert("revoked_count".into(), Value::from(revoked.tokens.len()));
+            audit
+                .changes
+                .insert("skipped_count".into(), Value::from(revoked.skipped));
+            Self::insert_audit(&mut *tx, &audit, &audit.target_owner.clone()).await?;
+            tx.commit().await?;
+            Ok(revoked)
+        }
+
+        /// Runs a conditional statement that changes (at most) one token and, if it did,
+        /// records its audit event in the same transaction. When it changed nothing, tells
+        /// a token that is gone from one whose revision moved on.
+        async fn write_one<'q>(
+            &self,
+            id: Uuid,
+            statement: sqlx::query::QueryAs<'q, DB, TokenRow, DB::Arguments<'q>>,
+            audit: &AuditEvent,
+        ) -> Result<UpdateOutcome, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let row = statement
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_write_error)?;
+            let Some(row) = row else {
+                let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                return Ok(if exists > 0 {
+                    UpdateOutcome::Conflict
+                } else {
+                    UpdateOutcome::NotFound
+                });
+            };
+            let token = Token::try_from(row)?;
+            Self::insert_audit(&mut *tx, audit, &token.owner).await?;
+            tx.commit().await?;
+            Ok(UpdateOutcome::Updated(Box::new(token)))
+        }
+
+        async fn insert_token<'e, E>(executor: E, token: &Token) -> Result<(), StoreError>
+        where
+            E: Executor<'e, Database = DB>,
+        {
+            let (requests, interval) = rate_columns(token);
+            sqlx::query(
+            "INSERT INTO tokens (id, secret_hash, display_hint, name, owner, token_type, description, \
+             permissions, read_only, allowed_cidrs, allowed_hosts, bindings, metadata, enabled, \
+             create_time, update_time, last_used_time, last_used_ip, use_count, expire_time, created_by, revision, \
+             max_uses, uses, rate_limit_requests, rate_limit_interval_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, 0, $17, $18, $19, \
+             $20, 0, $21, $22)",
+        )
+        .bind(token.id)
+        .bind(token.secret_hash.as_bytes().to_vec())
+        .bind(token.display_hint.clone())
+        .bind(token.name.clone())
+        .bind(token.owner.clone())
+        .bind(token.token_type.clone())
+        .bind(token.description.clone())
+        .bind(strings(&token.permissions))
+        .bind(token.read_only)
+        .bind(strings(&token.allowed_cidrs))
+        .bind(strings(&token.allowed_hosts))
+        .bind(json(&token.bindings))
+        .bind(json(&token.metadata))
+        .bind(token.enabled)
+        .bind(token.create_time)
+        .bind(token.update_time)
+        .bind(token.expire_time)
+        .bind(token.created_by)
+        .bind(token.revision)
+        .bind(token.max_uses)
+        .bind(requests)
+        .bind(interval)
+        .execute(executor)
+        .await
+        .map_err(map_write_error)?;
+            Ok(())
+        }
+    }
+}
