@@ -76,6 +76,22 @@ impl TestDb {
         }
     }
 
+    /// Like [`TestDb::fresh`], with a SQLite file on tmpfs where the machine has one: for
+    /// tests of many short-lived stores, whose durability is not what they test.
+    pub async fn fresh_on_tmpfs(backend: Backend) -> Self {
+        let shm = std::path::Path::new("/dev/shm");
+        if backend != Backend::Sqlite || !shm.is_dir() {
+            return Self::fresh(backend).await;
+        }
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tokens.db").display());
+        Self {
+            backend,
+            url,
+            dir: Some(dir),
+        }
+    }
+
     /// The SQLite file, for SQLite databases.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.path().join("tokens.db"))

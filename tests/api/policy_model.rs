@@ -22,7 +22,13 @@ use chrono::{DateTime, SubsecRound, Utc};
 use proptest::{prelude::*, sample::subsequence, test_runner::Config};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use token_authority::{
-    domain::{audit::AuditEvent as StoredEvent, token::Token as Stored},
+    domain::{
+        audit::AuditEvent as StoredEvent,
+        permission::Permission,
+        restrictions::{Cidr, HostPattern},
+        secret::{TokenPrefix, TokenSecret},
+        token::{RateLimit as TokenRate, Token as Stored},
+    },
     pb::v1::{
         CreateTokenRequest, DeleteTokenRequest, GetTokenRequest, RateLimit, RevokeTokensRequest,
         RotateTokenRequest, SetTokenEnabledRequest, Token, UpdateTokenRequest,
@@ -733,6 +739,63 @@ struct Server {
     last: (Vec<Stored>, Vec<StoredEvent>),
 }
 
+/// A SQLite store migrated and bootstrapped once, copied for each sequence: its making
+/// is the same every time and not under test.
+struct Template {
+    db: TestDb,
+    admin: String,
+}
+
+impl Template {
+    fn copy(&self) -> (TestDb, Option<String>) {
+        let dir = match std::path::Path::new("/dev/shm").is_dir() {
+            true => tempfile::tempdir_in("/dev/shm"),
+            false => tempfile::tempdir(),
+        }
+        .unwrap();
+        let path = dir.path().join("tokens.db");
+        std::fs::copy(self.db.sqlite_path().unwrap(), &path).unwrap();
+        let db = TestDb {
+            backend: Backend::Sqlite,
+            url: format!("sqlite://{}", path.display()),
+            dir: Some(dir),
+        };
+        (db, Some(self.admin.clone()))
+    }
+}
+
+async fn template() -> &'static Template {
+    static TEMPLATE: tokio::sync::OnceCell<Template> = tokio::sync::OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let db = TestDb::fresh_on_tmpfs(Backend::Sqlite).await;
+            let store = store::connect(&test_settings(&db).store).await.unwrap();
+            store.migrate().await.unwrap();
+            store
+                .seed_types(&token_authority::domain::token_type::builtin_types(
+                    Utc::now(),
+                ))
+                .await
+                .unwrap();
+            let (_, secret) = token_authority::bootstrap::create_admin_token(
+                store.as_ref(),
+                &TokenPrefix::default(),
+                "admin",
+                token_authority::bootstrap::Mode::FirstStart,
+            )
+            .await
+            .unwrap()
+            .expect("a first start");
+            // Closing the last connection checkpoints the WAL into the file copied.
+            store.close().await;
+            Template {
+                db,
+                admin: secret.expose().to_owned(),
+            }
+        })
+        .await
+}
+
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
@@ -797,6 +860,44 @@ fn timestamp(start: DateTime<Utc>, hours: i64) -> prost_types::Timestamp {
     }
 }
 
+/// A token of the universe as the admin would have made it.
+fn universe_token(
+    token: &ModelToken,
+    secret: &TokenSecret,
+    name: String,
+    admin: uuid::Uuid,
+    start: DateTime<Utc>,
+) -> Stored {
+    let p = &token.power;
+    let mut stored = Stored::new(token.owner.into(), secret, Some(admin), start);
+    stored.name = name;
+    stored.token_type = p.kind.name().into();
+    stored.permissions = p
+        .permissions
+        .iter()
+        .map(|x| Permission::parse(x).unwrap())
+        .collect();
+    stored.read_only = p.read_only;
+    stored.expire_time = p.expiry.map(|h| start + chrono::Duration::hours(h));
+    stored.allowed_cidrs = p
+        .nets
+        .iter()
+        .map(|n| Cidr::parse(NETS[*n]).unwrap())
+        .collect();
+    stored.allowed_hosts = p
+        .hosts
+        .iter()
+        .map(|h| HostPattern::parse(HOSTS[*h]).unwrap())
+        .collect();
+    stored.bindings = bindings(p.team, p.assistant_bound).into_iter().collect();
+    stored.max_uses = p.max_uses;
+    stored.rate_limit = p.rate.map(|r| {
+        let (requests, seconds) = RATES[r];
+        TokenRate::new(requests, std::time::Duration::from_secs(seconds as u64)).unwrap()
+    });
+    stored
+}
+
 /// Reads a stored token back into the model's terms.
 fn observed(token: &Stored, start: DateTime<Utc>) -> (Power, i64, bool) {
     let index = |list: &[&str], value: &str| {
@@ -851,55 +952,60 @@ fn observed(token: &Stored, start: DateTime<Utc>) -> (Power, i64, bool) {
 
 impl Server {
     async fn start(model: &Model, backend: Backend) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("error")
-            .try_init();
-        let db = TestDb::fresh(backend).await;
+        let (db, admin_secret) = match backend {
+            Backend::Sqlite => template().await.copy(),
+            Backend::Postgres => (TestDb::fresh(backend).await, None),
+        };
         let mut settings = test_settings(&db);
         settings.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         let observer = store::connect(&settings.store).await.unwrap();
-        let app = spawn_with(db, settings, None).await;
+        let app = spawn_with(db, settings, admin_secret).await;
         let endpoint = Channel::from_shared(format!("http://{}", app.target))
             .unwrap()
             .origin("http://api.example.com".parse().unwrap());
         let client = TokenServiceClient::new(endpoint.connect().await.unwrap());
-        let admin = app.admin_token().await;
+        let admin = observer
+            .find_by_hash(
+                &TokenSecret::hash_of_presented(&app.admin).unwrap(),
+                Utc::now(),
+            )
+            .await
+            .unwrap()
+            .expect("the bootstrap admin");
         let start = Utc::now().trunc_subsecs(0);
-        let mut server = Self {
-            handles: vec![Handle {
-                id: admin.id,
-                secret: app.admin.clone(),
+        let mut handles = vec![Handle {
+            id: admin.id.to_string(),
+            secret: app.admin.clone(),
+            old_secret: None,
+        }];
+        // The universe is written straight to the store, as the admin (which covers it
+        // all) would make it: its making is not under test, the calls after it are.
+        for (i, token) in model.tokens.iter().enumerate().skip(1) {
+            let secret = TokenSecret::generate(&TokenPrefix::default());
+            let stored = universe_token(token, &secret, format!("t{i}"), admin.id, start);
+            let audit = StoredEvent::new(
+                "create",
+                format!("token/{}", stored.id),
+                Some(&admin),
+                start,
+            );
+            observer.insert(&stored, &audit).await.unwrap();
+            handles.push(Handle {
+                id: stored.id.to_string(),
+                secret: secret.expose().to_owned(),
                 old_secret: None,
-            }],
+            });
+        }
+        let mut server = Self {
+            handles,
             app,
             client,
             store: observer,
             start,
             last: Default::default(),
         };
-        for (i, token) in model.tokens.iter().enumerate().skip(1) {
-            let spec = pb_spec(&token.power, start, format!("t{i}"), Some(token.owner));
-            let created = server
-                .client
-                .clone()
-                .create_token(request_as(
-                    &server.handles[0].secret,
-                    CreateTokenRequest {
-                        token: Some(spec),
-                        ttl: None,
-                    },
-                ))
-                .await
-                .expect("the admin makes the universe");
-            let created = created.into_inner();
-            server.handles.push(Handle {
-                id: created.token.unwrap().id,
-                secret: created.secret,
-                old_secret: None,
-            });
-        }
         server.last = server.snapshot().await;
-        server.check_state(model).await;
+        server.check_state(model, &server.last.0);
         server
     }
 
@@ -935,8 +1041,7 @@ impl Server {
     }
 
     /// Every token in the store equals the model's, field for field.
-    async fn check_state(&self, model: &Model) {
-        let stored = self.snapshot().await.0;
+    fn check_state(&self, model: &Model, stored: &[Stored]) {
         let live: Vec<usize> = (0..model.tokens.len())
             .filter(|i| !model.tokens[*i].deleted)
             .collect();
@@ -1150,12 +1255,18 @@ impl Server {
             }
         }
 
+        let now = self.snapshot().await;
+        // What the server answered, for messages: never a secret it handed out.
+        let answered = match &outcome {
+            Ok(Some((_, token, _))) => format!("Ok(token {})", token.id),
+            Ok(None) => "Ok".to_owned(),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        };
         match (&after.expect, &outcome) {
             (Expect::Refused, Err(_)) => {
-                let now = self.snapshot().await;
                 assert_eq!(
                     now, self.last,
-                    "a refused call changed something: {outcome:?}"
+                    "a refused call changed something: {answered}"
                 );
             }
             (Expect::Allowed, Ok(answer)) => {
@@ -1163,13 +1274,12 @@ impl Server {
                     // What the caller made, changed or was handed a secret of, it covers,
                     // as the store has it now.
                     let caller_before = &before.tokens[*caller];
-                    let stored = self
-                        .store
-                        .get(token.id.parse().unwrap(), Default::default())
-                        .await
-                        .unwrap()
+                    let stored = now
+                        .0
+                        .iter()
+                        .find(|t| t.id.to_string() == token.id)
                         .expect("the token is stored");
-                    let (power, uses, enabled) = observed(&stored, self.start);
+                    let (power, uses, enabled) = observed(stored, self.start);
                     let seen = ModelToken {
                         power,
                         uses,
@@ -1190,11 +1300,11 @@ impl Server {
                 assert_eq!(counts, Some((*revoked, *skipped)), "revoked, skipped");
             }
             (expect, outcome) => {
-                panic!("the model expects {expect:?}, the server answered {outcome:?}")
+                panic!("the model expects {expect:?}, the server answered {answered}")
             }
         }
-        self.check_state(after).await;
-        self.last = self.snapshot().await;
+        self.check_state(after, &now.0);
+        self.last = now;
     }
 
     /// Keeps the ids and secrets the server handed out.
