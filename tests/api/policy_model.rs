@@ -1299,7 +1299,7 @@ impl Server {
             (Expect::Revoked { revoked, skipped }, Ok(_)) => {
                 assert_eq!(counts, Some((*revoked, *skipped)), "revoked, skipped");
             }
-            (expect, outcome) => {
+            (expect, _) => {
                 panic!("the model expects {expect:?}, the server answered {answered}")
             }
         }
