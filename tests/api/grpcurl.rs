@@ -268,6 +268,23 @@ async fn the_readme_grpcurl_examples_work() {
         "nothing left to revoke: {revoked}"
     );
 
+    // A leaked token: what it made, then all of it at once (here the admin's batch-job).
+    let creator = app.admin_token().await.id;
+    let made = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"createdBy": creator})),
+        &["tokenauthority.v1.TokenService/ListTokens"],
+    ));
+    assert_eq!(made["tokens"][0]["name"], "batch-job", "{made}");
+    let revoked = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"createdBy": creator})),
+        &["tokenauthority.v1.TokenService/RevokeTokens"],
+    ));
+    assert_eq!(revoked["revokedCount"], "1", "{revoked}");
+
     let health = json_of(&grpcurl(
         &app,
         None,
