@@ -37,6 +37,16 @@ impl TokenTypeApi {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
     }
+
+    /// Reads a registered type.
+    async fn current(&self, id: &str) -> Result<TokenType, Error> {
+        self.state
+            .store
+            .get_type(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| not_found(id))
+    }
 }
 
 fn not_found(id: &str) -> Error {
@@ -175,13 +185,7 @@ impl TokenTypeService for TokenTypeApi {
             .into());
         }
         let id = parse_type_id(&spec.id).map_err(|m| Error::invalid("token_type.id", m))?;
-        let current = self
-            .state
-            .store
-            .get_type(&id)
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(|| not_found(&id))?;
+        let current = self.current(&id).await?;
         let now = token::now();
         let mut updated = current.clone();
         let mut audit = caller.event(Action::UpdateType, format!("type/{id}"), now);
@@ -243,13 +247,7 @@ impl TokenTypeService for TokenTypeApi {
     ) -> Result<Response<()>, Status> {
         let caller = authenticate(&self.state, &request, Action::DeleteType).await?;
         let id = parse_type_id(&request.get_ref().id).map_err(|m| Error::invalid("id", m))?;
-        let current = self
-            .state
-            .store
-            .get_type(&id)
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(|| not_found(&id))?;
+        let current = self.current(&id).await?;
         caller
             .authorize(&self.state, &Policy::DeleteType(&current))
             .await?;
