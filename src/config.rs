@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    check::{self, CheckSettings},
+    authz::{self, CheckSettings},
     domain::secret::TokenPrefix,
     store,
     tls::TlsFiles,
@@ -252,7 +252,7 @@ impl ExtAuthzArgs {
     /// Returns the Check settings these flags describe, reading the rules file.
     pub fn settings(&self) -> Result<CheckSettings, String> {
         let header = |flag: &str, value: &str| {
-            check::header_name(value).map_err(|e| format!("--{flag}: {e}"))
+            authz::header_name(value).map_err(|e| format!("--{flag}: {e}"))
         };
         let api_key_header = match self.ext_authz_api_key_header.trim() {
             "" => None,
@@ -265,16 +265,16 @@ impl ExtAuthzArgs {
         }
         Ok(CheckSettings {
             api_key_header,
-            path_prefix: check::path_prefix(&self.ext_authz_path_prefix)
+            path_prefix: authz::path_prefix(&self.ext_authz_path_prefix)
                 .map_err(|e| format!("--ext-authz-path-prefix: {e}"))?,
             rules: match &self.ext_authz_rules {
                 Some(path) => {
-                    check::Rules::load(path).map_err(|e| format!("--ext-authz-rules: {e}"))?
+                    authz::Rules::load(path).map_err(|e| format!("--ext-authz-rules: {e}"))?
                 }
-                None => check::Rules::default(),
+                None => authz::Rules::default(),
             },
             trusted_proxies: self.ext_authz_trusted_proxies.clone(),
-            identity_headers: check::IdentityHeaders {
+            identity_headers: authz::IdentityHeaders {
                 id: header("ext-authz-id-header", &self.ext_authz_id_header)?,
                 owner: header("ext-authz-owner-header", &self.ext_authz_owner_header)?,
                 name: header("ext-authz-name-header", &self.ext_authz_name_header)?,

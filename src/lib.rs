@@ -1,9 +1,9 @@
 //! token-authority: one central service that issues, stores, manages and verifies API
 //! bearer tokens over gRPC.
 
+pub mod authz;
 pub mod bootstrap;
 pub mod cache;
-pub mod check;
 pub mod config;
 pub mod domain;
 pub mod encoded;

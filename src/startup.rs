@@ -9,9 +9,9 @@ use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    authz::CheckSettings,
     bootstrap::{self, Mode},
     cache::{CacheSettings, TokenCache},
-    check::CheckSettings,
     domain::secret::{TokenPrefix, TokenSecret},
     domain::token_type::builtin_types,
     grpc::{

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use token_authority::{
-    check::Rules,
+    authz::Rules,
     domain::{
         permission::Permission,
         restrictions::{Cidr, HostPattern},

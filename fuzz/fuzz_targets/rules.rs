@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use token_authority::check::Rules;
+use token_authority::authz::Rules;
 
 fuzz_target!(|text: &str| {
     let _ = Rules::parse(text);

@@ -21,7 +21,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::AppState;
 use crate::{
-    check::{self, CheckSettings, Headers, Requirement},
+    authz::{self, CheckSettings, Headers, Requirement},
     domain::verify::{Outcome, Usage},
     encoded::{AllowedCheck, EncodedToken},
     error::Error,
@@ -68,7 +68,7 @@ impl Authorization for ExtAuthzApi {
         let settings = self.settings.as_ref();
 
         let headers = headers(http);
-        let Some(credential) = check::credential(&headers, settings) else {
+        let Some(credential) = authz::credential(&headers, settings) else {
             return Ok(Response::new(deny(
                 settings,
                 Denial::unauthenticated("no bearer token was presented"),
@@ -80,7 +80,7 @@ impl Authorization for ExtAuthzApi {
             .map(|e| (text(&e.key), text(&e.value)))
             .collect();
         let requirement =
-            check::requirement(settings, text(&http.method), text(&http.path), &extensions)
+            authz::requirement(settings, text(&http.method), text(&http.path), &extensions)
                 .map_err(|bad| Error::invalid(bad.field, bad.message))?;
         let (unsatisfiable, requirement) = match requirement {
             Ok(requirement) => (None, requirement),
@@ -96,7 +96,7 @@ impl Authorization for ExtAuthzApi {
             .map(|socket| text(&socket.address));
         let usage = Usage {
             required: requirement.permissions,
-            client_ip: check::client_ip(
+            client_ip: authz::client_ip(
                 source,
                 headers.get("x-forwarded-for"),
                 &settings.trusted_proxies,

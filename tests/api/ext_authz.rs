@@ -18,7 +18,7 @@ use envoy_types::pb::{
     google::protobuf::value::Kind,
 };
 use token_authority::{
-    check::{CheckSettings, Rules},
+    authz::{CheckSettings, Rules},
     pb::v1::{SetTokenEnabledRequest, Token},
 };
 use tonic::Code;
@@ -558,7 +558,7 @@ async fn rules_and_the_path_prefix_decide_the_permission(backend: Backend) {
         backend,
         CheckSettings {
             rules,
-            path_prefix: token_authority::check::path_prefix("/api").unwrap(),
+            path_prefix: token_authority::authz::path_prefix("/api").unwrap(),
             ..CheckSettings::default()
         },
     )

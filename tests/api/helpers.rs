@@ -122,7 +122,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
             ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(3600),
         },
-        ext_authz: token_authority::check::CheckSettings::default(),
+        ext_authz: token_authority::authz::CheckSettings::default(),
         // Tests make many calls from one address; the limit has its own test.
         management_rate_limit: 0,
         max_message_size: 4 << 20,

@@ -1,0 +1,377 @@
+//! What a request needs of a token: the permissions and bindings its route names, its
+//! rules give, or the default mapping from method and path derives.
+
+use std::collections::BTreeMap;
+
+use super::settings::CheckSettings;
+use crate::domain::{permission::Permission, token::limits};
+
+/// The `context_extensions` key that names the permissions a route needs.
+pub const PERMISSION_KEY: &str = "permission";
+/// The prefix of `context_extensions` keys that name bindings (`binding.reportId`).
+pub const BINDING_PREFIX: &str = "binding.";
+/// What a request needs of a token.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Requirement {
+    /// Every one of these permissions.
+    pub permissions: Vec<Permission>,
+    /// Resources the request touches, from the route or the path.
+    pub bindings: BTreeMap<String, String>,
+}
+
+/// Why no requirement could be worked out for a request: it is refused (403).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unmapped(pub String);
+
+/// Why a route's configuration is unusable: a gRPC error naming the field.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadRoute {
+    /// The CheckRequest field at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Works out what a request needs: the route's `context_extensions` first, then the
+/// configured rules, then the default mapping from method and path.
+pub fn requirement(
+    settings: &CheckSettings,
+    method: &str,
+    path: &str,
+    extensions: &[(&str, &str)],
+) -> Result<Result<Requirement, Unmapped>, BadRoute> {
+    let route_bindings = route_bindings(extensions)?;
+    let segments = match segments(path) {
+        Ok(segments) => segments,
+        Err(e) => return Ok(Err(Unmapped(e))),
+    };
+    let permission = extensions
+        .iter()
+        .find(|(key, _)| *key == PERMISSION_KEY)
+        .map(|(_, value)| *value);
+    let mut requirement = if let Some(listed) = permission {
+        Requirement {
+            permissions: parse_list(listed).map_err(|message| BadRoute {
+                field: "attributes.context_extensions.permission",
+                message,
+            })?,
+            bindings: BTreeMap::new(),
+        }
+    } else if let Some((rule, bindings)) = settings.rules.find(method, &segments) {
+        Requirement {
+            permissions: rule.permissions.clone(),
+            bindings,
+        }
+    } else {
+        match default_permission(&settings.path_prefix, method, &segments) {
+            Ok(permission) => Requirement {
+                permissions: vec![permission],
+                bindings: BTreeMap::new(),
+            },
+            Err(unmapped) => return Ok(Err(unmapped)),
+        }
+    };
+    // The route's bindings are the operator's word; they win over path captures.
+    requirement.bindings.extend(route_bindings);
+    Ok(Ok(requirement))
+}
+
+/// The default mapping: the resource is the first segment after the prefix, the action
+/// follows the method.
+fn default_permission(
+    prefix: &[String],
+    method: &str,
+    segments: &[String],
+) -> Result<Permission, Unmapped> {
+    let action = match method.to_ascii_uppercase().as_str() {
+        "GET" | "HEAD" => "read",
+        "POST" => "create",
+        "PUT" | "PATCH" => "write",
+        "DELETE" => "delete",
+        other => {
+            return Err(Unmapped(format!(
+                "no permission is mapped for method {}; add a rule",
+                truncate(other)
+            )));
+        }
+    };
+    let rest = match segments.len() >= prefix.len()
+        && segments
+            .iter()
+            .zip(prefix)
+            .all(|(s, p)| s.eq_ignore_ascii_case(p))
+    {
+        true => &segments[prefix.len()..],
+        false => segments,
+    };
+    let Some(resource) = rest.first() else {
+        return Err(Unmapped("no resource in the path; add a rule".into()));
+    };
+    Permission::parse(&format!("{}:{action}", resource.to_ascii_lowercase()))
+        .map_err(|_| Unmapped("the path does not name a resource; add a rule".into()))
+}
+
+fn route_bindings(extensions: &[(&str, &str)]) -> Result<BTreeMap<String, String>, BadRoute> {
+    let mut bindings = BTreeMap::new();
+    for (key, value) in extensions {
+        if let Some(name) = key.strip_prefix(BINDING_PREFIX) {
+            crate::domain::token::check_binding(name, value).map_err(|message| BadRoute {
+                field: "attributes.context_extensions",
+                message,
+            })?;
+            bindings.insert(name.to_owned(), (*value).to_owned());
+        }
+    }
+    if bindings.len() > limits::BINDINGS {
+        return Err(BadRoute {
+            field: "attributes.context_extensions",
+            message: format!("names more than {} bindings", limits::BINDINGS),
+        });
+    }
+    Ok(bindings)
+}
+
+/// Parses a comma-separated permission list; an empty list asks only for a valid token.
+pub(super) fn parse_list(listed: &str) -> Result<Vec<Permission>, String> {
+    let permissions = listed
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(Permission::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    if permissions.len() > limits::REQUIRED_PERMISSIONS {
+        return Err(format!(
+            "names more than {} permissions",
+            limits::REQUIRED_PERMISSIONS
+        ));
+    }
+    Ok(permissions)
+}
+
+/// Splits a request target into its path segments: the query and fragment are dropped,
+/// empty segments skipped, percent-encoded unreserved characters decoded (so `%65xport`
+/// cannot slip past a rule for `export`). Dot segments are refused: Envoy's
+/// `normalize_path` resolves them before we see the path.
+pub(super) fn segments(target: &str) -> Result<Vec<String>, String> {
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    if path.len() > 4096 {
+        return Err("the path is too long".into());
+    }
+    let mut out = Vec::new();
+    for raw in path.split('/').filter(|s| !s.is_empty()) {
+        let segment = decode_unreserved(raw);
+        if segment == "." || segment == ".." {
+            return Err("the path has dot segments; enable normalize_path in Envoy".into());
+        }
+        out.push(segment);
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes of unreserved characters (letters, digits, `-._~`); every other
+/// escape stays as it is, since decoding it could change what the path means.
+pub(super) fn decode_unreserved(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_owned();
+    }
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = segment.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+            && (byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
+        {
+            out.push(byte as char);
+            i += 3;
+            continue;
+        }
+        let ch = segment[i..].chars().next().expect("inside the string");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+fn truncate(value: &str) -> String {
+    value.chars().take(32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{rules::Rules, settings::path_prefix};
+
+    fn perms(list: &[&str]) -> Vec<Permission> {
+        list.iter().map(|p| Permission::parse(p).unwrap()).collect()
+    }
+
+    fn need(settings: &CheckSettings, method: &str, path: &str) -> Result<Requirement, Unmapped> {
+        requirement(settings, method, path, &[]).unwrap()
+    }
+
+    #[test]
+    fn the_default_mapping_takes_the_first_segment_and_the_method() {
+        let settings = CheckSettings::default();
+        for (method, action) in [
+            ("GET", "read"),
+            ("HEAD", "read"),
+            ("POST", "create"),
+            ("PUT", "write"),
+            ("PATCH", "write"),
+            ("DELETE", "delete"),
+            ("get", "read"),
+        ] {
+            assert_eq!(
+                need(&settings, method, "/domains/17?x=1")
+                    .unwrap()
+                    .permissions,
+                perms(&[&format!("domains:{action}")]),
+                "{method}"
+            );
+        }
+        assert_eq!(
+            need(&settings, "GET", "/Domains").unwrap().permissions,
+            perms(&["domains:read"]),
+            "the resource is lowercased"
+        );
+        assert!(need(&settings, "OPTIONS", "/domains").is_err());
+        assert!(need(&settings, "GET", "/").is_err());
+        assert!(
+            need(&settings, "GET", "/%2Fx").is_err(),
+            "not a resource name"
+        );
+    }
+
+    #[test]
+    fn a_configured_prefix_is_skipped() {
+        let settings = CheckSettings {
+            path_prefix: path_prefix("/api/v1").unwrap(),
+            ..CheckSettings::default()
+        };
+        assert_eq!(
+            need(&settings, "DELETE", "/api/v1/reports/9")
+                .unwrap()
+                .permissions,
+            perms(&["reports:delete"])
+        );
+        assert_eq!(
+            need(&settings, "GET", "/healthz").unwrap().permissions,
+            perms(&["healthz:read"]),
+            "a path outside the prefix maps from its own first segment"
+        );
+        assert!(need(&settings, "GET", "/api/v1").is_err());
+        assert!(path_prefix("api").is_err());
+        assert_eq!(path_prefix("/").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn context_extensions_name_the_permissions_and_bindings() {
+        let settings = CheckSettings::default();
+        let extensions = [
+            ("permission", "reports:read, datasources:read"),
+            ("binding.tenant", "acme"),
+        ];
+        let need = requirement(&settings, "POST", "/anything", &extensions)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            need.permissions,
+            perms(&["reports:read", "datasources:read"])
+        );
+        assert_eq!(
+            need.bindings,
+            BTreeMap::from([("tenant".into(), "acme".into())])
+        );
+
+        let only_authenticated = [("permission", " ")];
+        let need = requirement(&settings, "POST", "/", &only_authenticated)
+            .unwrap()
+            .unwrap();
+        assert!(need.permissions.is_empty());
+
+        let bad = [("permission", "Reports")];
+        let error = requirement(&settings, "GET", "/", &bad).unwrap_err();
+        assert_eq!(error.field, "attributes.context_extensions.permission");
+        let bad = [("binding.a b", "x")];
+        assert!(requirement(&settings, "GET", "/x", &bad).is_err());
+    }
+
+    #[test]
+    fn rules_match_in_order_and_capture_bindings() {
+        let rules = Rules::parse(
+            r#"
+            [[rule]]
+            methods = ["post"]
+            path = "/reports/{reportId}/export"
+            permissions = ["reports:export"]
+
+            [[rule]]
+            path = "/reports/*/comments/**"
+            permissions = ["comments:read", "reports:read"]
+
+            [[rule]]
+            path = "/public/**"
+            permissions = []
+            "#,
+        )
+        .unwrap();
+        assert_eq!(rules.len(), 3);
+        let settings = CheckSettings {
+            rules,
+            ..CheckSettings::default()
+        };
+        let need_export = need(&settings, "POST", "/reports/R-17/export").unwrap();
+        assert_eq!(need_export.permissions, perms(&["reports:export"]));
+        assert_eq!(
+            need_export.bindings,
+            BTreeMap::from([("reportId".into(), "R-17".into())]),
+            "a capture keeps its case"
+        );
+        assert_eq!(
+            need(&settings, "POST", "/reports/R-17/%65xport")
+                .unwrap()
+                .permissions,
+            perms(&["reports:export"]),
+            "escaped unreserved characters cannot dodge a rule"
+        );
+        assert_eq!(
+            need(&settings, "POST", "/REPORTS/R-17/Export")
+                .unwrap()
+                .permissions,
+            perms(&["reports:export"]),
+            "literals match in any case"
+        );
+        assert_eq!(
+            need(&settings, "GET", "/reports/R-17/export")
+                .unwrap()
+                .permissions,
+            perms(&["reports:read"]),
+            "another method falls through to the default mapping"
+        );
+        assert_eq!(
+            need(&settings, "GET", "/reports/1/comments")
+                .unwrap()
+                .permissions,
+            perms(&["comments:read", "reports:read"]),
+            "** matches nothing too"
+        );
+        assert_eq!(
+            need(&settings, "GET", "/reports/1/comments/2/3")
+                .unwrap()
+                .permissions,
+            perms(&["comments:read", "reports:read"])
+        );
+        assert!(
+            need(&settings, "GET", "/public/x")
+                .unwrap()
+                .permissions
+                .is_empty()
+        );
+        assert!(
+            need(&settings, "GET", "/reports/../admin").is_err(),
+            "dot segments"
+        );
+    }
+}
