@@ -181,6 +181,9 @@ pub trait ChangeFeed: Send {
 /// The notification channel of token changes (Postgres), fed by a trigger on `tokens`.
 pub const CHANGE_CHANNEL: &str = "token_changes";
 
+/// The `application_name` of the change feed's connection, as `pg_stat_activity` shows it.
+pub const LISTENER_APPLICATION_NAME: &str = "token-authority-listener";
+
 /// Persistent storage of tokens.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
@@ -341,6 +344,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long to wait for a free connection before failing.
     pub acquire_timeout: Duration,
+    /// How often the change feed's connection is checked (Postgres).
+    pub feed_heartbeat: Duration,
 }
 
 /// Pooled Postgres connections idle longer than this are pinged before use.
@@ -372,7 +377,7 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, Stor
             })
             .connect(url)
             .await?;
-        Ok(Arc::new(SqlStore::new(pool)))
+        Ok(Arc::new(SqlStore::new(pool, options.feed_heartbeat)))
     } else if url.starts_with("sqlite:") {
         let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -391,7 +396,7 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, Stor
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await?;
-        Ok(Arc::new(SqlStore::new(pool)))
+        Ok(Arc::new(SqlStore::new(pool, options.feed_heartbeat)))
     } else {
         Err(StoreError::Unavailable(sqlx::Error::Configuration(
             "database url must start with postgres:// or sqlite://".into(),

@@ -92,6 +92,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
             url: db.url.clone(),
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
+            feed_heartbeat: Duration::from_secs(1),
         },
         token_prefix: TokenPrefix::default(),
         bootstrap: true,

@@ -12,6 +12,7 @@ mod faults;
 mod grpcurl;
 mod hostile_input;
 mod lifecycle;
+mod listener;
 mod metrics;
 mod operations;
 mod persistence;

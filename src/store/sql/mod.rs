@@ -10,7 +10,7 @@
 //! [`audit`] (the audit trail), [`usage`] (usage counts), [`feed`] (the Postgres change
 //! feed); [`rows`] maps rows to domain types and [`query`] builds filtered queries.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -103,9 +103,11 @@ pub trait Backend: Database {
     /// in parameter `value`.
     fn binding_clause(key: usize, value: usize) -> String;
 
-    /// Listens for changes made by any replica, where the backend can tell.
+    /// Listens for changes made by any replica, where the backend can tell, checking the
+    /// feed's connection every `heartbeat`.
     fn subscribe(
         pool: &Pool<Self>,
+        heartbeat: Duration,
     ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>>;
 }
 
@@ -124,8 +126,9 @@ impl Backend for Postgres {
 
     fn subscribe(
         pool: &Pool<Self>,
+        heartbeat: Duration,
     ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>> {
-        Box::pin(feed::subscribe(pool))
+        Box::pin(feed::subscribe(pool, heartbeat))
     }
 }
 
@@ -145,6 +148,7 @@ impl Backend for Sqlite {
 
     fn subscribe(
         _pool: &Pool<Self>,
+        _heartbeat: Duration,
     ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>> {
         // One process owns a SQLite file: every change is made, and evicted, here.
         Box::pin(async { Ok(None) })
@@ -155,14 +159,17 @@ impl Backend for Sqlite {
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     acquire_times: Histogram,
+    feed_heartbeat: Duration,
 }
 
 impl<DB: Database> SqlStore<DB> {
-    /// Wraps a connected pool.
-    pub fn new(pool: Pool<DB>) -> Self {
+    /// Wraps a connected pool; its change feeds check their connection every
+    /// `feed_heartbeat`.
+    pub fn new(pool: Pool<DB>, feed_heartbeat: Duration) -> Self {
         Self {
             pool,
             acquire_times: Histogram::new(ACQUIRE_BOUNDS),
+            feed_heartbeat,
         }
     }
 
@@ -353,7 +360,7 @@ impl_sql_store! {
         }
 
         async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
-            DB::subscribe(&self.pool).await
+            DB::subscribe(&self.pool, self.feed_heartbeat).await
         }
 
         async fn close(&self) {
