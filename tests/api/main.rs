@@ -6,6 +6,7 @@ mod helpers;
 mod authorization;
 mod concurrent_writes;
 mod deploy_files;
+mod drain;
 mod envoy;
 mod ext_authz;
 mod faults;
