@@ -7,6 +7,7 @@ mod authorization;
 mod concurrent_writes;
 mod deploy_files;
 mod drain;
+mod dropped_connections;
 mod envoy;
 mod ext_authz;
 mod faults;

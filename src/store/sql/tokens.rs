@@ -7,7 +7,7 @@ use sqlx::Executor;
 use uuid::Uuid;
 
 use super::{
-    map_write_error,
+    commit, map_write_error,
     query::{Arg, bind_args, scoped, token_filter},
     rows::{COLUMNS, TokenRow, json, rate_columns, strings},
 };
@@ -26,7 +26,7 @@ impl_sql_store! {
             let mut tx = self.begin_write().await?;
             Self::insert_token(&mut *tx, token).await?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(())
         }
 
@@ -50,7 +50,7 @@ impl_sql_store! {
             }
             Self::insert_token(&mut *tx, token).await?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(true)
         }
 
@@ -162,7 +162,7 @@ impl_sql_store! {
                 Some(row) => {
                     let token = Token::try_from(row)?;
                     Self::insert_audit(&mut *tx, audit, &token.owner).await?;
-                    tx.commit().await?;
+                    commit(tx).await?;
                     Ok(UpdateOutcome::Updated(Box::new(token)))
                 }
                 None => {
@@ -287,7 +287,7 @@ impl_sql_store! {
                 .changes
                 .insert("revoked_count".into(), Value::from(tokens.len()));
             Self::insert_audit(&mut *tx, &audit, &audit.target_owner.clone()).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(tokens)
         }
 
@@ -304,7 +304,7 @@ impl_sql_store! {
             };
             let token = Token::try_from(row)?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(Some(token))
         }
 
