@@ -69,6 +69,12 @@ pub struct StoreArgs {
     /// How long a call waits for a free database connection before failing (e.g. 5s, 500ms).
     #[arg(long, env = "TA_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration, global = true)]
     pub db_acquire_timeout: Duration,
+
+    /// How often the change listener's connection is checked (Postgres): a connection that
+    /// died silently is noticed within two of these, and Verify bypasses the cache from then
+    /// until the listener is back.
+    #[arg(long, env = "TA_CHANGE_FEED_HEARTBEAT", default_value = "1s", value_parser = parse_positive_duration, global = true)]
+    pub change_feed_heartbeat: Duration,
 }
 
 impl StoreArgs {
@@ -82,6 +88,7 @@ impl StoreArgs {
                 .unwrap_or_else(|| store::default_sqlite_url(&self.data_dir)),
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
+            feed_heartbeat: self.change_feed_heartbeat,
         }
     }
 }
@@ -453,6 +460,7 @@ mod tests {
             "--shutdown-timeout",
             "--cache-ttl",
             "--cache-negative-ttl",
+            "--change-feed-heartbeat",
         ] {
             for value in ["0s", "0ms", "0", "-1s"] {
                 let error = Cli::try_parse_from(["token-authority", &format!("{flag}={value}")])

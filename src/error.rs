@@ -87,6 +87,11 @@ impl From<Error> for Status {
             Error::Store(StoreError::TypeTaken) => {
                 "token_type.id: a token type with this id already exists".to_owned()
             }
+            Error::Store(StoreError::CommitUnknown(_)) => {
+                "token store unavailable while committing: the change may or may not have been \
+                 made; read it back before retrying"
+                    .to_owned()
+            }
             other => other.to_string(),
         };
         Status::new(code, message)
@@ -111,6 +116,20 @@ mod tests {
         )));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "token store unavailable");
+    }
+
+    #[test]
+    fn a_commit_cut_off_says_its_outcome_is_unknown() {
+        let status = Status::from(Error::Store(StoreError::CommitUnknown(sqlx::Error::Io(
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        ))));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("may or may not"),
+            "{}",
+            status.message()
+        );
+        assert!(!status.message().contains("EOF"), "no internals");
     }
 
     #[test]

@@ -49,10 +49,9 @@ pub fn spawn_listener(
                 }
             };
             // Listening now: anything changed before this point is flushed, anything after
-            // will be heard.
+            // will be heard. The cache is trusted for as long as `listening` lives.
             cache.invalidate_all();
-            cache.set_trusted(true);
-            metrics.set_listener_state(ListenerState::Listening);
+            let listening = Listening::start(cache.clone(), metrics.clone());
             retry = RETRY_MIN;
             tracing::info!("listening for token changes; Verify cache trusted");
             loop {
@@ -66,8 +65,7 @@ pub fn spawn_listener(
                         cache.invalidate(&hash);
                     }
                     Err(error) => {
-                        cache.set_trusted(false);
-                        metrics.set_listener_state(ListenerState::Connecting);
+                        drop(listening);
                         cache.invalidate_all();
                         tracing::warn!(%error, "lost the token change feed; Verify bypasses the cache until it is back");
                         break;
@@ -76,4 +74,27 @@ pub fn spawn_listener(
             }
         }
     })
+}
+
+/// The cache is trusted while this lives: from a flush after a new listening connection
+/// until that connection is lost, the listener stops, or its task ends or is aborted
+/// (shutdown included). Whenever nothing listens, nothing is trusted.
+struct Listening {
+    cache: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl Listening {
+    fn start(cache: Arc<TokenCache>, metrics: Arc<Metrics>) -> Self {
+        cache.set_trusted(true);
+        metrics.set_listener_state(ListenerState::Listening);
+        Self { cache, metrics }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.cache.set_trusted(false);
+        self.metrics.set_listener_state(ListenerState::Connecting);
+    }
 }

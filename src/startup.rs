@@ -199,8 +199,11 @@ impl Application {
         self.bootstrap_secret.as_ref()
     }
 
-    /// Serves until `shutdown` completes, then reports NOT_SERVING, waits the drain time,
-    /// lets in-flight calls finish, writes pending usage and closes the store.
+    /// Serves until `shutdown` completes, then stops in this order: report NOT_SERVING;
+    /// drain (keep serving, listening for changes and flushing usage); refuse new calls;
+    /// let in-flight calls finish (at most the shutdown timeout); only then stop the change
+    /// listener (the cache is untrusted from then on) and write the last usage, retried
+    /// until the shutdown deadline; close the store.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -216,18 +219,19 @@ impl Application {
             ..
         } = self;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        // Turns true once the last call has been answered: what serves calls (the change
+        // listener, the usage flusher) runs until then.
+        let (served_tx, served_rx) = watch::channel(false);
         let health_task = tokio::spawn(watch_store_health(
             store.clone(),
             health_reporter.clone(),
             settings.health_check_interval,
-            stop_rx.clone(),
         ));
         let change_listener = invalidation::spawn_listener(
             store.clone(),
             state.cache.clone(),
             state.metrics.clone(),
-            stop_rx.clone(),
+            served_rx.clone(),
         );
         // Scraped until the very end, shutdown included.
         let metrics_addr = metrics_listener
@@ -239,37 +243,44 @@ impl Application {
             tokio::spawn(metrics::serve(listener, Arc::new(exporter)))
         });
         let flusher = usage::spawn_flusher(
-            usage,
+            usage.clone(),
             store.clone(),
             settings.usage_flush_interval,
-            stop_rx.clone(),
+            served_rx.clone(),
         );
-        tokio::spawn(shrink_limits(state.clone(), stop_rx));
+        tokio::spawn(shrink_limits(state.clone(), served_rx));
 
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let drain = settings.shutdown_drain;
+        let shutdown_timeout = settings.shutdown_timeout;
         let reporter = health_reporter.clone();
-        let draining = Arc::new(tokio::sync::Notify::new());
-        let drained = draining.clone();
+        // The shutdown deadline, set when the drain ends: from then on new calls are refused,
+        // and the shutdown timeout runs for the calls in flight and then the last flush.
+        let (deadline_tx, deadline_rx) = watch::channel(None::<tokio::time::Instant>);
         let stopping = async move {
             shutdown.await;
-            tracing::info!("shutting down: reporting NOT_SERVING");
+            tracing::info!(drain = ?drain, "shutting down: reporting NOT_SERVING");
+            // The store's health no longer matters, and must not turn us SERVING again.
+            health_task.abort();
+            let _ = health_task.await;
             set_status(&reporter, ServingStatus::NotServing).await;
             reporter
                 .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
                 .await;
-            let _ = stop_tx.send(true);
             tokio::time::sleep(drain).await;
-            drained.notify_one();
+            tracing::info!("drain over: refusing new calls, finishing those in flight");
+            let _ = deadline_tx.send(Some(tokio::time::Instant::now() + shutdown_timeout));
         };
         // Graceful shutdown waits for every connection to close; a client that never
         // answers the final GOAWAY must not keep the process alive forever.
-        let shutdown_timeout = settings.shutdown_timeout;
+        let mut drained = deadline_rx.clone();
         let deadline = async move {
-            draining.notified().await;
-            tokio::time::sleep(shutdown_timeout).await;
+            match drained.wait_for(Option::is_some).await.map(|d| *d) {
+                Ok(Some(deadline)) => tokio::time::sleep_until(deadline).await,
+                _ => std::future::pending().await,
+            }
         };
 
         let addr = listener.local_addr()?;
@@ -316,8 +327,11 @@ impl Application {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                AuthorizationServer::new(ExtAuthzApi::new(state, Arc::new(settings.ext_authz)))
-                    .max_decoding_message_size(max_message),
+                AuthorizationServer::new(ExtAuthzApi::new(
+                    state.clone(),
+                    Arc::new(settings.ext_authz),
+                ))
+                .max_decoding_message_size(max_message),
             )
             .serve_with_incoming_shutdown(incoming, stopping);
         let served = tokio::select! {
@@ -328,13 +342,22 @@ impl Application {
             }
         };
 
-        health_task.abort();
-        change_listener.abort();
-        if let Some(metrics_server) = metrics_server {
-            metrics_server.abort();
+        // Every call has been answered: only now stop hearing changes (the listener's
+        // guard untrusts the cache as it ends) and write the last uses.
+        let _ = served_tx.send(true);
+        if let Err(error) = change_listener.await {
+            tracing::warn!(%error, "change listener failed");
         }
         if let Err(error) = flusher.await {
             tracing::warn!(%error, "usage flusher failed");
+        }
+        // (No deadline: the server ended without a shutdown signal, i.e. it failed.)
+        let deadline = deadline_rx
+            .borrow()
+            .unwrap_or_else(|| tokio::time::Instant::now() + shutdown_timeout);
+        usage.flush_until(store.as_ref(), deadline).await;
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
         }
         store.close().await;
         tracing::info!("stopped");
@@ -378,21 +401,18 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Reports SERVING while the store answers and NOT_SERVING while it does not.
+/// Reports SERVING while the store answers and NOT_SERVING while it does not, until it is
+/// aborted (at the start of shutdown).
 async fn watch_store_health(
     store: Arc<dyn TokenStore>,
     reporter: HealthReporter,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
 ) {
     let mut healthy = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = crate::usage::stopped(&mut stop) => return,
-        }
+        ticker.tick().await;
         let ok = matches!(
             tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await,
             Ok(Ok(()))
@@ -402,9 +422,6 @@ async fn watch_store_health(
                 tracing::info!("token store reachable: SERVING");
             } else {
                 tracing::warn!("token store unreachable: NOT_SERVING");
-            }
-            if *stop.borrow() {
-                return;
             }
             set_status(
                 &reporter,

@@ -13,7 +13,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-pub use sql::SqlStore;
+pub use sql::{LostConnections, SqlStore};
 
 use crate::{
     domain::{audit::AuditEvent, secret::SecretHash, token::Token, token_type::TokenType},
@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The database could not be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The connection was lost while committing: the change may or may not have been made.
+    #[error("store connection lost at commit, the change may or may not have been made: {0}")]
+    CommitUnknown(sqlx::Error),
     /// The change feed's connection was lost.
     #[error("change feed connection lost")]
     FeedLost,
@@ -197,6 +200,9 @@ pub trait ChangeFeed: Send {
 /// The notification channel of token changes (Postgres), fed by a trigger on `tokens`.
 pub const CHANGE_CHANNEL: &str = "token_changes";
 
+/// The `application_name` of the change feed's connection, as `pg_stat_activity` shows it.
+pub const LISTENER_APPLICATION_NAME: &str = "token-authority-listener";
+
 /// Persistent storage of tokens.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
@@ -359,9 +365,12 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long to wait for a free connection before failing.
     pub acquire_timeout: Duration,
+    /// How often the change feed's connection is checked (Postgres).
+    pub feed_heartbeat: Duration,
 }
 
-/// Pooled Postgres connections idle longer than this are pinged before use.
+/// Pooled Postgres connections idle longer than this are pinged before use (as are those
+/// idle since before a connection was last found dead).
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Returns the URL of the embedded default: a SQLite file under `data_dir`.
@@ -373,24 +382,32 @@ pub fn default_sqlite_url(data_dir: &Path) -> String {
 /// missing; writes are durable once acknowledged (WAL with synchronous=FULL).
 pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, StoreError> {
     let url = options.url.as_str();
+    let lost = Arc::new(LostConnections::default());
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let suspect = lost.clone();
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             // sqlx pings every connection before handing it out, a second round trip per
-            // query; ping only those idle long enough to have been dropped unnoticed.
+            // query; ping only those idle long enough to have been dropped unnoticed, or
+            // idle since before another was found dead (a failover or restart drops them
+            // all at once). Under load, with no loss, that is none: one atomic load.
             .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
+            .before_acquire(move |conn, meta| {
+                let ping = meta.idle_for > PING_IF_IDLE_FOR
+                    || suspect.idle_since_before_a_loss(meta.idle_for);
                 Box::pin(async move {
-                    if meta.idle_for > PING_IF_IDLE_FOR {
-                        sqlx::Connection::ping(conn).await?;
+                    if ping && let Err(error) = sqlx::Connection::ping(conn).await {
+                        // Dead: sqlx closes it and hands out another (or a new) one.
+                        tracing::debug!(%error, "pooled store connection found dead before use");
+                        return Ok(false);
                     }
                     Ok(true)
                 })
             })
             .connect(url)
             .await?;
-        Ok(Arc::new(SqlStore::new(pool)))
+        Ok(Arc::new(SqlStore::new(pool, options.feed_heartbeat, lost)))
     } else if url.starts_with("sqlite:") {
         let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -409,7 +426,7 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, Stor
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await?;
-        Ok(Arc::new(SqlStore::new(pool)))
+        Ok(Arc::new(SqlStore::new(pool, options.feed_heartbeat, lost)))
     } else {
         Err(StoreError::Unavailable(sqlx::Error::Configuration(
             "database url must start with postgres:// or sqlite://".into(),

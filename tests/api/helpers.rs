@@ -108,6 +108,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
             url: db.url.clone(),
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
+            feed_heartbeat: Duration::from_secs(1),
         },
         token_prefix: TokenPrefix::default(),
         bootstrap: true,
@@ -491,12 +492,23 @@ impl Process {
     /// Sends SIGTERM and returns (exit success, stdout, stderr), waiting at most 10 s.
     /// Async, so that the test's own clients keep running and answer the server's
     /// graceful GOAWAY.
-    pub async fn terminate(mut self) -> (bool, String, String) {
+    pub async fn terminate(self) -> (bool, String, String) {
+        self.sigterm();
+        self.wait_for_exit(Duration::from_secs(10)).await
+    }
+
+    /// Sends SIGTERM (once: a second one makes the server exit at once).
+    pub fn sigterm(&self) {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    }
+
+    /// Waits at most `within` for the process to exit; returns (exit success, stdout,
+    /// stderr).
+    pub async fn wait_for_exit(mut self, within: Duration) -> (bool, String, String) {
+        let deadline = std::time::Instant::now() + within;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
@@ -508,7 +520,7 @@ impl Process {
                     log.push_str(&line);
                     log.push('\n');
                 }
-                panic!("the server did not exit within 30 s of SIGTERM:\n{log}");
+                panic!("the server did not exit within {within:?}:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };

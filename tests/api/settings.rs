@@ -49,6 +49,7 @@ fn zero_or_negative_intervals_and_timeouts_are_refused_naming_the_flag() {
         ("--shutdown-timeout", "TA_SHUTDOWN_TIMEOUT"),
         ("--cache-ttl", "TA_CACHE_TTL"),
         ("--cache-negative-ttl", "TA_CACHE_NEGATIVE_TTL"),
+        ("--change-feed-heartbeat", "TA_CHANGE_FEED_HEARTBEAT"),
     ];
     // (arguments, environment, the flag the refusal must name)
     type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
@@ -102,6 +103,7 @@ async fn the_longest_settings_work() {
             ("TA_CACHE_NEGATIVE_TTL", long),
             ("TA_DB_ACQUIRE_TIMEOUT", long),
             ("TA_SHUTDOWN_TIMEOUT", long),
+            ("TA_CHANGE_FEED_HEARTBEAT", long),
             ("TA_CACHE_MAX_ENTRIES", "18446744073709551615"),
             ("TA_MANAGEMENT_RATE_LIMIT", "4294967295"),
         ],

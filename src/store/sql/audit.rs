@@ -5,6 +5,7 @@ use serde_json::Value;
 use sqlx::{Executor, types::Json};
 
 use super::{
+    commit,
     query::{Arg, Filter, bind_args},
     rows::{AUDIT_COLUMNS, AuditRow},
 };
@@ -16,7 +17,11 @@ use crate::{
 impl_sql_store! {
     impl {
         pub(super) async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-            Self::insert_audit(&self.pool, event, &event.target_owner).await
+            // In a transaction of its own, so that a lost connection can be retried: an
+            // autocommit INSERT cut off might have been applied.
+            let mut tx = self.begin_write().await?;
+            Self::insert_audit(&mut *tx, event, &event.target_owner).await?;
+            commit(tx).await
         }
 
         pub(super) async fn list_audit(

@@ -8,9 +8,14 @@
 //! in the file of its concern (inherent methods take precedence over the trait's):
 //! [`tokens`] (create, read, list, change, revoke), [`types`] (the token-type registry),
 //! [`audit`] (the audit trail), [`usage`] (usage counts), [`feed`] (the Postgres change
-//! feed); [`rows`] maps rows to domain types and [`query`] builds filtered queries.
+//! feed); [`rows`] maps rows to domain types and [`query`] builds filtered queries; the
+//! dispatch runs each operation through [`retry`], which makes dropped connections fail
+//! nothing that could succeed.
 
-use std::time::Instant;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -73,10 +78,14 @@ macro_rules! impl_sql_store {
 mod audit;
 mod feed;
 mod query;
+mod retry;
 mod rows;
 mod tokens;
 mod types;
 mod usage;
+
+pub use retry::LostConnections;
+use retry::commit;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -103,9 +112,11 @@ pub trait Backend: Database {
     /// in parameter `value`.
     fn binding_clause(key: usize, value: usize) -> String;
 
-    /// Listens for changes made by any replica, where the backend can tell.
+    /// Listens for changes made by any replica, where the backend can tell, checking the
+    /// feed's connection every `heartbeat`.
     fn subscribe(
         pool: &Pool<Self>,
+        heartbeat: Duration,
     ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>>;
 }
 
@@ -124,8 +135,9 @@ impl Backend for Postgres {
 
     fn subscribe(
         pool: &Pool<Self>,
+        heartbeat: Duration,
     ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>> {
-        Box::pin(feed::subscribe(pool))
+        Box::pin(feed::subscribe(pool, heartbeat))
     }
 }
 
@@ -145,6 +157,7 @@ impl Backend for Sqlite {
 
     fn subscribe(
         _pool: &Pool<Self>,
+        _heartbeat: Duration,
     ) -> BoxFuture<'_, Result<Option<Box<dyn ChangeFeed>>, StoreError>> {
         // One process owns a SQLite file: every change is made, and evicted, here.
         Box::pin(async { Ok(None) })
@@ -155,14 +168,20 @@ impl Backend for Sqlite {
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     acquire_times: Histogram,
+    feed_heartbeat: Duration,
+    /// Shared with the pool's `before_acquire`, which tests connections idle since a loss.
+    lost: Arc<LostConnections>,
 }
 
 impl<DB: Database> SqlStore<DB> {
-    /// Wraps a connected pool.
-    pub fn new(pool: Pool<DB>) -> Self {
+    /// Wraps a connected pool; its change feeds check their connection every
+    /// `feed_heartbeat`, and lost connections are noted in `lost`.
+    pub fn new(pool: Pool<DB>, feed_heartbeat: Duration, lost: Arc<LostConnections>) -> Self {
         Self {
             pool,
             acquire_times: Histogram::new(ACQUIRE_BOUNDS),
+            feed_heartbeat,
+            lost,
         }
     }
 
@@ -207,10 +226,13 @@ impl_sql_store! {
         }
 
         async fn ping(&self) -> Result<(), StoreError> {
-            sqlx::query("SELECT 1")
-                .execute(&mut *self.acquire().await?)
-                .await?;
-            Ok(())
+            self.retried(|| async {
+                sqlx::query("SELECT 1")
+                    .execute(&mut *self.acquire().await?)
+                    .await?;
+                Ok(())
+            })
+            .await
         }
 
         async fn migrate(&self) -> Result<(), StoreError> {
@@ -219,7 +241,7 @@ impl_sql_store! {
         }
 
         async fn insert(&self, token: &Token, audit: &AuditEvent) -> Result<(), StoreError> {
-            self.insert(token, audit).await
+            self.retried(|| self.insert(token, audit)).await
         }
 
         async fn insert_admin(
@@ -228,11 +250,11 @@ impl_sql_store! {
             only_first: bool,
             audit: &AuditEvent,
         ) -> Result<bool, StoreError> {
-            self.insert_admin(token, only_first, audit).await
+            self.retried(|| self.insert_admin(token, only_first, audit)).await
         }
 
         async fn get(&self, id: Uuid, scope: Scope<'_>) -> Result<Option<Token>, StoreError> {
-            self.get(id, scope).await
+            self.retried(|| self.get(id, scope)).await
         }
 
         async fn find_by_hash(
@@ -240,15 +262,15 @@ impl_sql_store! {
             hash: &SecretHash,
             now: DateTime<Utc>,
         ) -> Result<Option<Token>, StoreError> {
-            self.find_by_hash(hash, now).await
+            self.retried(|| self.find_by_hash(hash, now)).await
         }
 
         async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<Token>, StoreError> {
-            self.list(query).await
+            self.retried(|| self.list(query)).await
         }
 
         async fn count(&self, query: &ListQuery<'_>) -> Result<i64, StoreError> {
-            self.count(query).await
+            self.retried(|| self.count(query)).await
         }
 
         async fn update(
@@ -256,7 +278,7 @@ impl_sql_store! {
             token: &Token,
             audit: &AuditEvent,
         ) -> Result<UpdateOutcome, StoreError> {
-            self.update(token, audit).await
+            self.retried(|| self.update(token, audit)).await
         }
 
         async fn set_enabled(
@@ -267,7 +289,7 @@ impl_sql_store! {
             revision: i64,
             audit: &AuditEvent,
         ) -> Result<UpdateOutcome, StoreError> {
-            self.set_enabled(id, enabled, now, revision, audit).await
+            self.retried(|| self.set_enabled(id, enabled, now, revision, audit)).await
         }
 
         async fn delete(
@@ -276,7 +298,7 @@ impl_sql_store! {
             revision: i64,
             audit: &AuditEvent,
         ) -> Result<UpdateOutcome, StoreError> {
-            self.delete(id, revision, audit).await
+            self.retried(|| self.delete(id, revision, audit)).await
         }
 
         async fn rotate(
@@ -286,7 +308,7 @@ impl_sql_store! {
             revision: i64,
             audit: &AuditEvent,
         ) -> Result<UpdateOutcome, StoreError> {
-            self.rotate(id, rotation, revision, audit).await
+            self.retried(|| self.rotate(id, rotation, revision, audit)).await
         }
 
         async fn revoke(
@@ -296,35 +318,35 @@ impl_sql_store! {
             now: DateTime<Utc>,
             audit: &AuditEvent,
         ) -> Result<Revoked, StoreError> {
-            self.revoke(query, decide, now, audit).await
+            self.retried(|| self.revoke(query, decide, now, audit)).await
         }
 
         async fn consume_use(&self, id: Uuid) -> Result<Option<i64>, StoreError> {
-            self.consume_use(id).await
+            self.noted(self.consume_use(id).await)
         }
 
         async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError> {
-            self.record_usage(usage).await
+            self.retried(|| self.record_usage(usage)).await
         }
 
         async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-            self.record_audit(event).await
+            self.retried(|| self.record_audit(event)).await
         }
 
         async fn list_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditEvent>, StoreError> {
-            self.list_audit(query).await
+            self.retried(|| self.list_audit(query)).await
         }
 
         async fn seed_types(&self, types: &[TokenType]) -> Result<(), StoreError> {
-            self.seed_types(types).await
+            self.retried(|| self.seed_types(types)).await
         }
 
         async fn list_types(&self) -> Result<Vec<TokenType>, StoreError> {
-            self.list_types().await
+            self.retried(|| self.list_types()).await
         }
 
         async fn get_type(&self, id: &str) -> Result<Option<TokenType>, StoreError> {
-            self.get_type(id).await
+            self.retried(|| self.get_type(id)).await
         }
 
         async fn insert_type(
@@ -332,7 +354,7 @@ impl_sql_store! {
             token_type: &TokenType,
             audit: &AuditEvent,
         ) -> Result<(), StoreError> {
-            self.insert_type(token_type, audit).await
+            self.retried(|| self.insert_type(token_type, audit)).await
         }
 
         async fn update_type(
@@ -340,7 +362,7 @@ impl_sql_store! {
             token_type: &TokenType,
             audit: &AuditEvent,
         ) -> Result<Option<TokenType>, StoreError> {
-            self.update_type(token_type, audit).await
+            self.retried(|| self.update_type(token_type, audit)).await
         }
 
         async fn delete_type(
@@ -348,11 +370,11 @@ impl_sql_store! {
             id: &str,
             audit: &AuditEvent,
         ) -> Result<TypeDeletion, StoreError> {
-            self.delete_type(id, audit).await
+            self.retried(|| self.delete_type(id, audit)).await
         }
 
         async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
-            DB::subscribe(&self.pool).await
+            DB::subscribe(&self.pool, self.feed_heartbeat).await
         }
 
         async fn close(&self) {

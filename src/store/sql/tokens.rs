@@ -7,7 +7,7 @@ use sqlx::Executor;
 use uuid::Uuid;
 
 use super::{
-    map_write_error,
+    commit, map_write_error,
     query::{Arg, Filter, bind_args, scoped, token_filter},
     rows::{COLUMNS, TokenRow, json, rate_columns, strings},
 };
@@ -31,7 +31,7 @@ impl_sql_store! {
             let mut tx = self.begin_write().await?;
             Self::insert_token(&mut *tx, token).await?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(())
         }
 
@@ -55,7 +55,7 @@ impl_sql_store! {
             }
             Self::insert_token(&mut *tx, token).await?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(true)
         }
 
@@ -286,7 +286,7 @@ impl_sql_store! {
                 .changes
                 .insert("skipped_count".into(), Value::from(revoked.skipped));
             Self::insert_audit(&mut *tx, &audit, &audit.target_owner.clone()).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(revoked)
         }
 
@@ -317,7 +317,7 @@ impl_sql_store! {
             };
             let token = Token::try_from(row)?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(UpdateOutcome::Updated(Box::new(token)))
         }
 

@@ -3,7 +3,7 @@
 use sqlx::Executor;
 
 use super::{
-    map_write_error,
+    commit, map_write_error,
     rows::{TYPE_COLUMNS, TypeRow, json},
 };
 use crate::{
@@ -48,7 +48,7 @@ impl_sql_store! {
             let mut tx = self.begin_write().await?;
             Self::insert_type_row(&mut *tx, token_type, "").await?;
             Self::insert_audit(&mut *tx, audit, "").await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(())
         }
 
@@ -73,7 +73,7 @@ impl_sql_store! {
             .await?;
             if row.is_some() {
                 Self::insert_audit(&mut *tx, audit, "").await?;
-                tx.commit().await?;
+                commit(tx).await?;
             }
             Ok(row.map(TokenType::from))
         }
@@ -112,7 +112,7 @@ impl_sql_store! {
                 return Ok(TypeDeletion::InUse(in_use));
             }
             Self::insert_audit(&mut *tx, audit, "").await?;
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(TypeDeletion::Deleted)
         }
 

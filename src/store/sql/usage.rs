@@ -3,6 +3,8 @@
 
 use uuid::Uuid;
 
+use super::commit;
+
 use crate::store::{StoreError, UsageRecord};
 
 impl_sql_store! {
@@ -35,7 +37,7 @@ impl_sql_store! {
         .execute(&mut *tx)
         .await?;
             }
-            tx.commit().await?;
+            commit(tx).await?;
             Ok(())
         }
     }
