@@ -9,7 +9,7 @@
 use std::{sync::Arc, time::Duration};
 
 use token_authority::{
-    cache::{CacheSettings, TokenCache},
+    cache::{CacheSettings, Entry, TokenCache},
     domain::{
         permission::Permission,
         restrictions::Cidr,
@@ -81,7 +81,8 @@ fn main() {
     let before = resident_bytes();
     for i in 0..count {
         let token = sample_token(i);
-        cache.insert_new(token.secret_hash, Arc::new(EncodedToken::new(&token)));
+        let entry = Entry::Found(Arc::new(EncodedToken::new(&token)));
+        cache.fill(token.secret_hash, entry, cache.epoch());
     }
     let cached = cache.len();
     let after = resident_bytes();

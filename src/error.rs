@@ -59,6 +59,7 @@ impl From<Refusal> for Error {
             Refusal::Forbidden(message) => Error::PermissionDenied(message),
             Refusal::Invalid { field, message } => Error::InvalidArgument { field, message },
             Refusal::FailedPrecondition(message) => Error::FailedPrecondition(message),
+            Refusal::RateLimited(message) => Error::ResourceExhausted(message),
         }
     }
 }

@@ -165,23 +165,31 @@ impl Verifier {
         usage: &Usage,
         now: DateTime<Utc>,
     ) -> Result<(Outcome, String), StoreError> {
-        if let Some(limit) = token.rate_limit()
-            && !self.rates.allow(token.id(), limit)
-        {
-            return Ok((
-                Outcome::RateLimited,
-                format!(
-                    "token is limited to {} requests per {:?} on this replica",
-                    limit.requests, limit.interval
-                ),
-            ));
+        if let Err(reason) = self.take_rate(token) {
+            return Ok((Outcome::RateLimited, reason));
         }
         // Counted in the store, atomically, so no replica can let a use past max_uses.
         if token.usage_limited() && self.store.consume_use(token.id()).await?.is_none() {
             return Ok((Outcome::UsageExceeded, "token has no uses left".into()));
         }
-        self.usage.record(token.id(), now, usage.client_ip);
+        self.record(token.id(), now, usage);
         Ok((Outcome::Ok, String::new()))
+    }
+
+    /// Counts one use against a token's rate limit, if it has one; why not, when over it.
+    pub fn take_rate<T: Subject + ?Sized>(&self, token: &T) -> Result<(), String> {
+        match token.rate_limit() {
+            Some(limit) if !self.rates.allow(token.id(), limit) => Err(format!(
+                "token is limited to {} requests per {:?} on this replica",
+                limit.requests, limit.interval
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a successful use for the last-used bookkeeping (written in batches).
+    pub fn record(&self, id: uuid::Uuid, now: DateTime<Utc>, usage: &Usage) {
+        self.usage.record(id, now, usage.client_ip);
     }
 
     /// Drops rate-limit state of tokens not used lately.

@@ -212,6 +212,8 @@ pub enum Refusal {
     },
     /// The thing is not in a state that allows this (a built-in type's deletion).
     FailedPrecondition(String),
+    /// The caller's token is over its rate limit.
+    RateLimited(String),
 }
 
 /// Decides whether `caller` may do what `request` asks. Pure: the same inputs always get
@@ -288,12 +290,16 @@ pub fn decide(caller: &Token, request: &Request<'_>) -> Result<(), Refusal> {
             covered(caller, token, "revoke")
         }
         Request::UpdateType { before, after } => {
-            if before.builtin
-                && !caller.is_admin()
-                && let Some(how) = after.template.loosens(&before.template)
-            {
+            // Every token of a built-in type is held to its template: loosened, it lets
+            // them be more; tightened, it freezes them (their every later update must fit
+            // it). Either is an administrator's decision.
+            if before.builtin && !caller.is_admin() && after.template != before.template {
+                let how = after
+                    .template
+                    .loosens(&before.template)
+                    .map_or_else(|| "tightened".to_owned(), |how| format!("loosened: {how}"));
                 return Err(Refusal::Forbidden(format!(
-                    "token_type.template.{how}; only a caller with *:* may loosen built-in type {}",
+                    "token_type.template: only a caller with *:* may change the template of built-in type {} ({how})",
                     before.id
                 )));
             }
@@ -560,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn only_admins_loosen_built_in_types() {
+    fn only_admins_change_built_in_templates() {
         let types_admin = owned("a", &["token-types:*"]);
         let admin = owned("a", &["*:*"]);
         let before = assistant();
@@ -578,7 +584,22 @@ mod tests {
             before: &before,
             after: &after,
         };
-        assert_eq!(decide(&types_admin, &tighter), Ok(()));
+        assert!(
+            forbidden(decide(&types_admin, &tighter)),
+            "tightening freezes tokens"
+        );
+        assert_eq!(decide(&admin, &tighter), Ok(()));
+        let mut renamed = before.clone();
+        renamed.display_name = "Assistants".into();
+        let rename = Request::UpdateType {
+            before: &before,
+            after: &renamed,
+        };
+        assert_eq!(
+            decide(&types_admin, &rename),
+            Ok(()),
+            "display fields are free"
+        );
         assert!(matches!(
             decide(&admin, &Request::DeleteType(&before)),
             Err(Refusal::FailedPrecondition(_))

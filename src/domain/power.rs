@@ -170,6 +170,23 @@ fn covers_on(holder: &Token, token: &Token, power: Power) -> Result<(), String> 
     }
 }
 
+/// Returns the uses a usage-limited `holder` gives away by making `after` out of `before`
+/// (`None` for a new token): the remaining uses it adds. The holder pays them from its own
+/// budget, so that delegating never multiplies uses: a `max_uses: 3` token can hand out at
+/// most 2 (one is the creating call's own), and two limited tokens cannot refill each
+/// other.
+pub fn delegated_uses(holder: &Token, before: Option<&Token>, after: &Token) -> i64 {
+    if holder.max_uses.is_none() {
+        return 0;
+    }
+    let had = before.map_or(Some(0), remaining_uses);
+    match (had, remaining_uses(after)) {
+        (Some(had), Some(now)) => (now - had).max(0),
+        // Unlimited before: nothing is added. Unlimited after: `covers` refuses it.
+        _ => 0,
+    }
+}
+
 /// Fills in the creator's limits where a new token leaves them unset, so that omitting a
 /// field cannot lift a limit: its expiry, networks, hosts and bindings, its remaining uses
 /// and its rate limit.
@@ -190,7 +207,8 @@ pub fn inherit_limits(creator: &Token, token: &mut Token) {
             .or_insert_with(|| value.clone());
     }
     if token.max_uses.is_none() {
-        token.max_uses = remaining_uses(creator).map(|left| left.max(1));
+        // What the creator has left after the creating call's own use.
+        token.max_uses = remaining_uses(creator).map(|left| (left - 1).max(1));
     }
     if token.rate_limit.is_none() {
         token.rate_limit = creator.rate_limit;
@@ -341,6 +359,37 @@ mod tests {
     }
 
     #[test]
+    fn delegated_uses_are_the_remaining_uses_added() {
+        let mut holder = token(&["*:*"]);
+        holder.max_uses = Some(10);
+        let mut child = token(&[]);
+        child.max_uses = Some(4);
+        assert_eq!(delegated_uses(&holder, None, &child), 4);
+        let mut before = child.clone();
+        before.uses = 3;
+        let mut after = before.clone();
+        after.max_uses = Some(6);
+        assert_eq!(
+            delegated_uses(&holder, Some(&before), &after),
+            2,
+            "from 1 left to 3"
+        );
+        assert_eq!(
+            delegated_uses(&holder, Some(&after), &before),
+            0,
+            "lowering costs nothing"
+        );
+        before.max_uses = None;
+        assert_eq!(delegated_uses(&holder, Some(&before), &after), 0);
+        holder.max_uses = None;
+        assert_eq!(
+            delegated_uses(&holder, None, &child),
+            0,
+            "an unlimited holder pays none"
+        );
+    }
+
+    #[test]
     fn inherited_limits_are_covered() {
         let mut holder = token(&["*:*"]);
         holder.expire_time = Some(Utc::now() + Duration::hours(1));
@@ -353,7 +402,11 @@ mod tests {
         let mut t = token(&["domains:read"]);
         inherit_limits(&holder, &mut t);
         assert_eq!(t.expire_time, holder.expire_time);
-        assert_eq!(t.max_uses, Some(6), "what the holder has left");
+        assert_eq!(
+            t.max_uses,
+            Some(5),
+            "what the holder has left after this call"
+        );
         assert_eq!(t.rate_limit, holder.rate_limit);
         assert_eq!(short(&holder, &t), None);
     }

@@ -188,6 +188,18 @@ impl Template {
         }
     }
 
+    /// Whether a token's permissions are exactly the template's default ones.
+    fn gives_only_defaults(&self, token: &Token) -> bool {
+        let defaults: Vec<Permission> = self
+            .default_permissions
+            .iter()
+            .filter_map(|p| Permission::parse(p).ok())
+            .collect();
+        !defaults.is_empty()
+            && token.permissions.len() == defaults.len()
+            && token.permissions.iter().all(|p| defaults.contains(p))
+    }
+
     /// Checks a token (new or updated) against the template.
     pub fn check(&self, type_id: &str, token: &Token) -> Result<(), Violation> {
         for field in &self.required_fields {
@@ -200,8 +212,9 @@ impl Template {
         }
         if !self.allowed_fields.is_empty()
             && let Some(field) = template_fields().find(|f| {
-                // Fields the template fills itself are always allowed.
-                let filled = (*f == "permissions" && !self.default_permissions.is_empty())
+                // What the template fills itself is allowed: its default permissions (not
+                // others in their place), and an expiry within its lifetime (checked below).
+                let filled = (*f == "permissions" && self.gives_only_defaults(token))
                     || (*f == "expire_time" && self.max_lifetime_seconds.is_some());
                 present(token, f)
                     && !filled
@@ -362,6 +375,26 @@ mod tests {
         strict.check("s", &t).unwrap();
         t.allowed_hosts = vec![crate::domain::restrictions::HostPattern::parse("a.b").unwrap()];
         assert_eq!(strict.check("s", &t).unwrap_err().field, "allowed_hosts");
+    }
+
+    #[test]
+    fn allowed_fields_bind_permissions_other_than_the_defaults() {
+        let template = Template {
+            allowed_fields: vec!["bindings".into()],
+            default_permissions: vec!["reports:read".into()],
+            writable: true,
+            ..Template::default()
+        };
+        let mut t = token(&[]);
+        let created = t.create_time;
+        template.fill_defaults(&mut t, created);
+        template.check("report", &t).unwrap();
+        let mut other = token(&["domains:write"]);
+        template.fill_defaults(&mut other, created);
+        assert_eq!(
+            template.check("report", &other).unwrap_err().field,
+            "permissions"
+        );
     }
 
     #[test]

@@ -17,13 +17,13 @@ use super::{AppState, Authority};
 use crate::{
     domain::{
         audit::AuditEvent,
-        policy::{self, Action},
-        restrictions::client_address,
+        policy::{self, Action, Refusal},
+        restrictions::{canonical_ip, client_address},
         token::{Token, now},
         verify::{Outcome, Usage},
     },
     error::Error,
-    store::Scope,
+    store::{Actor, Scope},
 };
 
 /// An authenticated caller of the management API.
@@ -58,7 +58,8 @@ impl Caller {
 
     /// Asks the policy whether the caller may do what `request` asks; if so, spends one
     /// use of the caller's token (once per call, however often the call asks). A refused
-    /// call spends nothing and changes nothing.
+    /// call spends nothing and changes nothing. For reads; a write decides in its
+    /// transaction with [`Caller::allow`].
     pub async fn authorize(
         &self,
         state: &AppState,
@@ -87,6 +88,33 @@ impl Caller {
     pub fn decide(&self, request: &policy::Request<'_>) -> Result<(), Error> {
         policy::decide(&self.token, request).map_err(Error::from)
     }
+
+    /// The decision of a write, made inside its transaction: the policy, then the caller's
+    /// rate limit (taken once per call). Its uses are spent by the store, in the same
+    /// transaction as the write.
+    pub fn allow(&self, state: &AppState, request: &policy::Request<'_>) -> Result<(), Refusal> {
+        policy::decide(&self.token, request)?;
+        if !self.spent.swap(true, Ordering::AcqRel) {
+            state
+                .verifier
+                .take_rate(self.token.as_ref())
+                .map_err(|reason| Refusal::RateLimited(format!("bearer token: {reason}")))?;
+        }
+        Ok(())
+    }
+
+    /// The caller as a write's transaction checks it again.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            id: self.token.id,
+            revision: self.token.revision,
+        }
+    }
+
+    /// Records the caller's use for the last-used bookkeeping, once a write is done.
+    pub fn used(&self, state: &AppState) {
+        state.verifier.record(self.token.id, now(), &self.usage);
+    }
 }
 
 /// Authenticates the caller of a management call: a valid, current secret (not one in
@@ -98,8 +126,9 @@ pub async fn authenticate<T>(
     request: &Request<T>,
     action: Action,
 ) -> Result<Caller, Error> {
-    let client_ip = client_ip(state, request);
-    if !state.management_rate.allow(client_ip) {
+    let Origin { client, limit_key } = origin(state, request);
+    let client_ip = client;
+    if !state.management_rate.allow(limit_key) {
         return Err(Error::ResourceExhausted(
             "too many management requests from this address; retry in a minute".into(),
         ));
@@ -108,7 +137,7 @@ pub async fn authenticate<T>(
         Ok(presented) => presented,
         Err(error) => {
             state
-                .audit_failed_authentication(client_ip, None, &error.to_string())
+                .audit_failed_authentication(client_ip, limit_key, None, &error.to_string())
                 .await;
             return Err(error);
         }
@@ -138,7 +167,12 @@ pub async fn authenticate<T>(
         | Outcome::Expired
         | Outcome::UsageExceeded => {
             state
-                .audit_failed_authentication(client_ip, verdict.token.as_deref(), &verdict.reason)
+                .audit_failed_authentication(
+                    client_ip,
+                    limit_key,
+                    verdict.token.as_deref(),
+                    &verdict.reason,
+                )
                 .await;
             Err(Error::Unauthenticated(format!(
                 "invalid bearer token: {}",
@@ -160,19 +194,52 @@ pub async fn authenticate<T>(
     }
 }
 
-/// The caller's address: the peer, or, when the peer is a trusted proxy (a load balancer
-/// in front of the service), the client it names in `x-forwarded-for`. A client that is
-/// not a trusted proxy cannot choose its address with the header.
-fn client_ip<T>(state: &AppState, request: &Request<T>) -> Option<IpAddr> {
-    let peer = request.remote_addr()?.ip();
-    let chain: Vec<&str> = request
-        .metadata()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    let chain = (!chain.is_empty()).then(|| chain.join(","));
-    client_address(peer, chain.as_deref(), &state.trusted_proxies)
+/// Where a management call came from.
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    /// The client: the peer, or, when the peer is a trusted proxy (a load balancer in
+    /// front of the service), the client it names in `x-forwarded-for`; `None` when that
+    /// cannot be read (tokens limited to networks then fail closed).
+    client: Option<IpAddr>,
+    /// What the per-address limits count: the client, or the peer when the client is
+    /// unknown, IPv6 addresses by their /64 (one host's usual share), so that neither an
+    /// unreadable header nor a walk through a /64 escapes them.
+    limit_key: Option<IpAddr>,
+}
+
+fn origin<T>(state: &AppState, request: &Request<T>) -> Origin {
+    let Some(peer) = request.remote_addr().map(|addr| canonical_ip(addr.ip())) else {
+        return Origin {
+            client: None,
+            limit_key: None,
+        };
+    };
+    let mut values = request.metadata().get_all("x-forwarded-for").iter();
+    // A value that is not visible ASCII makes the whole chain unreadable, rather than
+    // dropping out of it: else "<junk>, <client>" would read as no chain at all, and the
+    // trusted proxy itself would pass for the client.
+    let chain: Option<Vec<&str>> = values.by_ref().map(|v| v.to_str().ok()).collect();
+    let client = match chain {
+        Some(chain) if chain.is_empty() => Some(peer),
+        Some(chain) => client_address(peer, Some(&chain.join(",")), &state.trusted_proxies),
+        None if state.trusted_proxies.iter().any(|net| net.contains(&peer)) => None,
+        None => Some(peer),
+    };
+    Origin {
+        client,
+        limit_key: Some(limit_key(client.unwrap_or(peer))),
+    }
+}
+
+/// The key per-address limits count an address under: IPv4 as it is, IPv6 by its /64.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
 fn bearer<T>(request: &Request<T>) -> Result<&str, Error> {

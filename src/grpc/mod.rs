@@ -56,10 +56,11 @@ impl AppState {
     pub async fn audit_failed_authentication(
         &self,
         client_ip: Option<IpAddr>,
+        limit_key: Option<IpAddr>,
         token: Option<&Token>,
         reason: &str,
     ) {
-        if !self.failure_audit.allow(client_ip) {
+        if !self.failure_audit.allow(limit_key) {
             return;
         }
         let now = crate::domain::token::now();

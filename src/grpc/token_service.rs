@@ -17,13 +17,12 @@ use crate::{
     domain::{
         audit::AuditEvent,
         fields,
-        policy::{Action, Request as Policy},
+        policy::{Action, Refusal, Request as Policy},
         power,
         secret::TokenSecret,
         token::{self, Token, limits, parse_owner, parse_type},
         token_type::TokenType,
     },
-    encoded::EncodedToken,
     error::Error,
     pb::v1::{
         CreateTokenRequest, CreateTokenResponse, DeleteTokenRequest, GetTokenRequest,
@@ -31,14 +30,11 @@ use crate::{
         RotateTokenRequest, RotateTokenResponse, SetTokenEnabledRequest, Token as PbToken,
         UpdateTokenRequest, token_service_server::TokenService,
     },
-    store::{ListQuery, RevokeQuery, Rotation, UpdateOutcome},
+    store::{Change, Changed, Decided, ListQuery, RevokeOutcome, RevokeQuery, Rotation},
 };
 
 /// The longest `ttl` accepted: 100 years.
 const MAX_TTL_SECONDS: i64 = 100 * 366 * 24 * 3600;
-/// How often a change is read, judged and written again when another change to the same
-/// token wins the race.
-const WRITE_ATTEMPTS: usize = 5;
 
 /// The TokenService implementation.
 pub struct TokenApi {
@@ -93,22 +89,25 @@ impl TokenApi {
             })?;
         kind.template.fill_defaults(&mut token, now);
         power::inherit_limits(&caller.token, &mut token);
-        caller
-            .authorize(
-                &self.state,
-                &Policy::Create {
-                    token: &token,
-                    kind: &kind,
-                },
-            )
-            .await?;
+        caller.allow(
+            &self.state,
+            &Policy::Create {
+                token: &token,
+                kind: &kind,
+            },
+        )?;
         let mut audit = caller.event(Action::CreateToken, AuditEvent::token_target(token.id), now);
         let recorded: Vec<&str> = fields::settable().chain(["owner"]).collect();
         audit.changes = fields::audited(&token, &recorded);
-        self.state.store.insert(&token, &audit).await?;
-        self.state
-            .cache
-            .insert_new(token.secret_hash, Arc::new(EncodedToken::new(&token)));
+        let delegated = power::delegated_uses(&caller.token, None, &token);
+        let changed = self
+            .state
+            .store
+            .insert(&token, caller.actor(), delegated, &audit)
+            .await?;
+        self.finish(caller, token.id, changed)?;
+        // Not cached here: a Verify fills the cache, so that no revocation racing this
+        // call can be undone by a stale entry.
         tracing::info!(
             action = "create",
             token_id = %token.id,
@@ -137,47 +136,51 @@ impl TokenApi {
                 format!("must name the fields to update: {}", settable_list()),
             ));
         }
-        for _ in 0..WRITE_ATTEMPTS {
-            let before = self.current(caller, id).await?;
-            let now = token::now();
+        let now = token::now();
+        // Every named field parses (or the call is INVALID_ARGUMENT) before anything is read.
+        let mut probe = caller.token.as_ref().clone();
+        for path in &paths {
+            apply_field(&mut probe, &spec, path, now)?;
+        }
+        let kinds = self.state.store.list_types().await?;
+        let kind = |id: &str| kinds.iter().find(|k| k.id == id);
+        let changed: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let decide = |before: &Token| {
             let mut after = before.clone();
             for path in &paths {
-                apply_field(&mut after, &spec, path, now)?;
+                apply_field(&mut after, &spec, path, now).map_err(|e| Refusal::Invalid {
+                    field: "token".into(),
+                    message: e.to_string(),
+                })?;
             }
             after.update_time = now;
-            let before_kind = self.registered_type(&before.token_type).await?;
-            let after_kind = if after.token_type == before.token_type {
-                before_kind.clone()
-            } else {
-                self.registered_type(&after.token_type).await?
-            };
-            caller
-                .authorize(
-                    &self.state,
-                    &Policy::Update {
-                        before: &before,
-                        after: &after,
-                        before_kind: before_kind.as_ref(),
-                        after_kind: after_kind.as_ref(),
-                    },
-                )
-                .await?;
+            caller.allow(
+                &self.state,
+                &Policy::Update {
+                    before,
+                    after: &after,
+                    before_kind: kind(&before.token_type),
+                    after_kind: kind(&after.token_type),
+                },
+            )?;
             let mut audit = caller.event(Action::UpdateToken, AuditEvent::token_target(id), now);
-            let changed: Vec<&str> = paths.iter().map(String::as_str).collect();
             audit.changes = fields::audited(&after, &changed);
-            let outcome = self.state.store.update(&after, &audit).await?;
-            if let Some(token) = self.written(id, outcome)? {
-                tracing::info!(
-                    action = "update",
-                    token_id = %id,
-                    fields = %paths.join(","),
-                    actor = %caller.token.id,
-                    "token updated"
-                );
-                return Ok(token);
-            }
-        }
-        Err(concurrently_changed())
+            Ok(Decided {
+                delegated_uses: power::delegated_uses(&caller.token, Some(before), &after),
+                change: Change::Update(Box::new(after)),
+                audit,
+            })
+        };
+        let changed = self.state.store.change(id, caller.actor(), &decide).await?;
+        let (_, after) = self.finish(caller, id, changed)?;
+        tracing::info!(
+            action = "update",
+            token_id = %id,
+            fields = %paths.join(","),
+            actor = %caller.token.id,
+            "token updated"
+        );
+        Ok(after.expect("an update keeps the token"))
     }
 
     async fn set_enabled(&self, caller: &Caller, id: Uuid, enabled: bool) -> Result<Token, Error> {
@@ -186,58 +189,54 @@ impl TokenApi {
         } else {
             Action::DisableToken
         };
-        for _ in 0..WRITE_ATTEMPTS {
-            let before = self.current(caller, id).await?;
-            caller
-                .authorize(
-                    &self.state,
-                    &Policy::SetEnabled {
-                        token: &before,
-                        enabled,
-                    },
-                )
-                .await?;
-            let now = token::now();
-            let audit = caller
-                .event(action, AuditEvent::token_target(id), now)
-                .change("enabled", enabled);
-            let outcome = self
-                .state
-                .store
-                .set_enabled(id, enabled, now, before.revision, &audit)
-                .await?;
-            if let Some(token) = self.written(id, outcome)? {
-                tracing::info!(
-                    action = action.audit_name(),
-                    token_id = %id,
-                    actor = %caller.token.id,
-                    "token {}",
-                    if enabled { "enabled" } else { "disabled" }
-                );
-                return Ok(token);
-            }
-        }
-        Err(concurrently_changed())
+        let now = token::now();
+        let decide = |before: &Token| {
+            caller.allow(
+                &self.state,
+                &Policy::SetEnabled {
+                    token: before,
+                    enabled,
+                },
+            )?;
+            Ok(Decided {
+                // Nothing to write, and nothing for a flood of no-op calls to race with.
+                change: if before.enabled == enabled {
+                    Change::Keep
+                } else {
+                    Change::SetEnabled(enabled)
+                },
+                audit: caller
+                    .event(action, AuditEvent::token_target(id), now)
+                    .change("enabled", enabled),
+                delegated_uses: 0,
+            })
+        };
+        let changed = self.state.store.change(id, caller.actor(), &decide).await?;
+        let (_, after) = self.finish(caller, id, changed)?;
+        tracing::info!(
+            action = action.audit_name(),
+            token_id = %id,
+            actor = %caller.token.id,
+            "token {}",
+            if enabled { "enabled" } else { "disabled" }
+        );
+        Ok(after.expect("enabling or disabling keeps the token"))
     }
 
     async fn delete(&self, caller: &Caller, id: Uuid) -> Result<(), Error> {
-        for _ in 0..WRITE_ATTEMPTS {
-            let before = self.current(caller, id).await?;
-            caller
-                .authorize(&self.state, &Policy::Delete(&before))
-                .await?;
-            let audit = caller.event(
-                Action::DeleteToken,
-                AuditEvent::token_target(id),
-                token::now(),
-            );
-            let outcome = self.state.store.delete(id, before.revision, &audit).await?;
-            if self.written(id, outcome)?.is_some() {
-                tracing::info!(action = "delete", token_id = %id, actor = %caller.token.id, "token deleted");
-                return Ok(());
-            }
-        }
-        Err(concurrently_changed())
+        let now = token::now();
+        let decide = |before: &Token| {
+            caller.allow(&self.state, &Policy::Delete(before))?;
+            Ok(Decided {
+                change: Change::Delete,
+                audit: caller.event(Action::DeleteToken, AuditEvent::token_target(id), now),
+                delegated_uses: 0,
+            })
+        };
+        let changed = self.state.store.change(id, caller.actor(), &decide).await?;
+        self.finish(caller, id, changed)?;
+        tracing::info!(action = "delete", token_id = %id, actor = %caller.token.id, "token deleted");
+        Ok(())
     }
 
     async fn list(
@@ -318,14 +317,11 @@ impl TokenApi {
                 Some(Duration::seconds(d.seconds) + Duration::nanoseconds(i64::from(d.nanos)))
             }
         };
-        for _ in 0..WRITE_ATTEMPTS {
-            let before = self.current(caller, id).await?;
-            // The policy judges before the secret exists: a refused rotation makes none.
-            caller
-                .authorize(&self.state, &Policy::Rotate(&before))
-                .await?;
-            let now = token::now();
-            let secret = TokenSecret::generate(&self.state.prefix);
+        let now = token::now();
+        // Made before the decision, shown only if the rotation is done.
+        let secret = TokenSecret::generate(&self.state.prefix);
+        let decide = |before: &Token| {
+            caller.allow(&self.state, &Policy::Rotate(before))?;
             // Rotation never extends a lifetime: the old secret ends by the token's expiry too.
             let previous_until = grace.map(|grace| {
                 let until = (now + grace).trunc_subsecs(6);
@@ -344,24 +340,19 @@ impl TokenApi {
             let mut audit = caller.event(Action::RotateToken, AuditEvent::token_target(id), now);
             audit.changes =
                 fields::audited(&rotated, &["display_hint", "previous_secret_expire_time"]);
-            let outcome = self
-                .state
-                .store
-                .rotate(id, &rotation, before.revision, &audit)
-                .await?;
-            if let Some(token) = self.written(id, outcome)? {
-                // Every secret the token had or has: the old one may now be a previous
-                // one, with a shorter life than its cached entry, and the new one may be
-                // cached as unknown.
-                self.state.evict(&before);
-                tracing::info!(action = "rotate", token_id = %id, actor = %caller.token.id, "token rotated");
-                return Ok(RotateTokenResponse {
-                    token: Some(token_to_pb(&token)),
-                    secret: secret.expose().to_owned(),
-                });
-            }
-        }
-        Err(concurrently_changed())
+            Ok(Decided {
+                change: Change::Rotate(rotation),
+                audit,
+                delegated_uses: 0,
+            })
+        };
+        let changed = self.state.store.change(id, caller.actor(), &decide).await?;
+        let (_, after) = self.finish(caller, id, changed)?;
+        tracing::info!(action = "rotate", token_id = %id, actor = %caller.token.id, "token rotated");
+        Ok(RotateTokenResponse {
+            token: after.as_ref().map(token_to_pb),
+            secret: secret.expose().to_owned(),
+        })
     }
 
     async fn revoke(
@@ -393,14 +384,9 @@ impl TokenApi {
             "" => None,
             id => Some(convert::parse_id(id, "created_by")?),
         };
-        caller
-            .authorize(
-                &self.state,
-                &Policy::Revoke {
-                    owner: owner.as_deref(),
-                },
-            )
-            .await?;
+        caller.decide(&Policy::Revoke {
+            owner: owner.as_deref(),
+        })?;
         // A caller without `*:*` only ever reaches its own owner's tokens.
         let scope_owner = owner
             .clone()
@@ -429,8 +415,13 @@ impl TokenApi {
         let revoked = self
             .state
             .store
-            .revoke(&query, &decide, now, &audit)
+            .revoke(&query, caller.actor(), &decide, now, &audit)
             .await?;
+        match revoked.outcome {
+            RevokeOutcome::Done => caller.used(&self.state),
+            RevokeOutcome::CallerChanged => return Err(caller_changed()),
+            RevokeOutcome::OutOfUses => return Err(out_of_uses()),
+        }
         for token in &revoked.tokens {
             self.state.evict(token);
         }
@@ -461,16 +452,32 @@ impl TokenApi {
         Ok(self.state.store.get_type(id).await?)
     }
 
-    /// The token a conditional write changed, after evicting it; `None` when another
-    /// change won the race and the caller should read, judge and try again.
-    fn written(&self, id: Uuid, outcome: UpdateOutcome) -> Result<Option<Token>, Error> {
-        match outcome {
-            UpdateOutcome::Updated(token) => {
-                self.state.evict(&token);
-                Ok(Some(*token))
+    /// What a write did, or why it did nothing, as the call's answer: the token as it was
+    /// and as it is now. Every secret either had is evicted from this replica's cache
+    /// (and, through the change feed, from every other's).
+    fn finish(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        changed: Changed,
+    ) -> Result<(Token, Option<Token>), Error> {
+        match changed {
+            Changed::Done { before, after } => {
+                self.state.evict(&before);
+                if let Some(after) = &after {
+                    self.state.evict(after);
+                }
+                caller.used(&self.state);
+                Ok((*before, after.map(|a| *a)))
             }
-            UpdateOutcome::NotFound => Err(not_found(id)),
-            UpdateOutcome::Conflict => Ok(None),
+            Changed::Refused(refusal) => Err(refusal.into()),
+            Changed::NotFound => Err(not_found(id)),
+            Changed::CallerChanged => Err(caller_changed()),
+            Changed::OutOfUses => Err(out_of_uses()),
+            Changed::TypeGone => Err(Error::invalid(
+                "token.type",
+                "is no longer a registered token type",
+            )),
         }
     }
 }
@@ -580,6 +587,10 @@ fn not_found(id: Uuid) -> Error {
     Error::NotFound(format!("token {id} not found"))
 }
 
-fn concurrently_changed() -> Error {
-    Error::Aborted("token was changed concurrently; retry".into())
+fn caller_changed() -> Error {
+    Error::Aborted("the calling token changed while the call ran; retry".into())
+}
+
+fn out_of_uses() -> Error {
+    Error::Unauthenticated("invalid bearer token: token has no uses left".into())
 }

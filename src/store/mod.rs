@@ -16,7 +16,9 @@ use uuid::Uuid;
 pub use sql::{LostConnections, SqlStore};
 
 use crate::{
-    domain::{audit::AuditEvent, secret::SecretHash, token::Token, token_type::TokenType},
+    domain::{
+        audit::AuditEvent, policy::Refusal, secret::SecretHash, token::Token, token_type::TokenType,
+    },
     metrics::histogram::Histogram,
 };
 
@@ -51,15 +53,69 @@ pub enum StoreError {
     },
 }
 
-/// The result of a conditional write of one token.
+/// The caller of a management write. The write's transaction locks the caller's row and
+/// checks it is still this revision and enabled, so that a call from a token disabled,
+/// rotated or changed since it authenticated changes nothing; and it spends the caller's
+/// uses there, atomically with the write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// The caller's token.
+    pub id: Uuid,
+    /// Its revision when the call authenticated.
+    pub revision: i64,
+}
+
+/// What a management call does to the one token it acts on.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Nothing needs writing (e.g. enabling an enabled token): no write, no audit event.
+    Keep,
+    /// Write the token's settable fields.
+    Update(Box<Token>),
+    /// Enable or disable it.
+    SetEnabled(bool),
+    /// Give it a new secret.
+    Rotate(Rotation),
+    /// Delete it.
+    Delete,
+}
+
+/// A decision on one token, made on the token as the write's transaction has it locked.
+#[derive(Clone, Debug)]
+pub struct Decided {
+    /// What to write.
+    pub change: Change,
+    /// The audit event of the change, written in its transaction.
+    pub audit: AuditEvent,
+    /// Uses the caller hands to the token beyond the one the call itself spends: a
+    /// usage-limited caller pays from its own budget for every use it gives away.
+    pub delegated_uses: i64,
+}
+
+/// Decides what to do to a token, given the token as it is locked; a refusal writes nothing.
+pub type Decide<'a> = &'a (dyn Fn(&Token) -> Result<Decided, Refusal> + Send + Sync);
+
+/// The result of a management write.
 #[derive(Debug)]
-pub enum UpdateOutcome {
-    /// Written; the token as stored now (as it was, for a deletion).
-    Updated(Box<Token>),
+pub enum Changed {
+    /// Written (or nothing to write): the token as it was, and as it is now (`None` once
+    /// deleted).
+    Done {
+        /// As it was, locked, when the decision was made.
+        before: Box<Token>,
+        /// As it is now.
+        after: Option<Box<Token>>,
+    },
+    /// The decision refused it; nothing was written.
+    Refused(Refusal),
     /// No such token.
     NotFound,
-    /// The token changed since it was read; read it again and retry.
-    Conflict,
+    /// The caller's token is gone, disabled or changed since the call authenticated.
+    CallerChanged,
+    /// The caller has fewer uses left than the call needs.
+    OutOfUses,
+    /// The token's type is no longer registered.
+    TypeGone,
 }
 
 /// Which tokens a query may touch: all, or one owner's.
@@ -124,6 +180,21 @@ pub struct Revoked {
     pub tokens: Vec<Token>,
     /// The matching tokens it left enabled, because the caller may not revoke them.
     pub skipped: usize,
+    /// Whether it was carried out at all: `Changed::Done`, or why not (the caller changed
+    /// or ran out of uses); nothing is written unless done.
+    pub outcome: RevokeOutcome,
+}
+
+/// Whether a bulk revocation was carried out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// Written.
+    #[default]
+    Done,
+    /// The caller's token is gone, disabled or changed since the call authenticated.
+    CallerChanged,
+    /// The caller has no use left.
+    OutOfUses,
 }
 
 /// Decides, for each token a bulk revocation matches, whether to disable it.
@@ -215,8 +286,16 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Applies the embedded migrations that have not run yet.
     async fn migrate(&self) -> Result<(), StoreError>;
 
-    /// Stores a new token under the hash of its secret, with its audit event.
-    async fn insert(&self, token: &Token, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Stores a new token under the hash of its secret, with its audit event, if its
+    /// creator (`actor`) is still as it authenticated and has the uses the creation costs
+    /// (one, plus `delegated_uses`), and the token's type is still registered.
+    async fn insert(
+        &self,
+        token: &Token,
+        actor: Actor,
+        delegated_uses: i64,
+        audit: &AuditEvent,
+    ) -> Result<Changed, StoreError>;
 
     /// Stores an admin token made by bootstrap and marks the store as bootstrapped. With
     /// `only_first`, stores nothing (and returns false) when the store was bootstrapped
@@ -245,47 +324,24 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Counts the tokens matching a query's filters (ignoring `after` and `limit`).
     async fn count(&self, query: &ListQuery<'_>) -> Result<i64, StoreError>;
 
-    // Every write of one token below is conditional on the revision the caller judged,
-    // so that what the policy allowed is what gets changed: a token changed meanwhile is
-    // a `Conflict`, to be read and judged again.
-
-    /// Writes a token's mutable fields if its revision is still `token.revision`.
-    async fn update(&self, token: &Token, audit: &AuditEvent) -> Result<UpdateOutcome, StoreError>;
-
-    /// Enables or disables a token if its revision is still `revision`; returns it as
-    /// stored now.
-    async fn set_enabled(
+    /// Changes one token as `decide` says, in one transaction that locks the token and its
+    /// caller (in id order, the order every writer locks rows in), checks the caller,
+    /// decides on the token as locked, spends the caller's uses and writes the change with
+    /// its audit event. Nothing can change the token between the decision and the write.
+    async fn change(
         &self,
         id: Uuid,
-        enabled: bool,
-        now: DateTime<Utc>,
-        revision: i64,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError>;
-
-    /// Deletes a token if its revision is still `revision`; returns it as it was.
-    async fn delete(
-        &self,
-        id: Uuid,
-        revision: i64,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError>;
-
-    /// Gives a token a new secret if its revision is still `revision`; returns it as
-    /// stored now.
-    async fn rotate(
-        &self,
-        id: Uuid,
-        rotation: &Rotation,
-        revision: i64,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError>;
+        actor: Actor,
+        decide: Decide<'_>,
+    ) -> Result<Changed, StoreError>;
 
     /// Disables, atomically, every enabled token matching the query that `decide` lets
-    /// go (the others are counted as skipped), and records `audit` with both counts.
+    /// go (the others are counted as skipped), after checking the caller as `change`
+    /// does and spending its use, and records `audit` with both counts.
     async fn revoke(
         &self,
         query: &RevokeQuery<'_>,
+        actor: Actor,
         decide: RevokeDecision<'_>,
         now: DateTime<Utc>,
         audit: &AuditEvent,

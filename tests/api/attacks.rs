@@ -26,11 +26,14 @@ both_backends!(
     a_weaker_token_cannot_lock_out_a_stronger_one,
     a_rotated_out_secret_authenticates_no_management_call,
     a_limited_creator_delegates_at_most_what_it_has,
+    delegated_uses_are_paid_for_so_they_never_multiply,
     a_token_cannot_lift_its_own_limits,
     a_type_change_cannot_escape_a_template,
-    built_in_types_are_loosened_only_by_admins,
+    built_in_templates_are_changed_only_by_admins,
     check_spends_uses_and_rate_only_on_requests_it_allows,
     the_management_callers_address_comes_from_trusted_proxies_only,
+    an_unreadable_forwarded_for_fails_closed_and_is_still_rate_limited,
+    allowed_fields_bind_permissions_other_than_the_defaults,
     a_leaked_creator_and_everything_it_made_are_revoked_in_one_call,
 );
 
@@ -358,19 +361,99 @@ async fn a_limited_creator_delegates_at_most_what_it_has(backend: Backend) {
         "refused calls spend no use of their caller"
     );
 
-    // Unset, the limits are inherited: at most the uses the creator had left, no looser
-    // a rate.
+    // Unset, the limits are inherited: the uses the creator has left after this call,
+    // paid from its own budget, and no looser a rate. The creator then has none left.
     let child = app
         .create_as(&limited, spec("child", &["domains:read"]))
         .await
         .unwrap()
         .token
         .unwrap();
-    assert_eq!(child.max_uses, 3);
+    assert_eq!(child.max_uses, 2);
     assert_eq!(child.rate_limit, rate(100, 60));
     assert_eq!(
         get(&app, &app.admin, &limited_token.id).await.unwrap().uses,
-        1
+        3
+    );
+    let spent = app
+        .create_as(&limited, spec("one-more", &["domains:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(spent.code(), Code::Unauthenticated, "{spent:?}");
+}
+
+async fn delegated_uses_are_paid_for_so_they_never_multiply(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // A chain of creators, each handing its child what it has left: the whole lineage
+    // can never be accepted more often than the root's max_uses allows.
+    let (root, _) = make(
+        &app,
+        Token {
+            max_uses: 6,
+            ..spec("root", &["tokens:create", "domains:read"])
+        },
+    )
+    .await;
+    let mut holders = vec![root.clone()];
+    let mut current = root;
+    for level in 0..10 {
+        match app
+            .create_as(
+                &current,
+                spec(&format!("c{level}"), &["tokens:create", "domains:read"]),
+            )
+            .await
+        {
+            Ok(child) => {
+                current = child.secret.clone();
+                holders.push(child.secret);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                break;
+            }
+        }
+    }
+    let mut accepted = holders.len() - 1; // each create was one use of its creator
+    for secret in &holders {
+        while result(&app, secret).await == VerifyResult::Ok {
+            accepted += 1;
+        }
+    }
+    assert!(accepted <= 6, "{accepted} uses from a max_uses: 6 root");
+
+    // Two limited writers cannot refill each other: what one adds, it pays for.
+    let (a, a_token) = make(
+        &app,
+        Token {
+            max_uses: 3,
+            ..spec("a", &["tokens:write", "domains:read"])
+        },
+    )
+    .await;
+    let (_, b_token) = make(
+        &app,
+        Token {
+            max_uses: 1,
+            ..spec("b", &["tokens:write", "domains:read"])
+        },
+    )
+    .await;
+    let refill = |max_uses| Token {
+        id: b_token.id.clone(),
+        max_uses,
+        ..Default::default()
+    };
+    denied(update(&app, &a, refill(10), &["max_uses"]).await);
+    update(&app, &a, refill(2), &["max_uses"])
+        .await
+        .expect("one more use for b costs a two (its call and the use)");
+    assert_eq!(get(&app, &app.admin, &a_token.id).await.unwrap().uses, 2);
+    denied(update(&app, &a, refill(3), &["max_uses"]).await);
+    assert_eq!(
+        get(&app, &app.admin, &a_token.id).await.unwrap().uses,
+        2,
+        "a refused refill costs nothing"
     );
 }
 
@@ -493,7 +576,7 @@ async fn a_type_change_cannot_escape_a_template(backend: Backend) {
     assert_eq!((moved.r#type.as_str(), moved.read_only), ("personal", true));
 }
 
-async fn built_in_types_are_loosened_only_by_admins(backend: Backend) {
+async fn built_in_templates_are_changed_only_by_admins(backend: Backend) {
     let app = spawn_app(backend).await;
     let (types_admin, _) = make(&app, spec("types", &["token-types:*"])).await;
     let mut client = TokenTypeServiceClient::new(app.channel.clone());
@@ -537,9 +620,17 @@ async fn built_in_types_are_loosened_only_by_admins(backend: Backend) {
         seconds: 3600,
         nanos: 0,
     });
+    // Tightening would freeze every token of the type (each later update must fit it):
+    // an administrator's decision too.
+    denied(
+        client
+            .update_token_type(loosen(&types_admin, tighter.clone()))
+            .await,
+    );
+    assert_eq!(app.state().await, before, "nothing changed");
     assert!(
         client
-            .update_token_type(loosen(&types_admin, tighter))
+            .update_token_type(loosen(&app.admin, tighter))
             .await
             .is_ok()
     );
@@ -772,4 +863,134 @@ async fn a_leaked_creator_and_everything_it_made_are_revoked_in_one_call(backend
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
+}
+
+async fn an_unreadable_forwarded_for_fails_closed_and_is_still_rate_limited(backend: Backend) {
+    let db = TestDb::fresh(backend).await;
+    let mut settings = test_settings(&db);
+    settings.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    settings.management_rate_limit = 3;
+    let app = spawn_with(db, settings, None).await;
+    // Limited to the balancer's own network: a client behind it must not pass for it.
+    let (internal, _) = make(
+        &app,
+        Token {
+            allowed_cidrs: vec!["127.0.0.0/8".into()],
+            ..spec("internal", &["tokens:read"])
+        },
+    )
+    .await;
+    let call = |secret: &str, value: &[u8]| {
+        let mut request = authed(secret, ListTokensRequest::default());
+        request.metadata_mut().insert(
+            "x-forwarded-for",
+            tonic::metadata::MetadataValue::try_from(value).unwrap(),
+        );
+        request
+    };
+    let mut tokens = app.tokens.clone();
+    // A balancer that appends the client to a header the client sent with a byte that is
+    // not visible ASCII: the chain cannot be read, so the client is unknown.
+    denied(
+        tokens
+            .list_tokens(call(&internal, b"\xff, 203.0.113.5"))
+            .await,
+    );
+    denied(
+        tokens
+            .list_tokens(call(&internal, b"198.51.100.1, 203.0.113.5"))
+            .await,
+    );
+
+    // Unknown addresses are counted under the peer, IPv6 ones by their /64: neither
+    // garbage nor a walk through one /64 escapes the management rate limit.
+    let (reader, _) = make(&app, spec("reader", &["tokens:read"])).await;
+    let limited = |answers: Vec<Result<tonic::Response<_>, Status>>| {
+        answers
+            .into_iter()
+            .filter(
+                |a: &Result<
+                    tonic::Response<token_authority::pb::v1::ListTokensResponse>,
+                    Status,
+                >| { matches!(a, Err(s) if s.code() == Code::ResourceExhausted) },
+            )
+            .count()
+    };
+    let mut garbage = Vec::new();
+    for i in 0..6 {
+        garbage.push(
+            tokens
+                .list_tokens(call(&reader, format!("garbage{i}").as_bytes()))
+                .await,
+        );
+    }
+    assert!(
+        limited(garbage) >= 3,
+        "unparseable addresses share the peer's limit"
+    );
+    let mut walk = Vec::new();
+    for i in 0..6 {
+        walk.push(
+            tokens
+                .list_tokens(call(&reader, format!("2001:db8:1:2::{i:x}").as_bytes()))
+                .await,
+        );
+    }
+    assert!(limited(walk) >= 3, "one /64 is one address to the limit");
+}
+
+async fn allowed_fields_bind_permissions_other_than_the_defaults(backend: Backend) {
+    let app = spawn_app(backend).await;
+    TokenTypeServiceClient::new(app.channel.clone())
+        .create_token_type(authed(
+            &app.admin,
+            token_authority::pb::v1::CreateTokenTypeRequest {
+                token_type: Some(TokenType {
+                    id: "report".into(),
+                    display_name: "Report viewer".into(),
+                    template: Some(token_authority::pb::v1::Template {
+                        allowed_fields: vec!["bindings".into()],
+                        required_bindings: vec!["reportId".into()],
+                        default_permissions: vec!["reports:read".into()],
+                        writable: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let bound = || [("reportId".to_owned(), "r-1".to_owned())].into();
+    let before = app.state().await;
+    let status = app
+        .create_as(
+            &app.admin,
+            Token {
+                r#type: "report".into(),
+                bindings: bound(),
+                ..spec("r1", &["domains:write", "domains:delete"])
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("token.permissions:"),
+        "{status:?}"
+    );
+    assert_eq!(app.state().await, before, "nothing changed");
+    // Control: the type's own defaults are what such a token gets.
+    let made = app
+        .create_as(
+            &app.admin,
+            Token {
+                r#type: "report".into(),
+                bindings: bound(),
+                ..spec("r2", &[])
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.token.unwrap().permissions, ["reports:read"]);
 }

@@ -20,6 +20,7 @@ mod metrics;
 mod operations;
 mod persistence;
 mod policy_model;
+mod races;
 mod replicas;
 mod request_ids;
 mod rotation_and_limits;

@@ -34,7 +34,7 @@ use token_authority::{
         RotateTokenRequest, SetTokenEnabledRequest, Token, UpdateTokenRequest,
         token_service_client::TokenServiceClient,
     },
-    store::{self, AuditQuery, ListQuery, TokenStore},
+    store::{self, Actor, AuditQuery, ListQuery, TokenStore},
 };
 use tonic::{Code, Request, transport::Channel};
 
@@ -189,8 +189,19 @@ impl ModelToken {
 
     /// Spends one use of an allowed call; only usage-limited tokens count them.
     fn spend(&mut self) {
-        if self.power.max_uses.is_some() {
-            self.uses += 1;
+        self.charge(1);
+    }
+
+    /// Spends `uses` (the call's own and those it gives away) if a usage-limited token has
+    /// them left; false, spending nothing, if not.
+    fn charge(&mut self, uses: i64) -> bool {
+        match self.power.max_uses {
+            None => true,
+            Some(max) if self.uses + uses <= max => {
+                self.uses += uses;
+                true
+            }
+            Some(_) => false,
         }
     }
 
@@ -404,7 +415,10 @@ impl Model {
                 }
                 power.team = power.team.or(c.power.team);
                 power.assistant_bound |= c.power.assistant_bound;
-                power.max_uses = power.max_uses.or(c.remaining().map(|left| left.max(1)));
+                // What the creator has left after this call's own use.
+                power.max_uses = power
+                    .max_uses
+                    .or(c.remaining().map(|left| (left - 1).max(1)));
                 power.rate = power.rate.or(c.power.rate);
                 let token = ModelToken {
                     owner,
@@ -419,7 +433,14 @@ impl Model {
                 if !fits(&token.power, token.power.kind) || !c.covers(&token) {
                     return Refused;
                 }
-                self.tokens[caller].spend();
+                // A usage-limited creator pays for the uses it gives away.
+                let given = match c.power.max_uses {
+                    Some(_) => token.remaining().unwrap_or(0),
+                    None => 0,
+                };
+                if !self.tokens[caller].charge(1 + given) {
+                    return Refused;
+                }
                 self.tokens.push(token);
                 Allowed
             }
@@ -455,13 +476,19 @@ impl Model {
                 if !c.covers(&before) || !templates || !c.covers(&after) {
                     return Refused;
                 }
-                // The use is spent as the caller was when the call arrived, before the
-                // change (which may be to the caller itself) is written.
-                let spends = c.power.max_uses.is_some();
-                self.tokens[target] = after;
-                if spends {
-                    self.tokens[caller].uses += 1;
+                // A usage-limited caller pays for the remaining uses it adds; the charge is
+                // made on the caller as it was, before the change (which may be to the
+                // caller itself) is written.
+                let given = match (c.power.max_uses, before.remaining(), after.remaining()) {
+                    (Some(_), Some(had), Some(now)) => (now - had).max(0),
+                    _ => 0,
+                };
+                let mut charged = self.tokens[caller].clone();
+                if !charged.charge(1 + given) {
+                    return Refused;
                 }
+                self.tokens[target] = after;
+                self.tokens[caller].uses = charged.uses;
                 Allowed
             }
             Call::SetEnabled {
@@ -989,7 +1016,11 @@ impl Server {
                 Some(&admin),
                 start,
             );
-            observer.insert(&stored, &audit).await.unwrap();
+            let actor = Actor {
+                id: admin.id,
+                revision: admin.revision,
+            };
+            observer.insert(&stored, actor, 0, &audit).await.unwrap();
             handles.push(Handle {
                 id: stored.id.to_string(),
                 secret: secret.expose().to_owned(),

@@ -28,8 +28,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    AuditQuery, ChangeFeed, ListQuery, PoolStats, RevokeDecision, RevokeQuery, Revoked, Rotation,
-    Scope, StoreError, TokenStore, TypeDeletion, UpdateOutcome, UsageRecord,
+    Actor, AuditQuery, ChangeFeed, Changed, Decide, ListQuery, PoolStats, RevokeDecision,
+    RevokeQuery, Revoked, Scope, StoreError, TokenStore, TypeDeletion, UsageRecord,
 };
 use crate::{
     domain::{audit::AuditEvent, secret::SecretHash, token::Token, token_type::TokenType},
@@ -51,6 +51,7 @@ macro_rules! impl_sql_store {
             for<'r> $crate::store::sql::rows::TokenRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::rows::AuditRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::rows::TypeRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::sql::rows::RevokeCandidate: ::sqlx::FromRow<'r, DB::Row>,
             for<'q> ::uuid::Uuid:
                 ::sqlx::Encode<'q, DB> + ::sqlx::Decode<'q, DB> + ::sqlx::Type<DB>,
             for<'q> String: ::sqlx::Encode<'q, DB> + ::sqlx::Decode<'q, DB> + ::sqlx::Type<DB>,
@@ -99,6 +100,10 @@ pub trait Backend: Database {
     /// the backend locks rows (Postgres); SQLite locks the whole database on write.
     const LOCK_ROWS: &'static str;
 
+    /// Appended to a `SELECT` to share-lock the rows it reads (Postgres): they cannot be
+    /// changed or deleted until the transaction ends.
+    const SHARE_ROWS: &'static str;
+
     /// Begins a transaction that may write. SQLite's plain `BEGIN` is deferred: it takes the
     /// write lock only at the first write, and that upgrade fails at once (SQLITE_BUSY, which
     /// no busy timeout can wait out) when another connection wrote since the transaction's
@@ -123,6 +128,7 @@ pub trait Backend: Database {
 impl Backend for Postgres {
     const BACKEND_NAME: &'static str = "postgres";
     const LOCK_ROWS: &'static str = " FOR UPDATE";
+    const SHARE_ROWS: &'static str = " FOR SHARE";
     const BEGIN_WRITE: &'static str = "BEGIN";
 
     fn binding_clause(key: usize, value: usize) -> String {
@@ -144,6 +150,7 @@ impl Backend for Postgres {
 impl Backend for Sqlite {
     const BACKEND_NAME: &'static str = "sqlite";
     const LOCK_ROWS: &'static str = "";
+    const SHARE_ROWS: &'static str = "";
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     fn binding_clause(key: usize, value: usize) -> String {
@@ -240,8 +247,15 @@ impl_sql_store! {
             Ok(())
         }
 
-        async fn insert(&self, token: &Token, audit: &AuditEvent) -> Result<(), StoreError> {
-            self.retried(|| self.insert(token, audit)).await
+        async fn insert(
+            &self,
+            token: &Token,
+            actor: Actor,
+            delegated_uses: i64,
+            audit: &AuditEvent,
+        ) -> Result<Changed, StoreError> {
+            self.retried(|| self.insert(token, actor, delegated_uses, audit))
+                .await
         }
 
         async fn insert_admin(
@@ -273,52 +287,25 @@ impl_sql_store! {
             self.retried(|| self.count(query)).await
         }
 
-        async fn update(
-            &self,
-            token: &Token,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            self.retried(|| self.update(token, audit)).await
-        }
-
-        async fn set_enabled(
+        async fn change(
             &self,
             id: Uuid,
-            enabled: bool,
-            now: DateTime<Utc>,
-            revision: i64,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            self.retried(|| self.set_enabled(id, enabled, now, revision, audit)).await
-        }
-
-        async fn delete(
-            &self,
-            id: Uuid,
-            revision: i64,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            self.retried(|| self.delete(id, revision, audit)).await
-        }
-
-        async fn rotate(
-            &self,
-            id: Uuid,
-            rotation: &Rotation,
-            revision: i64,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            self.retried(|| self.rotate(id, rotation, revision, audit)).await
+            actor: Actor,
+            decide: Decide<'_>,
+        ) -> Result<Changed, StoreError> {
+            self.retried(|| self.change(id, actor, decide)).await
         }
 
         async fn revoke(
             &self,
             query: &RevokeQuery<'_>,
+            actor: Actor,
             decide: RevokeDecision<'_>,
             now: DateTime<Utc>,
             audit: &AuditEvent,
         ) -> Result<Revoked, StoreError> {
-            self.retried(|| self.revoke(query, decide, now, audit)).await
+            self.retried(|| self.revoke(query, actor, decide, now, audit))
+                .await
         }
 
         async fn consume_use(&self, id: Uuid) -> Result<Option<i64>, StoreError> {

@@ -62,6 +62,17 @@ pub struct TokenRow {
     rate_limit_interval_ms: Option<i64>,
 }
 
+/// A row a bulk revocation locked, and whether it matches the revocation (else it is the
+/// caller's own row, locked to be checked).
+#[derive(FromRow)]
+pub struct RevokeCandidate {
+    /// The token.
+    #[sqlx(flatten)]
+    pub row: TokenRow,
+    /// Whether the revocation's filter matches it.
+    pub matched: bool,
+}
+
 fn hash_of(bytes: &[u8]) -> Option<SecretHash> {
     bytes.try_into().ok().map(SecretHash)
 }

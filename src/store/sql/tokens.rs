@@ -9,12 +9,13 @@ use uuid::Uuid;
 use super::{
     commit, map_write_error,
     query::{Arg, Filter, bind_args, scoped, token_filter},
-    rows::{COLUMNS, TokenRow, json, rate_columns, strings},
+    rows::{COLUMNS, RevokeCandidate, TokenRow, json, rate_columns, strings},
 };
 use crate::{
     domain::{audit::AuditEvent, secret::SecretHash, token::Token},
     store::{
-        ListQuery, RevokeDecision, RevokeQuery, Revoked, Rotation, Scope, StoreError, UpdateOutcome,
+        Actor, Change, Changed, Decide, ListQuery, RevokeDecision, RevokeOutcome, RevokeQuery,
+        Revoked, Scope, StoreError,
     },
 };
 
@@ -26,13 +27,37 @@ impl_sql_store! {
         pub(super) async fn insert(
             &self,
             token: &Token,
+            actor: Actor,
+            delegated_uses: i64,
             audit: &AuditEvent,
-        ) -> Result<(), StoreError> {
+        ) -> Result<Changed, StoreError> {
             let mut tx = self.begin_write().await?;
+            let caller = Self::lock_rows(&mut *tx, &[actor.id]).await?;
+            let Some(caller) = caller.first().filter(|c| Self::still(c, actor)) else {
+                return Ok(Changed::CallerChanged);
+            };
+            // The type's row is share-locked, so that it cannot be deleted before this
+            // token, which uses it, is committed (DeleteType locks it for update first).
+            let kind: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT id FROM token_types WHERE id = $1{}",
+                DB::SHARE_ROWS
+            ))
+            .bind(token.token_type.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if kind.is_none() {
+                return Ok(Changed::TypeGone);
+            }
+            if !Self::spend(&mut *tx, caller, 1 + delegated_uses).await? {
+                return Ok(Changed::OutOfUses);
+            }
             Self::insert_token(&mut *tx, token).await?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
             commit(tx).await?;
-            Ok(())
+            Ok(Changed::Done {
+                before: Box::new(token.clone()),
+                after: Some(Box::new(token.clone())),
+            })
         }
 
         pub(super) async fn insert_admin(
@@ -121,103 +146,113 @@ impl_sql_store! {
             Ok(statement.fetch_one(&self.pool).await?)
         }
 
-        pub(super) async fn update(
-            &self,
-            token: &Token,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            let returning = format!(
-                "UPDATE tokens SET name = $1, token_type = $2, description = $3, \
-                 permissions = $4, read_only = $5, allowed_cidrs = $6, allowed_hosts = $7, \
-                 bindings = $8, metadata = $9, expire_time = $10, update_time = $11, \
-                 max_uses = $12, rate_limit_requests = $13, rate_limit_interval_ms = $14, \
-                 revision = revision + 1 WHERE id = $15 AND revision = $16 RETURNING {COLUMNS}"
-            );
-            let (requests, interval) = rate_columns(token);
-            let statement = sqlx::query_as::<DB, TokenRow>(&returning)
-                .bind(&token.name)
-                .bind(&token.token_type)
-                .bind(&token.description)
-                .bind(strings(&token.permissions))
-                .bind(token.read_only)
-                .bind(strings(&token.allowed_cidrs))
-                .bind(strings(&token.allowed_hosts))
-                .bind(json(&token.bindings))
-                .bind(json(&token.metadata))
-                .bind(token.expire_time)
-                .bind(token.update_time)
-                .bind(token.max_uses)
-                .bind(requests)
-                .bind(interval)
-                .bind(token.id)
-                .bind(token.revision);
-            self.write_one(token.id, statement, audit).await
-        }
-
-        pub(super) async fn set_enabled(
+        pub(super) async fn change(
             &self,
             id: Uuid,
-            enabled: bool,
-            now: DateTime<Utc>,
-            revision: i64,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            let returning = format!(
-                "UPDATE tokens SET enabled = $1, update_time = $2, revision = revision + 1 \
-                 WHERE id = $3 AND revision = $4 RETURNING {COLUMNS}"
-            );
-            let statement = sqlx::query_as::<DB, TokenRow>(&returning)
-                .bind(enabled)
-                .bind(now)
-                .bind(id)
-                .bind(revision);
-            self.write_one(id, statement, audit).await
-        }
-
-        pub(super) async fn delete(
-            &self,
-            id: Uuid,
-            revision: i64,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            let returning =
-                format!("DELETE FROM tokens WHERE id = $1 AND revision = $2 RETURNING {COLUMNS}");
-            let statement = sqlx::query_as::<DB, TokenRow>(&returning)
-                .bind(id)
-                .bind(revision);
-            self.write_one(id, statement, audit).await
-        }
-
-        pub(super) async fn rotate(
-            &self,
-            id: Uuid,
-            rotation: &Rotation,
-            revision: i64,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            // With a grace period the current secret becomes the previous one (replacing any
-            // earlier previous secret); without, no previous secret works any more.
-            let returning = format!(
-                "UPDATE tokens SET \
-                 previous_secret_hash = CASE WHEN $1 THEN secret_hash ELSE NULL END, \
-                 previous_hash_expire_time = $2, secret_hash = $3, display_hint = $4, \
-                 update_time = $5, revision = revision + 1 WHERE id = $6 AND revision = $7 \
-                 RETURNING {COLUMNS}"
-            );
-            let statement = sqlx::query_as::<DB, TokenRow>(&returning)
-                .bind(rotation.previous_until.is_some())
-                .bind(rotation.previous_until)
-                .bind(&rotation.hash.as_bytes()[..])
-                .bind(rotation.display_hint.as_str())
-                .bind(rotation.now)
-                .bind(id)
-                .bind(revision);
-            self.write_one(id, statement, audit).await
+            actor: Actor,
+            decide: Decide<'_>,
+        ) -> Result<Changed, StoreError> {
+            let mut tx = self.begin_write().await?;
+            // The token and its caller, locked in id order (the order every writer locks
+            // rows in, so that none can deadlock another): nothing changes either of them
+            // between the decision and the write, and a caller disabled or changed since it
+            // authenticated is seen here.
+            let rows = Self::lock_rows(&mut *tx, &[id, actor.id]).await?;
+            let Some(caller) = rows.iter().find(|t| t.id == actor.id) else {
+                return Ok(Changed::CallerChanged);
+            };
+            if !Self::still(caller, actor) {
+                return Ok(Changed::CallerChanged);
+            }
+            let Some(before) = rows.iter().find(|t| t.id == id) else {
+                return Ok(Changed::NotFound);
+            };
+            let decided = match decide(before) {
+                Ok(decided) => decided,
+                Err(refusal) => return Ok(Changed::Refused(refusal)),
+            };
+            if let Change::Update(after) = &decided.change
+                && after.token_type != before.token_type
+            {
+                let kind: Option<String> = sqlx::query_scalar(&format!(
+                    "SELECT id FROM token_types WHERE id = $1{}",
+                    DB::SHARE_ROWS
+                ))
+                .bind(after.token_type.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if kind.is_none() {
+                    return Ok(Changed::TypeGone);
+                }
+            }
+            if !Self::spend(&mut *tx, caller, 1 + decided.delegated_uses).await? {
+                return Ok(Changed::OutOfUses);
+            }
+            let written = match &decided.change {
+                Change::Keep => {
+                    commit(tx).await?;
+                    return Ok(Changed::Done {
+                        before: Box::new(before.clone()),
+                        after: Some(Box::new(before.clone())),
+                    });
+                }
+                Change::Update(after) => Self::write_fields(&mut *tx, after).await?,
+                Change::SetEnabled(enabled) => {
+                    let sql = format!(
+                        "UPDATE tokens SET enabled = $1, update_time = $2, \
+                         revision = revision + 1 WHERE id = $3 RETURNING {COLUMNS}"
+                    );
+                    sqlx::query_as::<DB, TokenRow>(&sql)
+                        .bind(*enabled)
+                        .bind(decided.audit.time)
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?
+                }
+                Change::Rotate(rotation) => {
+                    // With a grace period the current secret becomes the previous one
+                    // (replacing any earlier previous secret); without, no previous
+                    // secret works any more.
+                    let sql = format!(
+                        "UPDATE tokens SET \
+                         previous_secret_hash = CASE WHEN $1 THEN secret_hash ELSE NULL END, \
+                         previous_hash_expire_time = $2, secret_hash = $3, display_hint = $4, \
+                         update_time = $5, revision = revision + 1 WHERE id = $6 \
+                         RETURNING {COLUMNS}"
+                    );
+                    sqlx::query_as::<DB, TokenRow>(&sql)
+                        .bind(rotation.previous_until.is_some())
+                        .bind(rotation.previous_until)
+                        .bind(&rotation.hash.as_bytes()[..])
+                        .bind(rotation.display_hint.as_str())
+                        .bind(rotation.now)
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?
+                }
+                Change::Delete => {
+                    sqlx::query_as::<DB, TokenRow>(&format!(
+                        "DELETE FROM tokens WHERE id = $1 RETURNING {COLUMNS}"
+                    ))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
+            };
+            let written = Token::try_from(written)?;
+            Self::insert_audit(&mut *tx, &decided.audit, &written.owner).await?;
+            commit(tx).await?;
+            let deleted = matches!(decided.change, Change::Delete);
+            Ok(Changed::Done {
+                before: Box::new(before.clone()),
+                after: (!deleted).then(|| Box::new(written)),
+            })
         }
 
         pub(super) async fn revoke(
             &self,
             query: &RevokeQuery<'_>,
+            actor: Actor,
             decide: RevokeDecision<'_>,
             now: DateTime<Utc>,
             audit: &AuditEvent,
@@ -226,7 +261,8 @@ impl_sql_store! {
             let mut tree = "";
             if let Some(root) = query.descendants_of {
                 // Every token the root created, and those they created, all the way down;
-                // deleted tokens' lineage counts too, so a deleted child's children are reached.
+                // deleted tokens' lineage counts too, so a deleted child's children are
+                // reached.
                 filter.args.push(Arg::Uuid(root));
                 tree = "WITH RECURSIVE lineage(id, created_by) AS \
                         (SELECT id, created_by FROM tokens \
@@ -241,27 +277,44 @@ impl_sql_store! {
             if let Some(kind) = query.token_type {
                 filter.and("token_type = ?", Arg::Str(kind));
             }
-            // The rows are locked in id order, the order usage flushes write in, so that a
-            // bulk revocation and another replica's flush cannot deadlock; nothing else can
-            // change them between the decision and the write.
+            filter.args.push(Arg::Uuid(actor.id));
+            let caller_param = filter.args.len();
+            // The matching rows and the caller's, locked in id order (the order usage
+            // flushes write in, so that neither can deadlock the other): nothing changes
+            // them between the decisions and the writes.
+            let matched = format!("(enabled = TRUE{})", filter.sql);
             let sql = format!(
-                "{tree}SELECT {COLUMNS} FROM tokens WHERE enabled = TRUE{} ORDER BY id{}",
-                filter.sql,
+                "{tree}SELECT {COLUMNS}, {matched} AS matched FROM tokens \
+                 WHERE {matched} OR id = ${caller_param} ORDER BY id{}",
                 DB::LOCK_ROWS
             );
             let mut tx = self.begin_write().await?;
-            let rows = bind_args!(sqlx::query_as::<DB, TokenRow>(&sql), &filter.args)
+            let rows = bind_args!(sqlx::query_as::<DB, RevokeCandidate>(&sql), &filter.args)
                 .fetch_all(&mut *tx)
                 .await?;
             let mut revoked = Revoked::default();
+            let mut caller = None;
             let mut chosen = Vec::new();
-            for row in rows {
-                let token = Token::try_from(row)?;
-                if decide(&token) {
-                    chosen.push(token.id);
-                } else {
-                    revoked.skipped += 1;
+            for candidate in rows {
+                let token = Token::try_from(candidate.row)?;
+                if candidate.matched {
+                    if decide(&token) {
+                        chosen.push(token.id);
+                    } else {
+                        revoked.skipped += 1;
+                    }
                 }
+                if token.id == actor.id {
+                    caller = Some(token);
+                }
+            }
+            let Some(caller) = caller.filter(|c| Self::still(c, actor)) else {
+                revoked.outcome = RevokeOutcome::CallerChanged;
+                return Ok(revoked);
+            };
+            if !Self::spend(&mut *tx, &caller, 1).await? {
+                revoked.outcome = RevokeOutcome::OutOfUses;
+                return Ok(revoked);
             }
             for chunk in chosen.chunks(REVOKE_CHUNK) {
                 let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
@@ -290,35 +343,87 @@ impl_sql_store! {
             Ok(revoked)
         }
 
-        /// Runs a conditional statement that changes (at most) one token and, if it did,
-        /// records its audit event in the same transaction. When it changed nothing, tells
-        /// a token that is gone from one whose revision moved on.
-        async fn write_one<'q>(
-            &self,
-            id: Uuid,
-            statement: sqlx::query::QueryAs<'q, DB, TokenRow, DB::Arguments<'q>>,
-            audit: &AuditEvent,
-        ) -> Result<UpdateOutcome, StoreError> {
-            let mut tx = self.begin_write().await?;
-            let row = statement
-                .fetch_optional(&mut *tx)
+        /// Reads and locks (for update, where the backend locks rows) the tokens with
+        /// these ids, in id order.
+        async fn lock_rows<'e, E>(executor: E, ids: &[Uuid]) -> Result<Vec<Token>, StoreError>
+        where
+            E: Executor<'e, Database = DB>,
+        {
+            let params: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {COLUMNS} FROM tokens WHERE id IN ({}) ORDER BY id{}",
+                params.join(", "),
+                DB::LOCK_ROWS
+            );
+            let mut statement = sqlx::query_as::<DB, TokenRow>(&sql);
+            for id in ids {
+                statement = statement.bind(*id);
+            }
+            statement
+                .fetch_all(executor)
+                .await?
+                .into_iter()
+                .map(Token::try_from)
+                .collect()
+        }
+
+        /// Whether the caller's token is still as it was when the call authenticated.
+        fn still(caller: &Token, actor: Actor) -> bool {
+            caller.revision == actor.revision && caller.enabled
+        }
+
+        /// Spends `uses` of a usage-limited caller's budget; false when it has fewer left.
+        /// Callers without `max_uses` spend nothing here.
+        async fn spend<'e, E>(executor: E, caller: &Token, uses: i64) -> Result<bool, StoreError>
+        where
+            E: Executor<'e, Database = DB>,
+        {
+            if caller.max_uses.is_none() {
+                return Ok(true);
+            }
+            let spent: Option<i64> = sqlx::query_scalar(
+                "UPDATE tokens SET uses = uses + $1 WHERE id = $2 AND uses + $1 <= max_uses \
+                 RETURNING uses",
+            )
+            .bind(uses)
+            .bind(caller.id)
+            .fetch_optional(executor)
+            .await?;
+            Ok(spent.is_some())
+        }
+
+        /// Writes a token's settable fields.
+        async fn write_fields<'e, E>(executor: E, token: &Token) -> Result<TokenRow, StoreError>
+        where
+            E: Executor<'e, Database = DB>,
+        {
+            let sql = format!(
+                "UPDATE tokens SET name = $1, token_type = $2, description = $3, \
+                 permissions = $4, read_only = $5, allowed_cidrs = $6, allowed_hosts = $7, \
+                 bindings = $8, metadata = $9, expire_time = $10, update_time = $11, \
+                 max_uses = $12, rate_limit_requests = $13, rate_limit_interval_ms = $14, \
+                 revision = revision + 1 WHERE id = $15 RETURNING {COLUMNS}"
+            );
+            let (requests, interval) = rate_columns(token);
+            sqlx::query_as::<DB, TokenRow>(&sql)
+                .bind(&token.name)
+                .bind(&token.token_type)
+                .bind(&token.description)
+                .bind(strings(&token.permissions))
+                .bind(token.read_only)
+                .bind(strings(&token.allowed_cidrs))
+                .bind(strings(&token.allowed_hosts))
+                .bind(json(&token.bindings))
+                .bind(json(&token.metadata))
+                .bind(token.expire_time)
+                .bind(token.update_time)
+                .bind(token.max_uses)
+                .bind(requests)
+                .bind(interval)
+                .bind(token.id)
+                .fetch_one(executor)
                 .await
-                .map_err(map_write_error)?;
-            let Some(row) = row else {
-                let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                return Ok(if exists > 0 {
-                    UpdateOutcome::Conflict
-                } else {
-                    UpdateOutcome::NotFound
-                });
-            };
-            let token = Token::try_from(row)?;
-            Self::insert_audit(&mut *tx, audit, &token.owner).await?;
-            commit(tx).await?;
-            Ok(UpdateOutcome::Updated(Box::new(token)))
+                .map_err(map_write_error)
         }
 
         async fn insert_token<'e, E>(executor: E, token: &Token) -> Result<(), StoreError>

@@ -84,11 +84,16 @@ impl_sql_store! {
             audit: &AuditEvent,
         ) -> Result<TypeDeletion, StoreError> {
             let mut tx = self.begin_write().await?;
-            let builtin: Option<bool> =
-                sqlx::query_scalar("SELECT builtin FROM token_types WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            // Locked for update first: creations of tokens of the type share-lock its row
+            // until they commit, so the check below (a new statement, seeing what they
+            // committed) cannot miss a token made meanwhile.
+            let builtin: Option<bool> = sqlx::query_scalar(&format!(
+                "SELECT builtin FROM token_types WHERE id = $1{}",
+                DB::LOCK_ROWS
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
             match builtin {
                 None => return Ok(TypeDeletion::NotFound),
                 Some(true) => return Ok(TypeDeletion::Builtin),

@@ -1,0 +1,267 @@
+//! The management policy under races an attacker can start: a leaked token's calls in
+//! flight while an administrator disables it. Each write reads, decides and writes in one
+//! transaction that locks the token and its caller, so a caller disabled meanwhile changes
+//! nothing, and a flood of its calls cannot make the administrator's disable fail.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use prost_types::FieldMask;
+use token_authority::pb::v1::{
+    CreateTokenRequest, RevokeTokensRequest, SetTokenEnabledRequest, Token, UpdateTokenRequest,
+    VerifyResult,
+};
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::{
+    both_backends,
+    helpers::{Backend, TestApp, authed, spawn_app, spec},
+};
+
+both_backends!(
+    a_disabled_token_cannot_reenable_itself_with_calls_in_flight,
+    children_made_by_calls_in_flight_do_not_survive_the_runbook,
+    a_flood_of_the_leaked_tokens_calls_cannot_fail_the_admins_disable,
+);
+
+const ROUNDS: usize = 5;
+const ATTACKERS: usize = 6;
+
+async fn disable(app: &TestApp, id: &str) {
+    app.tokens
+        .clone()
+        .set_token_enabled(authed(
+            &app.admin,
+            SetTokenEnabledRequest {
+                id: id.into(),
+                enabled: false,
+            },
+        ))
+        .await
+        .expect("the admin's disable succeeds, however busy the token");
+}
+
+async fn enabled(app: &TestApp, id: &str) -> bool {
+    app.all_tokens()
+        .await
+        .into_iter()
+        .find(|t| t.id == id)
+        .expect("the token is there")
+        .enabled
+}
+
+async fn a_disabled_token_cannot_reenable_itself_with_calls_in_flight(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for round in 0..ROUNDS {
+        let leaked = app
+            .create(spec(&format!("leaked-{round}"), &["tokens:write"]))
+            .await;
+        let id = leaked.token.unwrap().id;
+        let (stop, disabled) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let late = Arc::new(Mutex::new(0usize));
+        let mut attackers = Vec::new();
+        for _ in 0..ATTACKERS {
+            let (mut tokens, secret, id) = (app.tokens.clone(), leaked.secret.clone(), id.clone());
+            let (stop, disabled, late) = (stop.clone(), disabled.clone(), late.clone());
+            attackers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    // Sent after the disable was acknowledged: it must fail.
+                    let after = disabled.load(Ordering::SeqCst);
+                    let answer = tokens
+                        .set_token_enabled(authed(
+                            &secret,
+                            SetTokenEnabledRequest {
+                                id: id.clone(),
+                                enabled: true,
+                            },
+                        ))
+                        .await;
+                    if after && answer.is_ok() {
+                        *late.lock().unwrap() += 1;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        disable(&app, &id).await;
+        disabled.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        for attacker in attackers {
+            attacker.await.unwrap();
+        }
+        assert!(
+            !enabled(&app, &id).await,
+            "round {round}: the token re-enabled itself"
+        );
+        assert_eq!(
+            *late.lock().unwrap(),
+            0,
+            "round {round}: calls after the disable passed"
+        );
+        assert_eq!(
+            app.verify_perms(&leaked.secret, &[]).await.result(),
+            VerifyResult::Disabled
+        );
+    }
+}
+
+async fn children_made_by_calls_in_flight_do_not_survive_the_runbook(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for round in 0..ROUNDS {
+        let leaked = app
+            .create(spec(
+                &format!("leaked-{round}"),
+                &["tokens:create", "domains:read"],
+            ))
+            .await;
+        let id = leaked.token.unwrap().id;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stolen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut attackers = Vec::new();
+        for a in 0..ATTACKERS {
+            let (mut tokens, secret) = (app.tokens.clone(), leaked.secret.clone());
+            let (stop, stolen) = (stop.clone(), stolen.clone());
+            attackers.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let made = tokens
+                        .create_token(authed(
+                            &secret,
+                            CreateTokenRequest {
+                                token: Some(spec(&format!("k-{round}-{a}-{i}"), &["domains:read"])),
+                                ttl: None,
+                            },
+                        ))
+                        .await;
+                    if let Ok(made) = made {
+                        stolen.lock().unwrap().push(made.into_inner().secret);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The runbook: disable the leaked token, then everything it made.
+        disable(&app, &id).await;
+        app.tokens
+            .clone()
+            .revoke_tokens(authed(
+                &app.admin,
+                RevokeTokensRequest {
+                    created_by: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        for attacker in attackers {
+            attacker.await.unwrap();
+        }
+        let stolen = stolen.lock().unwrap().clone();
+        for secret in &stolen {
+            assert_ne!(
+                app.verify_perms(secret, &[]).await.result(),
+                VerifyResult::Ok,
+                "round {round}: a child made in flight survived ({} made)",
+                stolen.len()
+            );
+        }
+    }
+}
+
+async fn a_flood_of_the_leaked_tokens_calls_cannot_fail_the_admins_disable(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let leaked = app.create(spec("leaked", &["tokens:write"])).await;
+    let id = leaked.token.unwrap().id;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for a in 0..ATTACKERS * 2 {
+        let (mut tokens, secret, id, stop) = (
+            app.tokens.clone(),
+            leaked.secret.clone(),
+            id.clone(),
+            stop.clone(),
+        );
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                // No-op enables, and changes that bump the token's revision.
+                let _ = tokens
+                    .set_token_enabled(authed(
+                        &secret,
+                        SetTokenEnabledRequest {
+                            id: id.clone(),
+                            enabled: true,
+                        },
+                    ))
+                    .await;
+                let _ = tokens
+                    .update_token(authed(
+                        &secret,
+                        UpdateTokenRequest {
+                            token: Some(Token {
+                                id: id.clone(),
+                                description: format!("{a}-{}", Uuid::now_v7()),
+                                ..Default::default()
+                            }),
+                            update_mask: Some(FieldMask {
+                                paths: vec!["description".into()],
+                            }),
+                        },
+                    ))
+                    .await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..10 {
+        let answer = app
+            .tokens
+            .clone()
+            .set_token_enabled(authed(
+                &app.admin,
+                SetTokenEnabledRequest {
+                    id: id.clone(),
+                    enabled: false,
+                },
+            ))
+            .await;
+        match answer {
+            Ok(token) => assert!(!token.into_inner().enabled),
+            Err(status) => panic!(
+                "the admin's disable failed ({:?}: {})",
+                status.code(),
+                status.message()
+            ),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for attacker in attackers {
+        attacker.await.unwrap();
+    }
+    assert!(!enabled(&app, &id).await);
+    let refused = app
+        .tokens
+        .clone()
+        .set_token_enabled(authed(
+            &leaked.secret,
+            SetTokenEnabledRequest {
+                id: id.clone(),
+                enabled: true,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}
