@@ -842,6 +842,11 @@ async fn a_leaked_creator_and_everything_it_made_are_revoked_in_one_call(backend
         Some(prost_types::value::Kind::NumberValue(4.0)),
         "{event:?}"
     );
+    let ids = &event.changes.as_ref().unwrap().fields["revoked_ids"];
+    let Some(prost_types::value::Kind::ListValue(ids)) = &ids.kind else {
+        panic!("revoked ids are listed: {event:?}");
+    };
+    assert_eq!(ids.values.len(), 4);
 
     // Nothing in the request is optional or ambiguous.
     for request in [

@@ -21,6 +21,8 @@ use crate::{
 
 /// The most tokens disabled by one statement of a bulk revocation.
 const REVOKE_CHUNK: usize = 500;
+/// The most token ids a bulk revocation's audit event lists.
+const AUDITED_IDS: usize = 1000;
 
 impl_sql_store! {
     impl {
@@ -338,6 +340,19 @@ impl_sql_store! {
             audit
                 .changes
                 .insert("skipped_count".into(), Value::from(revoked.skipped));
+            // Which tokens, for forensics (`target` names the revocation, not each token).
+            let ids: Vec<Value> = revoked
+                .tokens
+                .iter()
+                .take(AUDITED_IDS)
+                .map(|t| Value::from(t.id.to_string()))
+                .collect();
+            audit.changes.insert("revoked_ids".into(), Value::from(ids));
+            if revoked.tokens.len() > AUDITED_IDS {
+                audit
+                    .changes
+                    .insert("revoked_ids_truncated".into(), Value::from(true));
+            }
             Self::insert_audit(&mut *tx, &audit, &audit.target_owner.clone()).await?;
             commit(tx).await?;
             Ok(revoked)
