@@ -172,6 +172,10 @@ impl Subject for EncodedToken {
             .any(|pattern| host_pattern_matches(pattern, &host))
     }
 
+    fn has_bindings(&self) -> bool {
+        self.has_bindings
+    }
+
     fn binding(&self, key: &str) -> Option<&str> {
         if !self.has_bindings {
             return None;
@@ -346,6 +350,7 @@ mod tests {
                                 .map(|(k, v)| (k.to_string(), v.to_string()))
                                 .collect(),
                             unsatisfiable: None,
+                            bound_key_required: false,
                         });
                     }
                 }

@@ -10,6 +10,10 @@ use crate::domain::{permission::Permission, token::limits};
 pub const PERMISSION_KEY: &str = "permission";
 /// The prefix of `context_extensions` keys that name bindings (`binding.reportId`).
 pub const BINDING_PREFIX: &str = "binding.";
+/// The `context_extensions` key that, set to `ignore`, lets bound tokens use a route whose
+/// requests name none of their bound keys.
+pub const BINDINGS_KEY: &str = "bindings";
+
 /// What a request needs of a token.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Requirement {
@@ -17,63 +21,110 @@ pub struct Requirement {
     pub permissions: Vec<Permission>,
     /// Resources the request touches, from the route or the path.
     pub bindings: BTreeMap<String, String>,
+    /// Whether a bound token may be used without the request naming any of its bound
+    /// keys; by default it may not (bindings fail closed at the gateway).
+    pub ignore_bindings: bool,
 }
 
 /// Why no requirement could be worked out for a request: it is refused (403).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unmapped(pub String);
 
-/// Why a route's configuration is unusable: a gRPC error naming the field.
+/// Why a route's configuration is unusable: an error naming the field.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadRoute {
-    /// The CheckRequest field at fault.
+    /// The field at fault (a CheckRequest field, or the forward-auth path).
     pub field: &'static str,
     /// What is wrong with it.
     pub message: String,
 }
 
-/// Works out what a request needs: the route's `context_extensions` first, then the
-/// configured rules, then the default mapping from method and path.
+/// What the gateway's own configuration says of a route (Envoy's `context_extensions`,
+/// or the path of a forward-auth URL), never anything the client sends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The permissions it needs, when it names them (empty: any valid token).
+    pub permissions: Option<Vec<Permission>>,
+    /// Resources it touches; they win over path captures.
+    pub bindings: BTreeMap<String, String>,
+    /// Whether bound tokens may use it without naming their bound keys.
+    pub ignore_bindings: bool,
+}
+
+impl Route {
+    /// Reads Envoy's `context_extensions`: `permission` (comma-separated), `binding.<key>`,
+    /// and `bindings: ignore`.
+    pub fn from_extensions(extensions: &[(&str, &str)]) -> Result<Self, BadRoute> {
+        let field = "attributes.context_extensions";
+        let mut route = Route::default();
+        for (key, value) in extensions {
+            if *key == PERMISSION_KEY {
+                route.permissions = Some(parse_list(value).map_err(|message| BadRoute {
+                    field: "attributes.context_extensions.permission",
+                    message,
+                })?);
+            } else if *key == BINDINGS_KEY {
+                if *value != "ignore" {
+                    return Err(BadRoute {
+                        field,
+                        message: format!("bindings: {value:?} is not \"ignore\""),
+                    });
+                }
+                route.ignore_bindings = true;
+            } else if let Some(name) = key.strip_prefix(BINDING_PREFIX) {
+                route
+                    .bind(name, value)
+                    .map_err(|message| BadRoute { field, message })?;
+            }
+        }
+        Ok(route)
+    }
+
+    /// Adds a binding the route touches, checked as a token's bindings are.
+    pub fn bind(&mut self, key: &str, value: &str) -> Result<(), String> {
+        crate::domain::token::check_binding(key, value)?;
+        self.bindings.insert(key.to_owned(), value.to_owned());
+        if self.bindings.len() > limits::BINDINGS {
+            return Err(format!("names more than {} bindings", limits::BINDINGS));
+        }
+        Ok(())
+    }
+}
+
+/// Works out what a request needs: the route's own settings first, then the configured
+/// rules, then the default mapping from method and path.
 pub fn requirement(
     settings: &CheckSettings,
     method: &str,
     path: &str,
-    extensions: &[(&str, &str)],
-) -> Result<Result<Requirement, Unmapped>, BadRoute> {
-    let route_bindings = route_bindings(extensions)?;
-    let segments = match segments(path) {
-        Ok(segments) => segments,
-        Err(e) => return Ok(Err(Unmapped(e))),
-    };
-    let permission = extensions
-        .iter()
-        .find(|(key, _)| *key == PERMISSION_KEY)
-        .map(|(_, value)| *value);
-    let mut requirement = if let Some(listed) = permission {
+    route: &Route,
+) -> Result<Requirement, Unmapped> {
+    let segments = segments(path).map_err(Unmapped)?;
+    let mut requirement = if let Some(listed) = &route.permissions {
         Requirement {
-            permissions: parse_list(listed).map_err(|message| BadRoute {
-                field: "attributes.context_extensions.permission",
-                message,
-            })?,
-            bindings: BTreeMap::new(),
+            permissions: listed.clone(),
+            ..Requirement::default()
         }
     } else if let Some((rule, bindings)) = settings.rules.find(method, &segments) {
         Requirement {
             permissions: rule.permissions.clone(),
             bindings,
+            ignore_bindings: rule.ignore_bindings,
         }
     } else {
-        match default_permission(&settings.path_prefix, method, &segments) {
-            Ok(permission) => Requirement {
-                permissions: vec![permission],
-                bindings: BTreeMap::new(),
-            },
-            Err(unmapped) => return Ok(Err(unmapped)),
+        Requirement {
+            permissions: vec![default_permission(
+                &settings.path_prefix,
+                method,
+                &segments,
+            )?],
+            ..Requirement::default()
         }
     };
     // The route's bindings are the operator's word; they win over path captures.
-    requirement.bindings.extend(route_bindings);
-    Ok(Ok(requirement))
+    requirement.bindings.extend(route.bindings.clone());
+    requirement.ignore_bindings |= route.ignore_bindings;
+    Ok(requirement)
 }
 
 /// The default mapping: the resource is the first segment after the prefix, the action
@@ -109,26 +160,6 @@ fn default_permission(
     };
     Permission::parse(&format!("{}:{action}", resource.to_ascii_lowercase()))
         .map_err(|_| Unmapped("the path does not name a resource; add a rule".into()))
-}
-
-fn route_bindings(extensions: &[(&str, &str)]) -> Result<BTreeMap<String, String>, BadRoute> {
-    let mut bindings = BTreeMap::new();
-    for (key, value) in extensions {
-        if let Some(name) = key.strip_prefix(BINDING_PREFIX) {
-            crate::domain::token::check_binding(name, value).map_err(|message| BadRoute {
-                field: "attributes.context_extensions",
-                message,
-            })?;
-            bindings.insert(name.to_owned(), (*value).to_owned());
-        }
-    }
-    if bindings.len() > limits::BINDINGS {
-        return Err(BadRoute {
-            field: "attributes.context_extensions",
-            message: format!("names more than {} bindings", limits::BINDINGS),
-        });
-    }
-    Ok(bindings)
 }
 
 /// Parses a comma-separated permission list; an empty list asks only for a valid token.
@@ -208,7 +239,7 @@ mod tests {
     }
 
     fn need(settings: &CheckSettings, method: &str, path: &str) -> Result<Requirement, Unmapped> {
-        requirement(settings, method, path, &[]).unwrap()
+        requirement(settings, method, path, &Route::default())
     }
 
     #[test]
@@ -273,9 +304,8 @@ mod tests {
             ("permission", "reports:read, datasources:read"),
             ("binding.tenant", "acme"),
         ];
-        let need = requirement(&settings, "POST", "/anything", &extensions)
-            .unwrap()
-            .unwrap();
+        let route = Route::from_extensions(&extensions).unwrap();
+        let need = requirement(&settings, "POST", "/anything", &route).unwrap();
         assert_eq!(
             need.permissions,
             perms(&["reports:read", "datasources:read"])
@@ -284,18 +314,25 @@ mod tests {
             need.bindings,
             BTreeMap::from([("tenant".into(), "acme".into())])
         );
+        assert!(
+            !need.ignore_bindings,
+            "bindings fail closed unless the route says"
+        );
 
-        let only_authenticated = [("permission", " ")];
-        let need = requirement(&settings, "POST", "/", &only_authenticated)
-            .unwrap()
-            .unwrap();
+        let only_authenticated = Route::from_extensions(&[("permission", " ")]).unwrap();
+        let need = requirement(&settings, "POST", "/", &only_authenticated).unwrap();
         assert!(need.permissions.is_empty());
+        let ignoring = Route::from_extensions(&[("bindings", "ignore")]).unwrap();
+        assert!(
+            requirement(&settings, "GET", "/x", &ignoring)
+                .unwrap()
+                .ignore_bindings
+        );
 
-        let bad = [("permission", "Reports")];
-        let error = requirement(&settings, "GET", "/", &bad).unwrap_err();
+        let error = Route::from_extensions(&[("permission", "Reports")]).unwrap_err();
         assert_eq!(error.field, "attributes.context_extensions.permission");
-        let bad = [("binding.a b", "x")];
-        assert!(requirement(&settings, "GET", "/x", &bad).is_err());
+        assert!(Route::from_extensions(&[("binding.a b", "x")]).is_err());
+        assert!(Route::from_extensions(&[("bindings", "yes")]).is_err());
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Rule {
     methods: Vec<String>,
     pattern: Vec<Piece>,
     pub(super) permissions: Vec<Permission>,
+    /// Whether bound tokens may use the rule's requests without naming their bound keys.
+    pub(super) ignore_bindings: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +57,8 @@ struct RuleSpec {
     methods: Vec<String>,
     path: String,
     permissions: Vec<String>,
+    #[serde(default)]
+    ignore_bindings: bool,
 }
 
 impl Rules {
@@ -148,6 +152,7 @@ impl Rule {
             methods,
             pattern,
             permissions,
+            ignore_bindings: spec.ignore_bindings,
         })
     }
 
@@ -179,7 +184,7 @@ impl Rule {
 mod tests {
     use super::*;
     use crate::authz::{
-        requirement::{Requirement, Unmapped, requirement},
+        requirement::{Requirement, Route, Unmapped, requirement},
         settings::CheckSettings,
     };
 
@@ -188,7 +193,7 @@ mod tests {
     }
 
     fn need(settings: &CheckSettings, method: &str, path: &str) -> Result<Requirement, Unmapped> {
-        requirement(settings, method, path, &[]).unwrap()
+        requirement(settings, method, path, &Route::default())
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub struct Usage {
     /// after the token's own state, so that a bad token is still told it is bad, and such
     /// a use never spends a token's uses or rate.
     pub unsatisfiable: Option<String>,
+    /// Whether a bound token must have at least one of its bound keys named by the use
+    /// (gateways: a request that names none of them is refused, rather than let through
+    /// unrestricted).
+    pub bound_key_required: bool,
 }
 
 /// What the rules need to know of a token. Implemented by the stored [`Token`] and by the
@@ -110,6 +114,8 @@ pub trait Subject {
     fn host_allows(&self, host: &str) -> bool;
     /// The token's binding on `key`, if it has one.
     fn binding(&self, key: &str) -> Option<&str>;
+    /// Whether the token is bound to any resource.
+    fn has_bindings(&self) -> bool;
     /// Whether the token's permissions cover `required`.
     fn allows(&self, required: &Permission) -> bool;
     /// The token's id.
@@ -144,6 +150,9 @@ impl Subject for Token {
     }
     fn binding(&self, key: &str) -> Option<&str> {
         self.bindings.get(key).map(String::as_str)
+    }
+    fn has_bindings(&self) -> bool {
+        !self.bindings.is_empty()
     }
     fn allows(&self, required: &Permission) -> bool {
         allows(&self.permissions, required)
@@ -215,6 +224,18 @@ pub fn evaluate<S: Subject + ?Sized>(
                 format!("token is bound to a different {key}"),
             );
         }
+    }
+    if usage.bound_key_required
+        && token.has_bindings()
+        && !usage
+            .bindings
+            .keys()
+            .any(|key| token.binding(key).is_some())
+    {
+        return (
+            Outcome::BindingMismatch,
+            "token is bound to resources and the request names none of them".into(),
+        );
     }
     if token.read_only()
         && let Some(write) = usage.required.iter().find(|p| !p.is_read())
@@ -363,6 +384,28 @@ pub(crate) mod tests {
         let mut disabled = token(&["*:*"]);
         disabled.enabled = false;
         assert_eq!(outcome(&disabled, &usage), Outcome::Disabled);
+    }
+
+    #[test]
+    fn at_a_gateway_a_bound_token_needs_a_request_naming_its_keys() {
+        let mut t = token(&[]);
+        t.bindings.insert("reportId".into(), "r-17".into());
+        let mut usage = needs(&[]);
+        usage.bound_key_required = true;
+        assert_eq!(outcome(&t, &usage), Outcome::BindingMismatch, "names none");
+        usage.bindings.insert("tenant".into(), "acme".into());
+        assert_eq!(
+            outcome(&t, &usage),
+            Outcome::BindingMismatch,
+            "names others"
+        );
+        usage.bindings.insert("reportId".into(), "r-17".into());
+        assert_eq!(outcome(&t, &usage), Outcome::Ok);
+        assert_eq!(
+            outcome(&token(&[]), &needs(&[])),
+            Outcome::Ok,
+            "unbound tokens pass"
+        );
     }
 
     #[test]

@@ -148,6 +148,7 @@ pub async fn authenticate<T>(
         host: request.extensions().get::<Authority>().map(|a| a.0.clone()),
         bindings: Default::default(),
         unsatisfiable: None,
+        bound_key_required: false,
     };
     let verdict = state.verifier.authenticate(presented, &usage).await?;
     match verdict.outcome {

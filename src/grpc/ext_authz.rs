@@ -21,8 +21,10 @@ use tonic::{Code, Request, Response, Status};
 
 use super::AppState;
 use crate::{
-    authz::{self, CheckSettings, Headers, Requirement},
-    domain::verify::{Outcome, Usage},
+    authz::{
+        self, CheckSettings, Headers, Route,
+        decision::{Decision, Denial, HttpRequest as Described},
+    },
     encoded::{AllowedCheck, EncodedToken},
     error::Error,
     metrics::Endpoint,
@@ -66,81 +68,55 @@ impl Authorization for ExtAuthzApi {
             .and_then(|r| r.http.as_ref())
             .ok_or_else(|| Error::invalid("attributes.request.http", "is required"))?;
         let settings = self.settings.as_ref();
-
         let headers = headers(http);
-        let Some(credential) = authz::credential(&headers, settings) else {
-            return Ok(Response::new(deny(
-                settings,
-                Denial::unauthenticated("no bearer token was presented"),
-            )));
-        };
         let extensions: Vec<(&str, &str)> = attributes
             .context_extensions
             .iter()
             .map(|e| (text(&e.key), text(&e.value)))
             .collect();
-        let requirement =
-            authz::requirement(settings, text(&http.method), text(&http.path), &extensions)
-                .map_err(|bad| Error::invalid(bad.field, bad.message))?;
-        let (unsatisfiable, requirement) = match requirement {
-            Ok(requirement) => (None, requirement),
-            // The token is still judged, so that a bad one is told it is bad (401), but
-            // the request is refused (403) without spending the token's uses or rate.
-            Err(unmapped) => (Some(unmapped.0), Requirement::default()),
-        };
+        let route = Route::from_extensions(&extensions)
+            .map_err(|bad| Error::invalid(bad.field, bad.message))?;
         let source = attributes
             .source
             .as_ref()
             .and_then(|peer| peer.address.as_ref())
             .and_then(|address| address.socket_address.as_ref())
             .map(|socket| text(&socket.address));
-        let usage = Usage {
-            required: requirement.permissions,
+        let described = Described {
+            method: text(&http.method),
+            path: text(&http.path),
+            host: Some(text(&http.host))
+                .filter(|h| !h.is_empty())
+                .or_else(|| headers.get(":authority"))
+                .or_else(|| headers.get("host")),
+            headers: &headers,
             client_ip: authz::client_ip(
                 source,
                 headers.get("x-forwarded-for"),
                 &settings.trusted_proxies,
             ),
-            host: Some(text(&http.host))
-                .filter(|h| !h.is_empty())
-                .or_else(|| headers.get(":authority"))
-                .or_else(|| headers.get("host"))
-                .map(str::to_owned),
-            bindings: requirement.bindings,
-            unsatisfiable,
+            route: &route,
         };
-        let verdict = self
-            .state
-            .verifier
-            .verify(credential.presented, &usage)
+        let (decision, verdict) = authz::authorize(&self.state.verifier, settings, &described)
             .await
             .map_err(Error::from)?;
-        tracing::debug!(
-            result = verdict.outcome.as_str(),
-            token_id = ?verdict.token.as_ref().map(|t| t.id),
-            "checked"
-        );
-        self.state
-            .metrics
-            .record_verdict(Endpoint::Check, verdict.outcome);
-        let response = match (verdict.outcome, verdict.token) {
-            (Outcome::Ok, Some(token)) => {
-                allow(settings, &token, credential.header == "authorization")
-            }
-            (outcome, _) => deny(
-                settings,
-                match outcome {
-                    Outcome::Malformed
-                    | Outcome::NotFound
-                    | Outcome::Disabled
-                    | Outcome::Expired
-                    | Outcome::UsageExceeded => Denial::invalid(outcome, verdict.reason),
-                    Outcome::RateLimited => Denial::rate_limited(verdict.reason),
-                    _ => Denial::forbidden(outcome, verdict.reason, &usage.required),
-                },
-            ),
-        };
-        Ok(Response::new(response))
+        if let Some(verdict) = &verdict {
+            tracing::debug!(
+                result = verdict.outcome.as_str(),
+                token_id = ?verdict.token.as_ref().map(|t| t.id),
+                "checked"
+            );
+            self.state
+                .metrics
+                .record_verdict(Endpoint::Check, verdict.outcome);
+        }
+        Ok(Response::new(match decision {
+            Decision::Allow {
+                token,
+                credential_header,
+            } => allow(settings, &token, credential_header == "authorization"),
+            Decision::Deny(denial) => deny(settings, &denial),
+        }))
     }
 }
 
@@ -267,139 +243,37 @@ fn allowed_check(settings: &CheckSettings, token: &EncodedToken) -> AllowedCheck
     }
 }
 
-/// Why a request is refused, in RFC 6750's terms.
-struct Denial {
-    status: HttpStatusCode,
-    code: Code,
-    /// `invalid_token` (401) or `insufficient_scope` (403).
-    error: &'static str,
-    result: &'static str,
-    reason: String,
-    /// The permissions the request needed, for a 403's `scope`.
-    scope: String,
-}
-
-impl Denial {
-    fn unauthenticated(reason: &str) -> Self {
-        Self::invalid(Outcome::Malformed, reason.to_owned()).with_result("MISSING")
-    }
-
-    fn invalid(outcome: Outcome, reason: String) -> Self {
-        Self {
-            status: HttpStatusCode::Unauthorized,
-            code: Code::Unauthenticated,
-            error: "invalid_token",
-            result: result_name(outcome),
-            reason,
-            scope: String::new(),
-        }
-    }
-
-    fn forbidden(
-        outcome: Outcome,
-        reason: String,
-        required: &[crate::domain::permission::Permission],
-    ) -> Self {
-        Self {
-            status: HttpStatusCode::Forbidden,
-            code: Code::PermissionDenied,
-            error: "insufficient_scope",
-            result: result_name(outcome),
-            reason,
-            scope: required
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(" "),
-        }
-    }
-
-    fn rate_limited(reason: String) -> Self {
-        Self {
-            status: HttpStatusCode::TooManyRequests,
-            code: Code::ResourceExhausted,
-            error: "rate_limited",
-            result: result_name(Outcome::RateLimited),
-            reason,
-            scope: String::new(),
-        }
-    }
-
-    fn with_result(mut self, result: &'static str) -> Self {
-        self.result = result;
-        self
-    }
-}
-
-/// The names VerifyService uses for the same outcomes.
-fn result_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Ok => "OK",
-        Outcome::Malformed => "MALFORMED",
-        Outcome::NotFound => "NOT_FOUND",
-        Outcome::Disabled => "DISABLED",
-        Outcome::Expired => "EXPIRED",
-        Outcome::IpNotAllowed => "IP_NOT_ALLOWED",
-        Outcome::HostNotAllowed => "HOST_NOT_ALLOWED",
-        Outcome::PermissionDenied => "PERMISSION_DENIED",
-        Outcome::ReadOnly => "READ_ONLY",
-        Outcome::BindingMismatch => "BINDING_MISMATCH",
-        Outcome::UsageExceeded => "USAGE_EXCEEDED",
-        Outcome::RateLimited => "RATE_LIMITED",
-    }
-}
-
-/// Makes a value safe inside a quoted-string of a challenge (RFC 6750 allows no `"` or `\`).
-fn quoted(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' => '\'',
-            c if c.is_ascii() && !c.is_ascii_control() => c,
-            _ => '?',
-        })
-        .collect()
-}
-
 /// Refuses the request: Envoy answers the client with this status, challenge and body.
-fn deny(settings: &CheckSettings, denial: Denial) -> CheckResponse {
-    let mut challenge = format!(
-        "Bearer realm=\"{}\", error=\"{}\", error_description=\"{}\"",
-        quoted(&settings.realm),
-        denial.error,
-        quoted(&denial.reason)
-    );
-    if !denial.scope.is_empty() {
-        challenge.push_str(&format!(", scope=\"{}\"", quoted(&denial.scope)));
+fn deny(settings: &CheckSettings, denial: &Denial) -> CheckResponse {
+    let code = match denial.status {
+        401 => Code::Unauthenticated,
+        429 => Code::ResourceExhausted,
+        _ => Code::PermissionDenied,
+    };
+    let status = match denial.status {
+        401 => HttpStatusCode::Unauthorized,
+        429 => HttpStatusCode::TooManyRequests,
+        _ => HttpStatusCode::Forbidden,
+    };
+    let mut headers = vec![
+        header("content-type", "application/json"),
+        header("cache-control", "no-store"),
+    ];
+    if let Some(challenge) = denial.challenge(&settings.realm) {
+        headers.push(header("www-authenticate", &challenge));
     }
-    let body = serde_json::json!({
-        "error": denial.error,
-        "result": denial.result,
-        "reason": denial.reason,
-    })
-    .to_string();
     CheckResponse {
         status: Some(encoded(&rpc::Status {
-            code: denial.code as i32,
+            code: code as i32,
             message: denial.reason.clone(),
             details: Vec::new(),
         })),
         denied_response: Some(encoded(&DeniedHttpResponse {
             status: Some(HttpStatus {
-                code: denial.status.into(),
+                code: status.into(),
             }),
-            headers: {
-                let mut headers = vec![
-                    header("content-type", "application/json"),
-                    header("cache-control", "no-store"),
-                ];
-                // A challenge answers 401 and 403 (RFC 6750); 429 only asks to slow down.
-                if denial.status != HttpStatusCode::TooManyRequests {
-                    headers.push(header("www-authenticate", &challenge));
-                }
-                headers
-            },
-            body,
+            headers,
+            body: denial.body(),
         })),
         ok_response: None,
         dynamic_metadata: None,
@@ -416,7 +290,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::pb::ext_authz_wire;
+    use crate::{domain::verify::Outcome, pb::ext_authz_wire};
 
     fn full_request() -> envoy::CheckRequest {
         let peer = |ip: &str| envoy::attribute_context::Peer {
@@ -519,7 +393,7 @@ mod tests {
 
         let denied = deny(
             &settings,
-            Denial::invalid(Outcome::NotFound, "token not found".into()),
+            &Denial::invalid(Outcome::NotFound, "token not found".into()),
         );
         let denied = envoy::CheckResponse::decode(denied.encode_to_vec().as_slice()).unwrap();
         assert_eq!(denied.status.unwrap().code, Code::Unauthenticated as i32);

@@ -58,6 +58,7 @@ fn parse_usage(request: &VerifyRequest) -> Result<Usage, Error> {
         host: (!request.host.is_empty()).then(|| request.host.clone()),
         bindings: parse_bindings(&request.bindings, "bindings")?,
         unsatisfiable: None,
+        bound_key_required: false,
     })
 }
 

@@ -36,6 +36,7 @@ both_backends!(
     unmet_requirements_are_refused_with_403_insufficient_scope,
     context_extensions_name_permissions_and_bindings,
     rules_and_the_path_prefix_decide_the_permission,
+    bound_tokens_fail_closed_where_no_route_or_rule_names_their_keys,
     paths_without_a_permission_are_refused_after_the_token_is_judged,
     forwarded_for_counts_only_from_trusted_proxies,
     the_host_is_enforced,
@@ -587,12 +588,70 @@ async fn rules_and_the_path_prefix_decide_the_permission(backend: Backend) {
         &denied(go(&reader, "POST", "/api/reports/r-17/%65xport").await),
         "PERMISSION_DENIED",
     );
-    // No rule: the default mapping, after the prefix.
+    // No rule: the default mapping, after the prefix, which names no binding: an unbound
+    // token passes on its permissions, a bound one is refused (bindings fail closed).
     allowed(go(&reader, "GET", "/api/reports/r-17").await);
     assert_403(
         &denied(go(&exporter, "GET", "/api/reports/r-17").await),
-        "PERMISSION_DENIED",
+        "BINDING_MISMATCH",
     );
+}
+
+async fn bound_tokens_fail_closed_where_no_route_or_rule_names_their_keys(backend: Backend) {
+    let rules = Rules::parse(
+        r#"
+        [[rule]]
+        methods = ["GET"]
+        path = "/reports/{reportId}"
+        permissions = ["reports:read"]
+
+        [[rule]]
+        methods = ["GET"]
+        path = "/status"
+        permissions = []
+        ignore_bindings = true
+        "#,
+    )
+    .unwrap();
+    let app = spawn_checking(
+        backend,
+        CheckSettings {
+            rules,
+            ..CheckSettings::default()
+        },
+    )
+    .await;
+    let bound = app
+        .create(Token {
+            bindings: [("reportId".to_owned(), "r-17".to_owned())].into(),
+            ..spec("bound", &["reports:read", "datasets:read"])
+        })
+        .await
+        .secret;
+    let auth = bearer(&bound);
+    let go = |path: &str, extensions: &[(&str, &str)]| {
+        request_from(
+            "127.0.0.1",
+            "GET",
+            path,
+            &[("authorization", auth.as_str())],
+            extensions,
+        )
+    };
+    allowed(check(&app, go("/reports/r-17", &[])).await);
+    assert_403(
+        &denied(check(&app, go("/reports/r-18", &[])).await),
+        "BINDING_MISMATCH",
+    );
+    // The default mapping names no binding: a token bound to r-17 reaches no dataset.
+    assert_403(
+        &denied(check(&app, go("/datasets/d-1", &[])).await),
+        "BINDING_MISMATCH",
+    );
+    // Unless the rule, or the route, says bindings do not apply there.
+    allowed(check(&app, go("/status", &[])).await);
+    allowed(check(&app, go("/datasets/d-1", &[("bindings", "ignore")])).await);
+    allowed(check(&app, go("/datasets/d-1", &[("binding.reportId", "r-17")])).await);
 }
 
 async fn paths_without_a_permission_are_refused_after_the_token_is_judged(backend: Backend) {

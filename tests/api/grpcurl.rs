@@ -225,7 +225,8 @@ async fn the_readme_grpcurl_examples_work() {
         Some(json!({"attributes": {
             "source": {"address": {"socketAddress": {"address": "10.1.2.3", "portValue": 50123}}},
             "request": {"http": {"method": "GET", "path": "/domains/17", "host": "api.example.com",
-              "headers": {"authorization": format!("Bearer {secret}")}}}
+              "headers": {"authorization": format!("Bearer {secret}")}}},
+            "contextExtensions": {"binding.reportId": "r-17"}
         }})),
         &["envoy.service.auth.v3.Authorization/Check"],
     ));
