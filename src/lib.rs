@@ -9,6 +9,7 @@ pub mod domain;
 pub mod encoded;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod invalidation;
 pub mod limits;
 pub mod metrics;

@@ -1,14 +1,20 @@
-//! TLS on the gRPC port (rustls, through tonic): the server's certificate and key, and
-//! optionally a CA whose client certificates are then required (mutual TLS).
+//! TLS on the gRPC and HTTP ports (rustls: through tonic for gRPC, through tokio-rustls for
+//! HTTP): the server's certificate and key, and optionally a CA whose client certificates
+//! are then required (mutual TLS). Both ports take the same files.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use tokio_rustls::rustls::{
+    self, RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// A client that has not finished its handshake by then is disconnected, so that idle
 /// connections cannot pile up before they ever send a call.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the gRPC port's TLS material lives, all PEM.
 #[derive(Clone, Debug)]
@@ -64,5 +70,48 @@ impl TlsFiles {
                 )
             })?;
         Ok(config)
+    }
+
+    /// Reads the files into a rustls configuration for the HTTP port, offering HTTP/2 and
+    /// HTTP/1.1 by ALPN. Errors name the file, never its contents.
+    pub fn rustls(&self) -> anyhow::Result<Arc<ServerConfig>> {
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("cannot read the TLS certificate {}", self.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .with_context(|| format!("cannot read the TLS key {}", self.key.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("cannot set up TLS")?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(ca)
+                    .with_context(|| format!("cannot read the TLS client CA {}", ca.display()))?
+                {
+                    let cert = cert.with_context(|| {
+                        format!("cannot read the TLS client CA {}", ca.display())
+                    })?;
+                    roots.add(cert).with_context(|| {
+                        format!("cannot use the TLS client CA {}", ca.display())
+                    })?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .with_context(|| format!("cannot use the TLS client CA {}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(certs, key).with_context(|| {
+            format!(
+                "cannot use the TLS certificate {} with the key {}",
+                self.cert.display(),
+                self.key.display()
+            )
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 }

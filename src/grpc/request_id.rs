@@ -22,13 +22,13 @@ pub const MAX_LEN: usize = 128;
 
 /// Returns whether a caller's request id may be used: 1 to [`MAX_LEN`] visible ASCII
 /// characters, so that it cannot break a log line or a header.
-fn usable(value: &HeaderValue) -> bool {
+pub fn usable(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(u8::is_ascii_graphic)
 }
 
 /// Returns a new request id: 128 random bits in hex.
-fn generate() -> HeaderValue {
+pub fn generate() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits: u128 = rand::random();
     let mut text = [0u8; 32];

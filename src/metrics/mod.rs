@@ -7,6 +7,7 @@
 //! the store's pool) are read when scraped.
 
 pub mod histogram;
+pub mod http;
 pub mod rpc;
 
 use std::{
@@ -41,15 +42,18 @@ pub enum Endpoint {
     Verify,
     /// Envoy's ext_authz `Check`.
     Check,
+    /// Forward auth on the HTTP port.
+    ForwardAuth,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 2] = [Endpoint::Verify, Endpoint::Check];
+    const ALL: [Endpoint; 3] = [Endpoint::Verify, Endpoint::Check, Endpoint::ForwardAuth];
 
     fn as_str(self) -> &'static str {
         match self {
             Endpoint::Verify => "verify",
             Endpoint::Check => "check",
+            Endpoint::ForwardAuth => "forward_auth",
         }
     }
 }
@@ -85,6 +89,7 @@ impl ListenerState {
 #[derive(Debug)]
 pub struct Metrics {
     rpc: rpc::RpcTable,
+    http: http::HttpTable,
     verdicts: [[AtomicU64; Outcome::ALL.len()]; Endpoint::ALL.len()],
     invalidations: AtomicU64,
     listener: AtomicU8,
@@ -94,6 +99,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             rpc: rpc::RpcTable::default(),
+            http: http::HttpTable::default(),
             verdicts: Default::default(),
             invalidations: AtomicU64::new(0),
             listener: AtomicU8::new(ListenerState::Connecting as u8),
@@ -105,6 +111,11 @@ impl Metrics {
     /// Counts one verdict given by Verify or Check.
     pub fn record_verdict(&self, endpoint: Endpoint, outcome: Outcome) {
         self.verdicts[endpoint as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one request answered on the HTTP port.
+    pub fn record_http(&self, route: http::Route, status: u16, elapsed: std::time::Duration) {
+        self.http.record(route, status, elapsed);
     }
 
     /// Counts one change heard from the store's change feed.
@@ -182,6 +193,7 @@ impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let e = &mut encoder;
         encode_rpc(e, &self.metrics.rpc)?;
+        encode_http(e, &self.metrics.http)?;
         encode_verdicts(e, &self.metrics)?;
         encode_cache(e, self.cache.counts())?;
         encode_listener(e, &self.metrics)?;
@@ -222,6 +234,32 @@ fn encode_rpc(e: &mut DescriptorEncoder, rpc: &rpc::RpcTable) -> fmt::Result {
     Ok(())
 }
 
+/// Requests on the HTTP port by route and status.
+fn encode_http(e: &mut DescriptorEncoder, table: &http::HttpTable) -> fmt::Result {
+    let labels = |route, status| [("route", route), ("status", status)];
+    samples(
+        e,
+        (
+            "http_server_requests",
+            "HTTP requests answered on the HTTP port, by route and status",
+        ),
+        MetricType::Counter,
+        table
+            .used()
+            .map(|(route, status, histogram)| (labels(route, status), histogram.count())),
+    )?;
+    let mut duration = e.encode_descriptor(
+        "http_server_request_duration_seconds",
+        "Time from an HTTP request's arrival to its answer's head, by route and status",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (route, status, histogram) in table.used() {
+        histogram.encode(duration.encode_family(&labels(route, status))?)?;
+    }
+    Ok(())
+}
+
 fn encode_verdicts(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
     let all = Endpoint::ALL.into_iter().flat_map(|endpoint| {
         Outcome::ALL.into_iter().map(move |outcome| {
@@ -233,7 +271,7 @@ fn encode_verdicts(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result 
         e,
         (
             "token_authority_verdicts",
-            "Verdicts of Verify and Check, by endpoint and result",
+            "Verdicts of Verify, Check and forward auth, by endpoint and result",
         ),
         MetricType::Counter,
         all,

@@ -1,0 +1,178 @@
+//! The HTTP port: HTTP/1.1 and h2c (or HTTP/2 and HTTP/1.1 over TLS, by ALPN) on one
+//! port, served by hyper with an axum router. Forward auth for gateways lives here; every
+//! request gets a request id, its span, and metrics by route and status; shutdown is
+//! graceful, like the gRPC port's.
+
+pub mod forward_auth;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::any,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
+use tower::ServiceExt;
+
+use crate::{
+    authz::CheckSettings,
+    grpc::{AppState, request_id},
+    metrics::http::Route,
+    tls::HANDSHAKE_TIMEOUT,
+};
+
+/// What the HTTP port's handlers share.
+pub struct HttpState {
+    /// The service's shared state: the verifier, metrics, the store.
+    pub app: Arc<AppState>,
+    /// How gateway requests are read and answered (shared with ext_authz Check).
+    pub check: Arc<CheckSettings>,
+    /// Proxies whose forwarded headers (X-Original-*, X-Forwarded-*) are believed.
+    pub forward_auth_trusted_proxies: Vec<IpNet>,
+}
+
+/// The peer of a connection, put into each of its requests' extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// Returns the HTTP port's routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/v1/forward-auth", any(forward_auth::handle))
+        .route("/v1/forward-auth/{*settings}", any(forward_auth::handle))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// A small JSON error answer.
+pub fn json_error(status: StatusCode, error: &str, reason: &str) -> Response {
+    let body = serde_json::json!({"error": error, "reason": reason}).to_string();
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Gives each request its request id (the caller's `x-request-id` when usable, else a new
+/// one) and span, returns the id, and records the answer in the metrics.
+async fn observe(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = Route::of(request.uri().path());
+    let mut id = match request.headers().get(&request_id::HEADER) {
+        Some(id) if request_id::usable(id) => id.clone(),
+        _ => request_id::generate(),
+    };
+    id.set_sensitive(true);
+    let span = tracing::info_span!(
+        "http",
+        request_id = id.to_str().unwrap_or_default(),
+        route = route.as_str(),
+    );
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    response.headers_mut().insert(request_id::HEADER, id);
+    state
+        .app
+        .metrics
+        .record_http(route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown`
+/// completes; then stops accepting and waits for the requests in flight, at most
+/// `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let acceptor = tls.map(TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(%error, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = tower::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(Peer(peer));
+            router.clone().oneshot(request.map(Body::new))
+        });
+        let service = TowerToHyperService::new(service);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let served = match acceptor {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(error = %error, %peer, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout = ?grace, "HTTP connections still open after the shutdown timeout");
+    }
+}

@@ -1,0 +1,105 @@
+//! HTTP requests on the HTTP port, counted and timed by route and status.
+//!
+//! Labels stay bounded: routes are the fixed [`Route`]s, statuses a fixed list with every
+//! other code as `other`. Each (route, status) pair has its own lock-free [`Histogram`],
+//! made at startup.
+
+use std::time::Duration;
+
+use super::histogram::{Histogram, RPC_BOUNDS};
+
+/// A route of the HTTP port, as metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/v1/forward-auth` and below.
+    ForwardAuth,
+    /// Any other path.
+    Unknown,
+}
+
+impl Route {
+    const ALL: [Route; 2] = [Route::ForwardAuth, Route::Unknown];
+
+    /// The route's label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::ForwardAuth => "forward_auth",
+            Route::Unknown => "unknown",
+        }
+    }
+
+    /// The route a request path belongs to.
+    pub fn of(path: &str) -> Self {
+        if path == "/v1/forward-auth" || path.starts_with("/v1/forward-auth/") {
+            Route::ForwardAuth
+        } else {
+            Route::Unknown
+        }
+    }
+}
+
+/// The statuses named; every other one counts as `other`.
+const STATUSES: [u16; 11] = [200, 204, 400, 401, 403, 404, 405, 413, 429, 500, 503];
+
+fn status_index(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(STATUSES.len())
+}
+
+fn status_name(index: usize) -> &'static str {
+    const NAMES: [&str; 12] = [
+        "200", "204", "400", "401", "403", "404", "405", "413", "429", "500", "503", "other",
+    ];
+    NAMES[index]
+}
+
+/// Latency histograms of every (route, status) pair; a histogram's count is the request
+/// count.
+#[derive(Debug)]
+pub struct HttpTable {
+    cells: Box<[Histogram]>,
+}
+
+const COLUMNS: usize = STATUSES.len() + 1;
+
+impl Default for HttpTable {
+    fn default() -> Self {
+        Self {
+            cells: (0..Route::ALL.len() * COLUMNS)
+                .map(|_| Histogram::new(RPC_BOUNDS))
+                .collect(),
+        }
+    }
+}
+
+impl HttpTable {
+    /// Records one answered request.
+    pub fn record(&self, route: Route, status: u16, elapsed: Duration) {
+        self.cells[route as usize * COLUMNS + status_index(status)].observe(elapsed);
+    }
+
+    /// Returns every (route, status, histogram) that recorded a request.
+    pub fn used(&self) -> impl Iterator<Item = (&'static str, &'static str, &Histogram)> {
+        self.cells.iter().enumerate().filter_map(|(i, cell)| {
+            let route = Route::ALL[i / COLUMNS];
+            (cell.count() > 0).then_some((route.as_str(), status_name(i % COLUMNS), cell))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        let table = HttpTable::default();
+        table.record(Route::of("/v1/forward-auth/require/x:y"), 200, Duration::ZERO);
+        table.record(Route::of("/anything/else"), 999, Duration::ZERO);
+        let used: Vec<_> = table.used().map(|(r, s, h)| (r, s, h.count())).collect();
+        assert_eq!(used, [("forward_auth", "200", 1), ("unknown", "other", 1)]);
+        assert_eq!(Route::of("/v1/forward-authx"), Route::Unknown);
+    }
+}
