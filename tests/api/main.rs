@@ -5,6 +5,7 @@ mod helpers;
 
 mod authorization;
 mod concurrent_writes;
+mod crash;
 mod deploy_files;
 mod drain;
 mod dropped_connections;
