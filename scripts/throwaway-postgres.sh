@@ -4,7 +4,14 @@
 #   eval "$(scripts/throwaway-postgres.sh)"   # sets DATABASE_URL and TA_PG_DIR
 #   scripts/throwaway-postgres.sh --stop "$TA_PG_DIR"
 #   scripts/throwaway-postgres.sh --pause "$TA_PG_DIR"    # stop the server, keep its data
-#   scripts/throwaway-postgres.sh --resume "$TA_PG_DIR"   # start it again, same port
+#   scripts/throwaway-postgres.sh --crash "$TA_PG_DIR"    # kill it (-m immediate): no checkpoint
+#   scripts/throwaway-postgres.sh --resume "$TA_PG_DIR"   # start it again, same port (recovering)
+#   scripts/throwaway-postgres.sh --durable               # commits wait for their WAL write
+#
+# Without --durable the cluster acknowledges commits before writing their WAL
+# (synchronous_commit=off, fast): a --crash would then lose acknowledged commits, which is
+# what a crash test must be able to rule out. fsync stays off either way: a crashed
+# server's WAL written to the OS survives, only a machine crash would need the fsync.
 #
 # Uses the machine's PostgreSQL binaries, installing Debian's package when there are none.
 # PostgreSQL refuses to run as root, so as root the cluster belongs to an unprivileged user.
@@ -39,12 +46,14 @@ if [ "${1:-}" = "--stop" ]; then
   exit 0
 fi
 
-if [ "${1:-}" = "--pause" ] || [ "${1:-}" = "--resume" ]; then
+if [ "${1:-}" = "--pause" ] || [ "${1:-}" = "--crash" ] || [ "${1:-}" = "--resume" ]; then
   dir=${2:?usage: $1 DIR}
   bindir=$(find_bindir)
   user=$(stat -c %U "$dir/data")
   if [ "$1" = "--pause" ]; then
     run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  elif [ "$1" = "--crash" ]; then
+    run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
   else
     run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
       -o "$(cat "$dir/options")" start >/dev/null
@@ -88,7 +97,9 @@ done
 run_as "$user" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
   || { cat "$dir/initdb.log" >&2; exit 1; }
 # Durability of the test cluster itself does not matter: fsync off keeps tests fast.
-options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400"
+synchronous_commit=off
+[ "${1:-}" = "--durable" ] && synchronous_commit=on
+options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=$synchronous_commit -c full_page_writes=off -c max_connections=400"
 echo "$options" >"$dir/options"
 run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
   -o "$options" \

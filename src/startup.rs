@@ -227,6 +227,7 @@ impl Application {
             health_reporter.clone(),
             settings.health_check_interval,
         ));
+        let health_abort = health_task.abort_handle();
         let change_listener = invalidation::spawn_listener(
             store.clone(),
             state.cache.clone(),
@@ -344,6 +345,7 @@ impl Application {
 
         // Every call has been answered: only now stop hearing changes (the listener's
         // guard untrusts the cache as it ends) and write the last uses.
+        health_abort.abort(); // (already, unless the server failed without a signal)
         let _ = served_tx.send(true);
         if let Err(error) = change_listener.await {
             tracing::warn!(%error, "change listener failed");

@@ -89,6 +89,36 @@ impl UsageRecorder {
             .await
     }
 
+    /// The final flush: writes every pending use, trying again after failures until
+    /// `deadline` (at least once). Returns the uses that could not be written, which are
+    /// logged as lost.
+    pub async fn flush_until(&self, store: &dyn TokenStore, deadline: tokio::time::Instant) -> i64 {
+        let mut written = 0;
+        loop {
+            written += self.flush(store).await;
+            let (tokens, uses) = self.pending();
+            if tokens == 0 {
+                tracing::info!(tokens = written, "final usage flush written");
+                return 0;
+            }
+            if tokio::time::Instant::now() + FINAL_RETRY > deadline {
+                tracing::error!(
+                    tokens,
+                    uses,
+                    "usage lost at shutdown: the store did not take the final flush in time"
+                );
+                return uses;
+            }
+            tokio::time::sleep(FINAL_RETRY).await;
+        }
+    }
+
+    /// Returns how many tokens have unwritten uses, and how many uses those are.
+    fn pending(&self) -> (usize, i64) {
+        let uses = self.pending.iter().map(|p| p.count).sum();
+        (self.pending.len(), uses)
+    }
+
     /// [`flush`](Self::flush) through `write`, which writes one chunk in one transaction.
     ///
     /// Every replica writes rows in ascending id order, in short transactions of at most
@@ -122,6 +152,9 @@ impl UsageRecorder {
 /// The most usage rows written in one transaction.
 const FLUSH_CHUNK: usize = 128;
 
+/// How long a failed final flush waits before it tries again.
+const FINAL_RETRY: Duration = Duration::from_millis(200);
+
 /// Flushes `recorder` every `interval` until `shutdown` turns true. The last flush is the
 /// caller's ([`UsageRecorder::flush_until`]), once no call can record a use any more.
 pub fn spawn_flusher(
@@ -142,41 +175,6 @@ pub fn spawn_flusher(
             }
         }
     })
-}
-
-/// How long a failed final flush waits before it tries again.
-const FINAL_RETRY: Duration = Duration::from_millis(200);
-
-impl UsageRecorder {
-    /// The final flush: writes every pending use, trying again after failures until
-    /// `deadline` (at least once). Returns the uses that could not be written, which are
-    /// logged as lost.
-    pub async fn flush_until(&self, store: &dyn TokenStore, deadline: tokio::time::Instant) -> i64 {
-        let mut written = 0;
-        loop {
-            written += self.flush(store).await;
-            let (tokens, uses) = self.pending();
-            if tokens == 0 {
-                tracing::info!(tokens = written, "final usage flush written");
-                return 0;
-            }
-            if tokio::time::Instant::now() + FINAL_RETRY > deadline {
-                tracing::error!(
-                    tokens,
-                    uses,
-                    "usage lost at shutdown: the store did not take the final flush in time"
-                );
-                return uses;
-            }
-            tokio::time::sleep(FINAL_RETRY).await;
-        }
-    }
-
-    /// Returns how many tokens have unwritten uses, and how many uses those are.
-    fn pending(&self) -> (usize, i64) {
-        let uses = self.pending.iter().map(|p| p.count).sum();
-        (self.pending.len(), uses)
-    }
 }
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).

@@ -49,16 +49,19 @@ pub fn parse_settings(rest: &str) -> Result<Settings, String> {
                 // Everything after it is the original path, as the proxy sent it; none of
                 // it is ever read as a setting.
                 let tail = rest.split_once("/-").map_or("", |(_, tail)| tail);
-                settings.original_path = Some(if tail.is_empty() { "/".into() } else { tail.into() });
+                settings.original_path = Some(if tail.is_empty() {
+                    "/".into()
+                } else {
+                    tail.into()
+                });
                 return Ok(settings);
             }
             "require" => {
                 let listed = decode(segments.next().ok_or("require: needs a permission list")?)?;
                 let mut permissions = settings.route.permissions.take().unwrap_or_default();
                 for permission in listed.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    permissions.push(
-                        Permission::parse(permission).map_err(|e| format!("require: {e}"))?,
-                    );
+                    permissions
+                        .push(Permission::parse(permission).map_err(|e| format!("require: {e}"))?);
                 }
                 settings.route.permissions = Some(permissions);
             }
@@ -161,7 +164,11 @@ fn original<'a>(
         .unwrap_or_else(own_target);
     let host = text("x-forwarded-host")
         .map(str::to_owned)
-        .or_else(|| url.as_ref().and_then(|u| u.authority()).map(|a| a.to_string()))
+        .or_else(|| {
+            url.as_ref()
+                .and_then(|u| u.authority())
+                .map(|a| a.to_string())
+        })
         .or_else(own_host);
     Original {
         method: text("x-original-method")
@@ -199,9 +206,17 @@ fn forwarded_client(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet])
 /// Answers a forward-auth request.
 pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Response {
     let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() else {
-        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no peer address");
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "no peer address",
+        );
     };
-    let rest = request.uri().path().strip_prefix(PREFIX).unwrap_or_default();
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .unwrap_or_default();
     let settings = match parse_settings(rest) {
         Ok(settings) => settings,
         // The proxy's configuration names a bad URL: its operator must see it, and no
@@ -215,7 +230,12 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
         }
     };
     let peer = crate::domain::restrictions::canonical_ip(peer.ip());
-    let original = original(&request, &settings, &state.forward_auth_trusted_proxies, peer);
+    let original = original(
+        &request,
+        &settings,
+        &state.forward_auth_trusted_proxies,
+        peer,
+    );
     let pairs: Vec<(&str, &str)> = request
         .headers()
         .iter()
@@ -262,8 +282,8 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
             ] {
                 // Every one, always (empty if it cannot be a header value), so that a proxy
                 // copying them onto the request never lets a client-sent one through.
-                let value =
-                    HeaderValue::from_bytes(value.as_bytes()).unwrap_or(HeaderValue::from_static(""));
+                let value = HeaderValue::from_bytes(value.as_bytes())
+                    .unwrap_or(HeaderValue::from_static(""));
                 if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
                     headers.insert(name, value);
                 }
@@ -279,7 +299,10 @@ fn deny(state: &HttpState, denial: &Denial) -> Response {
     let status = StatusCode::from_u16(denial.status).unwrap_or(StatusCode::FORBIDDEN);
     let mut response = (status, Body::from(denial.body())).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(challenge) = denial.challenge(&state.check.realm)
         && let Ok(value) = HeaderValue::from_str(&challenge)
@@ -300,7 +323,10 @@ mod tests {
     #[test]
     fn settings_come_from_the_path_before_the_dash() {
         let s = parse_settings("/require/reports:export,reports:read/bind/tenant=acme").unwrap();
-        assert_eq!(s.route.permissions, perms(&["reports:export", "reports:read"]));
+        assert_eq!(
+            s.route.permissions,
+            perms(&["reports:export", "reports:read"])
+        );
         assert_eq!(s.route.bindings["tenant"], "acme");
         assert_eq!(s.original_path, None);
 
@@ -311,11 +337,22 @@ mod tests {
             Some("/require/admin:*/x"),
             "what follows the dash is the original path, never settings"
         );
-        assert_eq!(parse_settings("/-").unwrap().original_path.as_deref(), Some("/"));
-        assert_eq!(parse_settings("").unwrap(), Settings::default());
-        assert!(parse_settings("/ignore-bindings").unwrap().route.ignore_bindings);
         assert_eq!(
-            parse_settings("/require/%2A:read").unwrap().route.permissions,
+            parse_settings("/-").unwrap().original_path.as_deref(),
+            Some("/")
+        );
+        assert_eq!(parse_settings("").unwrap(), Settings::default());
+        assert!(
+            parse_settings("/ignore-bindings")
+                .unwrap()
+                .route
+                .ignore_bindings
+        );
+        assert_eq!(
+            parse_settings("/require/%2A:read")
+                .unwrap()
+                .route
+                .permissions,
             perms(&["*:read"]),
             "percent-escaped"
         );

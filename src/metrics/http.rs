@@ -96,7 +96,11 @@ mod tests {
     #[test]
     fn labels_are_bounded() {
         let table = HttpTable::default();
-        table.record(Route::of("/v1/forward-auth/require/x:y"), 200, Duration::ZERO);
+        table.record(
+            Route::of("/v1/forward-auth/require/x:y"),
+            200,
+            Duration::ZERO,
+        );
         table.record(Route::of("/anything/else"), 999, Duration::ZERO);
         let used: Vec<_> = table.used().map(|(r, s, h)| (r, s, h.count())).collect();
         assert_eq!(used, [("forward_auth", "200", 1), ("unknown", "other", 1)]);

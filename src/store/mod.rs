@@ -440,7 +440,7 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, Stor
     let url = options.url.as_str();
     let lost = Arc::new(LostConnections::default());
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let suspect = lost.clone();
+        let lost_before = lost.clone();
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -450,8 +450,7 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn TokenStore>, Stor
             // all at once). Under load, with no loss, that is none: one atomic load.
             .test_before_acquire(false)
             .before_acquire(move |conn, meta| {
-                let ping = meta.idle_for > PING_IF_IDLE_FOR
-                    || suspect.idle_since_before_a_loss(meta.idle_for);
+                let ping = meta.idle_for > PING_IF_IDLE_FOR || lost_before.suspect(meta.idle_for);
                 Box::pin(async move {
                     if ping && let Err(error) = sqlx::Connection::ping(conn).await {
                         // Dead: sqlx closes it and hands out another (or a new) one.

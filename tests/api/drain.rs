@@ -16,7 +16,9 @@ use tonic_health::pb::{
 
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::helpers::{Backend, Process, Replicas, TestDb, authed, sample, scrape, spec};
+use crate::helpers::{
+    Backend, Process, Replicas, TestDb, authed, create_via, sample, scrape, spec,
+};
 
 /// The documented bound: a draining replica refuses a token revoked through another one
 /// within this long of the revocation's acknowledgement (the change notification takes
@@ -213,17 +215,9 @@ async fn seven_unwritten_uses(db: &TestDb, dir: &std::path::Path, name: &str) ->
     let admin = std::fs::read_to_string(&admin_file).unwrap();
     let target = format!("http://127.0.0.1:{}", server.port);
     let mut tokens = TokenServiceClient::connect(target.clone()).await.unwrap();
-    let counted = tokens
-        .create_token(authed(
-            admin.trim(),
-            CreateTokenRequest {
-                token: Some(spec(name, &[])),
-                ttl: None,
-            },
-        ))
+    let counted = create_via(&mut tokens, admin.trim(), spec(name, &[]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let mut verifier = VerifyServiceClient::connect(target).await.unwrap();
     for _ in 0..7 {
         assert_eq!(verify(&mut verifier, &counted.secret).await, Some(true));

@@ -16,13 +16,13 @@ use std::{
 use prost_types::FieldMask;
 use sqlx::{Connection, PgConnection};
 use token_authority::pb::v1::{
-    CreateTokenRequest, GetTokenRequest, ListTokensRequest, SetTokenEnabledRequest, Token,
-    UpdateTokenRequest, VerifyRequest, token_service_client::TokenServiceClient,
+    GetTokenRequest, ListTokensRequest, SetTokenEnabledRequest, Token, UpdateTokenRequest,
+    VerifyRequest, token_service_client::TokenServiceClient,
     verify_service_client::VerifyServiceClient,
 };
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{Replicas, authed, spec};
+use crate::helpers::{CallLog, Replicas, authed, create_via, spec};
 
 /// How many times every backend is terminated, and how far apart.
 const CUTS: usize = 4;
@@ -33,26 +33,6 @@ const BETWEEN_CUTS: Duration = Duration::from_millis(1500);
 /// replica has found its first dead connection (under load, within milliseconds; the
 /// rest is margin for a loaded machine).
 const WINDOW: Duration = Duration::from_secs(1);
-
-/// One call: its kind, when it was sent and answered, and its failure, if any.
-type Call = (&'static str, Instant, Instant, Option<(Code, String)>);
-
-/// Every call made.
-#[derive(Default)]
-struct Log {
-    calls: Mutex<Vec<Call>>,
-}
-
-impl Log {
-    fn note<T>(&self, kind: &'static str, sent: Instant, result: &Result<T, tonic::Status>) {
-        let failure = result
-            .as_ref()
-            .err()
-            .map(|status| (status.code(), status.message().to_owned()));
-        let call = (kind, sent, Instant::now(), failure);
-        self.calls.lock().unwrap().push(call);
-    }
-}
 
 /// Runs `body` in a loop until `stop`, on its own task.
 fn worker<F, Fut>(stop: &Arc<AtomicBool>, mut body: F) -> tokio::task::JoinHandle<()>
@@ -75,23 +55,17 @@ async fn manage(
     tokens: &mut TokenServiceClient<Channel>,
     admin: &str,
     name: String,
-    log: &Log,
+    log: &CallLog,
 ) -> Option<String> {
     let sent = Instant::now();
-    let created = tokens
-        .create_token(authed(
-            admin,
-            CreateTokenRequest {
-                token: Some(Token {
-                    owner: "load".into(),
-                    ..spec(&name, &[])
-                }),
-                ttl: None,
-            },
-        ))
-        .await;
+    let token = Token {
+        owner: "load".into(),
+        ..spec(&name, &[])
+    };
+    let created = create_via(tokens, admin, token).await;
     log.note("create", sent, &created);
-    let created = created.ok()?.into_inner();
+    let created = created.ok()?;
+    let mut all_ok = true;
     let id = created.token.as_ref().unwrap().id.clone();
     for enabled in [false, true] {
         let sent = Instant::now();
@@ -105,6 +79,7 @@ async fn manage(
             ))
             .await;
         log.note("set_enabled", sent, &answer);
+        all_ok &= answer.is_ok();
     }
     let sent = Instant::now();
     let answer = tokens
@@ -123,11 +98,13 @@ async fn manage(
         ))
         .await;
     log.note("update", sent, &answer);
+    all_ok &= answer.is_ok();
     let sent = Instant::now();
     let answer = tokens
         .get_token(authed(admin, GetTokenRequest { id }))
         .await;
     log.note("get", sent, &answer);
+    all_ok &= answer.is_ok();
     let sent = Instant::now();
     let answer = tokens
         .list_tokens(authed(
@@ -140,14 +117,17 @@ async fn manage(
         ))
         .await;
     log.note("list", sent, &answer);
-    Some(created.secret)
+    all_ok &= answer.is_ok();
+    // A token whose enabling failed may be left disabled: only a token every call of
+    // the round succeeded on is verified later.
+    all_ok.then_some(created.secret)
 }
 
 async fn verify(
     client: &mut VerifyServiceClient<Channel>,
     kind: &'static str,
     secret: &str,
-    log: &Log,
+    log: &CallLog,
 ) {
     let sent = Instant::now();
     let answer = client
@@ -180,34 +160,19 @@ async fn every_connection_dropped_under_load_fails_no_call() {
     let target = |port: u16| format!("http://127.0.0.1:{port}");
     let (target_a, target_b) = (target(replicas.a.port), target(replicas.b.port));
     let mut setup = TokenServiceClient::connect(target_a.clone()).await.unwrap();
-    let limited = setup
-        .create_token(authed(
-            &admin,
-            CreateTokenRequest {
-                token: Some(Token {
-                    max_uses: 1_000_000_000,
-                    ..spec("usage-limited", &[])
-                }),
-                ttl: None,
-            },
-        ))
+    let limited = Token {
+        max_uses: 1_000_000_000,
+        ..spec("usage-limited", &[])
+    };
+    let limited = create_via(&mut setup, &admin, limited)
         .await
         .unwrap()
-        .into_inner()
         .secret;
-    let cached = setup
-        .create_token(authed(
-            &admin,
-            CreateTokenRequest {
-                token: Some(spec("cached", &[])),
-                ttl: None,
-            },
-        ))
+    let cached = create_via(&mut setup, &admin, spec("cached", &[]))
         .await
         .unwrap()
-        .into_inner()
         .secret;
-    let log = Arc::new(Log::default());
+    let log = Arc::new(CallLog::default());
     let stop = Arc::new(AtomicBool::new(false));
     let fresh: Arc<Mutex<Vec<String>>> = Arc::default();
     let made = Arc::new(AtomicUsize::new(0));
@@ -278,7 +243,7 @@ async fn every_connection_dropped_under_load_fails_no_call() {
     // window after a cut, and then only because its outcome is unknown: its COMMIT, or the
     // usage-limited Verify's single UPDATE, was cut off (either may have been applied, so
     // neither is repeated). Nothing failed after the window.
-    let calls = log.calls.lock().unwrap();
+    let calls = log.calls();
     let mut by_kind = std::collections::BTreeMap::<&str, (usize, usize)>::new();
     for (kind, _, _, failure) in calls.iter() {
         let entry = by_kind.entry(kind).or_default();

@@ -22,9 +22,10 @@ use tonic_health::pb::{
 
 use crate::helpers::{Backend, TestApp, TestDb, authed, spawn_with, spec, test_settings};
 
-/// A Postgres cluster of this test's own.
-struct OwnPostgres {
-    url: String,
+/// A Postgres cluster of a test's own.
+pub struct OwnPostgres {
+    /// Its admin URL.
+    pub url: String,
     dir: String,
 }
 
@@ -45,8 +46,19 @@ impl OwnPostgres {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    fn start() -> Self {
-        let exports = Self::script(&[]);
+    /// Starts a cluster, fast and not crash-safe.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a cluster that acknowledges a commit only once its WAL is written, so that a
+    /// crash of the server loses nothing acknowledged.
+    pub fn start_durable() -> Self {
+        Self::start_with(&["--durable"])
+    }
+
+    fn start_with(args: &[&str]) -> Self {
+        let exports = Self::script(args);
         let value = |name: &str| {
             exports
                 .lines()
@@ -60,11 +72,19 @@ impl OwnPostgres {
         }
     }
 
-    fn pause(&self) {
+    /// Stops the server cleanly, keeping its data.
+    pub fn pause(&self) {
         Self::script(&["--pause", &self.dir]);
     }
 
-    fn resume(&self) {
+    /// Kills the server (`pg_ctl stop -m immediate`): no checkpoint, crash recovery at the
+    /// next start.
+    pub fn crash(&self) {
+        Self::script(&["--crash", &self.dir]);
+    }
+
+    /// Starts the server again, on the same port.
+    pub fn resume(&self) {
         Self::script(&["--resume", &self.dir]);
     }
 }

@@ -56,22 +56,7 @@ impl TestDb {
                 let admin_url = std::env::var("DATABASE_URL").expect(
                     "the Postgres tests need DATABASE_URL; run scripts/test, which starts a throwaway Postgres",
                 );
-                let name = format!("ta_test_{}", Uuid::now_v7().simple());
-                let mut conn = PgConnection::connect(&admin_url)
-                    .await
-                    .expect("cannot reach DATABASE_URL");
-                conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-                    .await
-                    .unwrap();
-                conn.close().await.unwrap();
-                let (base, _) = admin_url
-                    .rsplit_once('/')
-                    .expect("DATABASE_URL names a database");
-                Self {
-                    backend,
-                    url: format!("{base}/{name}"),
-                    dir: None,
-                }
+                Self::fresh_postgres(&admin_url).await
             }
         }
     }
@@ -89,6 +74,26 @@ impl TestDb {
             backend,
             url,
             dir: Some(dir),
+        }
+    }
+
+    /// Makes a fresh, empty database on the Postgres server of `admin_url`.
+    pub async fn fresh_postgres(admin_url: &str) -> Self {
+        let name = format!("ta_test_{}", Uuid::now_v7().simple());
+        let mut conn = PgConnection::connect(admin_url)
+            .await
+            .expect("cannot reach the Postgres server");
+        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .expect("the URL names a database");
+        Self {
+            backend: Backend::Postgres,
+            url: format!("{base}/{name}"),
+            dir: None,
         }
     }
 
@@ -602,6 +607,59 @@ fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiv
     rx
 }
 
+/// Creates a token through a TokenService client (of a server process, say) as `secret`.
+pub async fn create_via(
+    tokens: &mut TokenServiceClient<Channel>,
+    secret: &str,
+    token: Token,
+) -> Result<CreateTokenResponse, Status> {
+    let request = CreateTokenRequest {
+        token: Some(token),
+        ttl: None,
+    };
+    tokens
+        .create_token(authed(secret, request))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// One call a test's client made: its kind, when it was sent and answered, and how it
+/// failed, if it did.
+pub type Call = (
+    &'static str,
+    std::time::Instant,
+    std::time::Instant,
+    Option<(tonic::Code, String)>,
+);
+
+/// Every call a test's clients made, for judging afterwards.
+#[derive(Default)]
+pub struct CallLog {
+    calls: std::sync::Mutex<Vec<Call>>,
+}
+
+impl CallLog {
+    /// Notes a call of `kind` sent at `sent` and answered now with `result`.
+    pub fn note<T>(
+        &self,
+        kind: &'static str,
+        sent: std::time::Instant,
+        result: &Result<T, Status>,
+    ) {
+        let failure = result
+            .as_ref()
+            .err()
+            .map(|status| (status.code(), status.message().to_owned()));
+        let call = (kind, sent, std::time::Instant::now(), failure);
+        self.calls.lock().unwrap().push(call);
+    }
+
+    /// Returns the calls noted so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
 /// Runs each named test, `async fn name(backend: Backend)`, once per backend.
 #[macro_export]
 macro_rules! both_backends {
@@ -642,7 +700,11 @@ impl Replicas {
 
     /// Both started with these extra flags.
     pub async fn start_with(args: &[&str]) -> Self {
-        let db = TestDb::fresh(Backend::Postgres).await;
+        Self::start_on(TestDb::fresh(Backend::Postgres).await, args)
+    }
+
+    /// Both started on this database with these extra flags.
+    pub fn start_on(db: TestDb, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let admin_file = dir.path().join("admin.secret");
         let admin_file_str = admin_file.display().to_string();

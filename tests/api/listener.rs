@@ -14,14 +14,14 @@ use std::{
 use sqlx::{Connection, PgConnection};
 use token_authority::{
     pb::v1::{
-        CreateTokenRequest, SetTokenEnabledRequest, VerifyRequest,
-        token_service_client::TokenServiceClient, verify_service_client::VerifyServiceClient,
+        SetTokenEnabledRequest, VerifyRequest, token_service_client::TokenServiceClient,
+        verify_service_client::VerifyServiceClient,
     },
     store::LISTENER_APPLICATION_NAME,
 };
 use tonic::transport::Channel;
 
-use crate::helpers::{Replicas, authed, sample, scrape, spec};
+use crate::helpers::{Replicas, authed, create_via, sample, scrape, spec};
 
 /// How many times the listeners are cut off.
 const ROUNDS: usize = 110;
@@ -96,17 +96,9 @@ async fn the_listener_cut_off_over_a_hundred_times_never_lets_a_revoked_token_th
         .unwrap();
     let mut made = Vec::new();
     for round in 0..ROUNDS {
-        let created = tokens_a
-            .create_token(authed(
-                &admin,
-                CreateTokenRequest {
-                    token: Some(spec(&format!("round-{round}"), &[])),
-                    ttl: None,
-                },
-            ))
+        let created = create_via(&mut tokens_a, &admin, spec(&format!("round-{round}"), &[]))
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         made.push((created.token.unwrap().id, created.secret));
     }
 

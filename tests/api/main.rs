@@ -6,6 +6,7 @@ mod helpers;
 mod attacks;
 mod authorization;
 mod concurrent_writes;
+mod crash;
 mod deploy_files;
 mod drain;
 mod dropped_connections;

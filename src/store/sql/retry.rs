@@ -1,7 +1,8 @@
 //! Dropped connections (a failover, a restart, an idle-connection killer) fail nothing that
 //! could succeed. Once one pooled connection is found dead, every connection that has been
-//! idle since before then is tested before it is used ([`LostConnections`], from the
-//! pool's `before_acquire`), so the cost falls only on the moments after a loss; and an
+//! idle since before then, and for a second every connection, is tested before it is used
+//! ([`LostConnections`], from the pool's `before_acquire`), so the cost falls only on the
+//! moments after a loss; and an
 //! operation that failed because its connection was lost runs once more, on another
 //! connection, when running it again cannot apply it twice: a read, or a write whose
 //! transaction failed before COMMIT was sent (the server rolls such a transaction back).
@@ -16,6 +17,9 @@ use std::{
 use sqlx::{Database, Transaction};
 
 use crate::store::StoreError;
+
+/// How long after a connection was found dead every connection is tested before use.
+const SUSPECT_FOR: Duration = Duration::from_secs(1);
 
 /// When a pooled connection of a store was last found dead.
 #[derive(Debug)]
@@ -41,15 +45,19 @@ impl LostConnections {
         self.latest.fetch_max(now + 1, Ordering::Relaxed);
     }
 
-    /// Returns whether a connection idle for `idle_for` went idle before the latest loss,
-    /// so that it may have died with the others. One relaxed load when nothing was lost.
-    pub fn idle_since_before_a_loss(&self, idle_for: Duration) -> bool {
+    /// Returns whether a connection idle for `idle_for` may have died with the one lost
+    /// latest: it went idle before that loss, or the loss was less than [`SUSPECT_FOR`] ago
+    /// (the server ends connections one by one, so some die after the first is found dead,
+    /// even after being handed back alive). One relaxed load when nothing was lost.
+    pub fn suspect(&self, idle_for: Duration) -> bool {
         let latest = self.latest.load(Ordering::Relaxed);
         if latest == 0 {
             return false;
         }
-        let idle_since = self.start.elapsed().saturating_sub(idle_for);
-        u64::try_from(idle_since.as_nanos()).unwrap_or(u64::MAX) < latest
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let now = self.start.elapsed();
+        nanos(now.saturating_sub(idle_for)) < latest
+            || nanos(now) < latest.saturating_add(nanos(SUSPECT_FOR))
     }
 }
 
@@ -110,21 +118,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_connections_idle_since_before_the_latest_loss_are_suspect() {
-        let lost = LostConnections::default();
-        assert!(
-            !lost.idle_since_before_a_loss(Duration::from_secs(3600)),
-            "no loss yet"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    fn connections_are_suspect_after_a_loss_only() {
+        let lost = LostConnections {
+            start: Instant::now()
+                .checked_sub(Duration::from_secs(60))
+                .expect("the clock has run for a minute"),
+            latest: AtomicU64::new(0),
+        };
+        assert!(!lost.suspect(Duration::from_secs(30)), "no loss yet");
         lost.note();
-        assert!(lost.idle_since_before_a_loss(Duration::from_millis(10)));
-        std::thread::sleep(Duration::from_millis(20));
         assert!(
-            !lost.idle_since_before_a_loss(Duration::from_millis(5)),
-            "idle only since after the loss"
+            lost.suspect(Duration::ZERO),
+            "every connection, just after a loss"
         );
-        assert!(lost.idle_since_before_a_loss(Duration::from_secs(1)));
+        // As if the loss had been 2 s ago.
+        let two_seconds_ago = lost.latest.load(Ordering::Relaxed) - 2_000_000_000;
+        lost.latest.store(two_seconds_ago, Ordering::Relaxed);
+        assert!(
+            lost.suspect(Duration::from_secs(3)),
+            "idle since before the loss"
+        );
+        assert!(
+            !lost.suspect(Duration::from_secs(1)),
+            "idle only since after it"
+        );
     }
 
     #[test]
