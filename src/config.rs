@@ -199,6 +199,18 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Address of the HTTP port (HTTP/1.1 and h2c; TLS with --tls-cert, like the gRPC port),
+    /// which serves forward auth for nginx, Traefik, Caddy, HAProxy and Envoy's HTTP mode;
+    /// `off` disables it.
+    #[arg(long, env = "TA_HTTP_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_metrics_addr)]
+    pub http_addr: MetricsAddr,
+
+    /// Comma-separated networks of the proxies (nginx, Traefik, Caddy, HAProxy, Envoy) whose
+    /// X-Original-*, X-Forwarded-* and X-Real-IP headers forward auth believes; from any other
+    /// peer they are ignored and the peer is the client. `none` for none.
+    #[arg(long, env = "TA_FORWARD_AUTH_TRUSTED_PROXIES", default_value = "127.0.0.0/8,::1/128", value_parser = parse_nets)]
+    pub forward_auth_trusted_proxies: Nets,
+
     /// How Envoy ext_authz Check requests are read and answered.
     #[command(flatten)]
     pub ext_authz: ExtAuthzArgs,
@@ -312,7 +324,7 @@ impl ServeArgs {
     }
 }
 
-/// Where to serve metrics, if anywhere.
+/// Where to serve a port, if anywhere (`off`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
 
@@ -324,6 +336,23 @@ fn parse_metrics_addr(value: &str) -> Result<MetricsAddr, String> {
             .map(|addr| MetricsAddr(Some(addr)))
             .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:9464, or off")),
     }
+}
+
+/// Networks given as one comma-separated value; `none` (or empty) for none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Nets(pub Vec<ipnet::IpNet>);
+
+fn parse_nets(value: &str) -> Result<Nets, String> {
+    if value.trim() == "none" {
+        return Ok(Nets::default());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(parse_net)
+        .collect::<Result<_, _>>()
+        .map(Nets)
 }
 
 /// Options of `token-authority bootstrap`.

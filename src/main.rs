@@ -63,6 +63,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_addr: serve.listen_addr,
                 tls: serve.tls(),
                 metrics_addr: serve.metrics_addr.0,
+                http_addr: serve.http_addr.0,
+                forward_auth_trusted_proxies: serve.forward_auth_trusted_proxies.0,
                 store: store_options,
                 token_prefix: serve.token_prefix,
                 bootstrap: true,

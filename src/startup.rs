@@ -24,6 +24,7 @@ use crate::{
         token_type_service::TokenTypeApi,
         verify_service::VerifyApi,
     },
+    http::{self, HttpState},
     invalidation,
     limits::{FailureAudit, ManagementRate},
     metrics::{self, Exporter, Metrics, RpcMetricsLayer},
@@ -64,6 +65,10 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// Address of the Prometheus endpoint, if any; port 0 picks a free one.
     pub metrics_addr: Option<SocketAddr>,
+    /// Address of the HTTP port (forward auth), if any; port 0 picks a free one.
+    pub http_addr: Option<SocketAddr>,
+    /// Proxies whose forwarded headers forward auth believes.
+    pub forward_auth_trusted_proxies: Vec<ipnet::IpNet>,
     /// The store.
     pub store: StoreOptions,
     /// Prefix of new secrets.
@@ -101,6 +106,7 @@ pub struct Application {
     port: u16,
     tls: Option<ServerTlsConfig>,
     metrics_listener: Option<TcpListener>,
+    http_listener: Option<TcpListener>,
     store: Arc<dyn TokenStore>,
     state: Arc<AppState>,
     usage: Arc<UsageRecorder>,
@@ -148,6 +154,14 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
         let port = listener.local_addr()?.port();
+        let http_listener = match settings.http_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve HTTP on {addr}"))?,
+            ),
+            None => None,
+        };
         let metrics_listener = match settings.metrics_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -174,6 +188,7 @@ impl Application {
             port,
             tls,
             metrics_listener,
+            http_listener,
             store,
             state,
             usage,
@@ -185,6 +200,12 @@ impl Application {
     /// Returns the port the service listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Returns the port of the HTTP port, when it is on.
+    pub fn http_port(&self) -> Option<u16> {
+        let addr = self.http_listener.as_ref()?.local_addr().ok()?;
+        Some(addr.port())
     }
 
     /// Returns the port of the metrics endpoint, when it is on.
@@ -212,6 +233,7 @@ impl Application {
             listener,
             tls,
             metrics_listener,
+            http_listener,
             store,
             state,
             usage,
@@ -284,12 +306,47 @@ impl Application {
             }
         };
 
+        // The HTTP port stops accepting when the drain ends, as the gRPC port does (or when
+        // the gRPC server failed), and gets the same shutdown timeout for its requests.
+        let check = Arc::new(settings.ext_authz.clone());
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
+        let http_addr = http_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let http_server = match http_listener {
+            None => None,
+            Some(listener) => {
+                let http_tls = settings.tls.as_ref().map(TlsFiles::rustls).transpose()?;
+                let router = http::router(Arc::new(HttpState {
+                    app: state.clone(),
+                    check: check.clone(),
+                    forward_auth_trusted_proxies: settings.forward_auth_trusted_proxies.clone(),
+                }));
+                let (mut drained, mut failed) = (deadline_rx.clone(), http_stop_rx);
+                let stop = async move {
+                    tokio::select! {
+                        _ = drained.wait_for(Option::is_some) => {}
+                        _ = failed.wait_for(|stop| *stop) => {}
+                    }
+                };
+                Some(tokio::spawn(http::serve(
+                    listener,
+                    http_tls,
+                    router,
+                    stop,
+                    shutdown_timeout,
+                )))
+            }
+        };
+
         let addr = listener.local_addr()?;
         tracing::info!(
             %addr,
             store = store.backend(),
             tls = settings.tls.as_ref().map_or("off", TlsFiles::mode),
             metrics_addr = %metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
+            http_addr = %http_addr.map_or("off".to_owned(), |a| a.to_string()),
             "token-authority serving"
         );
         // The store answered at build time; per-service statuses exist from the first call.
@@ -328,11 +385,8 @@ impl Application {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                AuthorizationServer::new(ExtAuthzApi::new(
-                    state.clone(),
-                    Arc::new(settings.ext_authz),
-                ))
-                .max_decoding_message_size(max_message),
+                AuthorizationServer::new(ExtAuthzApi::new(state.clone(), check))
+                    .max_decoding_message_size(max_message),
             )
             .serve_with_incoming_shutdown(incoming, stopping);
         let served = tokio::select! {
@@ -343,6 +397,14 @@ impl Application {
             }
         };
 
+        // The HTTP port's requests in flight are answered too (it stopped accepting with
+        // the gRPC port; at once if that one failed).
+        let _ = http_stop_tx.send(true);
+        if let Some(http_server) = http_server
+            && let Err(error) = http_server.await
+        {
+            tracing::warn!(%error, "HTTP server failed");
+        }
         // Every call has been answered: only now stop hearing changes (the listener's
         // guard untrusts the cache as it ends) and write the last uses.
         health_abort.abort(); // (already, unless the server failed without a signal)

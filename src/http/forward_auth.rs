@@ -364,7 +364,8 @@ mod tests {
             ("/require", "require"),
             ("/require/Reports", "require"),
             ("/bind/tenant", "key=value"),
-            ("/bind/a b=c", "bind"),
+            ("/bind/a%20b=c", "printable"),
+            ("/bind/a.b!=c", "bind"),
             ("/reports/1", "is not a setting"),
             ("/require/%zz", "percent"),
         ] {

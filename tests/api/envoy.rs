@@ -14,14 +14,14 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::{Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tempfile::TempDir;
 use token_authority::pb::v1::{SetTokenEnabledRequest, Token};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use crate::helpers::{Backend, authed, spawn_app, spec};
+use crate::helpers::{Backend, authed, http_request as request, spawn_app, spec};
 
 /// A request as the upstream received it.
 #[derive(Clone, Debug)]
@@ -210,44 +210,6 @@ async fn get(
     headers: &[(&str, &str)],
 ) -> Result<(StatusCode, HashMap<String, String>, String), String> {
     request(addr, "GET", path, headers).await
-}
-
-/// One HTTP/1.1 request on a new connection.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<(StatusCode, HashMap<String, String>, String), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let mut builder = hyper::Request::builder().method(method).uri(path);
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        builder = builder.header("host", "api.example.com");
-    }
-    for (key, value) in headers {
-        builder = builder.header(*key, *value);
-    }
-    let response = sender
-        .send_request(builder.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned()))
-        .collect();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,8 @@ pub fn test_settings(db: &TestDb) -> Settings {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         metrics_addr: None,
+        http_addr: None,
+        forward_auth_trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
         store: StoreOptions {
             url: db.url.clone(),
             max_connections: 8,
@@ -142,6 +144,8 @@ pub struct TestApp {
     pub target: String,
     /// The port of `/metrics`, when the settings asked for it.
     pub metrics_port: Option<u16>,
+    /// The HTTP port, when the settings asked for it.
+    pub http_port: Option<u16>,
     /// The bootstrap admin's secret (`*:*`).
     pub admin: String,
     pub tokens: TokenServiceClient<Channel>,
@@ -166,6 +170,7 @@ pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -
     let app = Application::build(settings).await.expect("server starts");
     let addr: SocketAddr = format!("127.0.0.1:{}", app.port()).parse().unwrap();
     let metrics_port = app.metrics_port();
+    let http_port = app.http_port();
     let admin = app
         .bootstrap_secret()
         .map(|s| s.expose().to_owned())
@@ -185,6 +190,7 @@ pub async fn spawn_with(db: TestDb, settings: Settings, admin: Option<String>) -
     TestApp {
         target: addr.to_string(),
         metrics_port,
+        http_port,
         admin,
         tokens: TokenServiceClient::new(channel.clone()),
         verifier: VerifyServiceClient::new(channel.clone()),
@@ -459,6 +465,7 @@ impl Process {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TA_LISTEN_ADDR", "127.0.0.1:0")
             .env("TA_METRICS_ADDR", "127.0.0.1:0")
+            .env("TA_HTTP_ADDR", "127.0.0.1:0")
             .env("TA_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -727,4 +734,54 @@ impl Replicas {
             _dir: dir,
         }
     }
+}
+
+/// One HTTP/1.1 request on a new connection: its status, headers (lowercase names) and
+/// body. `host: api.example.com` unless the headers name a host.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    (
+        hyper::StatusCode,
+        std::collections::HashMap<String, String>,
+        String,
+    ),
+    String,
+> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut builder = hyper::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        builder = builder.header("host", "api.example.com");
+    }
+    for (key, value) in headers {
+        builder = builder.header(*key, *value);
+    }
+    let response = sender
+        .send_request(builder.body(Empty::<bytes::Bytes>::new()).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned()))
+        .collect();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -13,6 +13,7 @@ mod dropped_connections;
 mod envoy;
 mod ext_authz;
 mod faults;
+mod forward_auth;
 mod grpcurl;
 mod hostile_input;
 mod lifecycle;

@@ -308,7 +308,15 @@ async fn no_secret_or_caller_chosen_value_becomes_a_label() {
             "Unauthenticated",
             "Unimplemented",
         ])
-        .chain(["verify", "check", "token", "negative", "changed", "flushed"])
+        .chain([
+            "verify",
+            "check",
+            "forward_auth",
+            "token",
+            "negative",
+            "changed",
+            "flushed",
+        ])
         .chain([
             "expired",
             "capacity",
