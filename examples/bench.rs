@@ -46,6 +46,8 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+#[path = "bench/http.rs"]
+mod http;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/noop.rs"]
@@ -73,6 +75,15 @@ enum Scenario {
     NoopCheck,
     /// verify, check and noop-check alternately for --rounds rounds; medians and ratios.
     CompareCheck,
+    /// Forward auth on the HTTP port (--http-target) of the `verify` scenario's token: the
+    /// request nginx's auth_request sends for GET /domains/1 from 10.1.2.3, over
+    /// --concurrency HTTP/1.1 keep-alive connections (one request in flight on each).
+    ForwardAuth,
+    /// The same requests against a no-op HTTP server hosted by this tool (hyper and axum,
+    /// as the HTTP port) answering the real answer's head without judging: the ceiling.
+    NoopForwardAuth,
+    /// forward-auth and noop-forward-auth alternately for --rounds rounds; medians, ratio.
+    CompareForwardAuth,
     /// CreateToken of a new token (owner bench) each call.
     Create,
     /// Verify against a no-op VerifyService hosted by this tool that returns a real
@@ -95,6 +106,10 @@ struct Args {
     /// The token-authority server.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
+
+    /// The token-authority server's HTTP port, for forward auth.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_target: std::net::SocketAddr,
 
     /// Calls in flight at once (one task each).
     #[arg(long, default_value_t = 64)]
@@ -245,6 +260,7 @@ impl Bench {
             match scenario {
                 Scenario::Compare => self.compare().await?,
                 Scenario::CompareCheck => self.compare_check().await?,
+                Scenario::CompareForwardAuth => self.compare_forward_auth().await?,
                 Scenario::LatencyAt => self.latency_at().await?,
                 _ => {
                     let row = self.run(scenario, None).await?;
@@ -287,6 +303,37 @@ impl Bench {
         self.printer.pair_summary(&rows, "check", "noop-check");
         self.printer.pair_summary(&rows, "noop-check", "verify");
         Ok(())
+    }
+
+    /// forward-auth and noop-forward-auth alternately, `--rounds` times.
+    async fn compare_forward_auth(&mut self) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        for round in 1..=self.args.rounds {
+            for scenario in [Scenario::ForwardAuth, Scenario::NoopForwardAuth] {
+                let row = self.run(scenario, Some(round)).await?;
+                self.printer.row(&row);
+                rows.push(row);
+            }
+        }
+        self.printer
+            .pair_summary(&rows, "forward-auth", "noop-forward-auth");
+        Ok(())
+    }
+
+    /// HTTP callers of one request, one keep-alive connection each.
+    async fn http_callers(
+        &self,
+        addr: std::net::SocketAddr,
+        request: &Arc<hyper::Request<http_body_util::Empty<bytes::Bytes>>>,
+    ) -> anyhow::Result<Vec<Caller>> {
+        let mut callers = Vec::with_capacity(self.args.concurrency);
+        for _ in 0..self.args.concurrency {
+            callers.push(Caller::Http {
+                sender: http::connect(addr).await?,
+                request: request.clone(),
+            });
+        }
+        Ok(callers)
     }
 
     /// Verify at a fixed rate, open loop.
@@ -437,7 +484,28 @@ impl Bench {
                 server.stop().await;
                 Ok(self.row("noop", round, measured, Some(reply_bytes)))
             }
-            Scenario::Compare | Scenario::CompareCheck | Scenario::LatencyAt => {
+            Scenario::ForwardAuth | Scenario::NoopForwardAuth => {
+                let requests = self.single_requests().await?;
+                let request = Arc::new(http::request(&requests[0].token));
+                let real = http::real_answer(self.args.http_target, &request).await?;
+                let (name, noop, addr) = if scenario == Scenario::ForwardAuth {
+                    ("forward-auth", None, self.args.http_target)
+                } else {
+                    let server = http::NoopHttp::start(real).await?;
+                    let addr = server.addr;
+                    ("noop-forward-auth", Some(server), addr)
+                };
+                let callers = self.http_callers(addr, &request).await?;
+                let measured = self.closed(callers).await;
+                if let Some(server) = noop {
+                    server.stop().await;
+                }
+                Ok(self.row(name, round, measured, None))
+            }
+            Scenario::Compare
+            | Scenario::CompareCheck
+            | Scenario::CompareForwardAuth
+            | Scenario::LatencyAt => {
                 unreachable!("run_all handles {scenario:?}")
             }
         }

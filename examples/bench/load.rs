@@ -57,6 +57,11 @@ pub enum Caller {
         client: AuthorizationClient<Channel>,
         request: Arc<CheckRequest>,
     },
+    /// Forward auth over one HTTP/1.1 keep-alive connection; anything but 200 is an error.
+    Http {
+        sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        request: Arc<hyper::Request<http_body_util::Empty<bytes::Bytes>>>,
+    },
     /// TokenService/CreateToken of a new token named `<prefix>-<n>` each call.
     Create {
         client: TokenServiceClient<Channel>,
@@ -118,6 +123,7 @@ impl Caller {
                     _ => Ok(()),
                 }
             }
+            Caller::Http { sender, request } => super::http::call(sender, request).await,
             Caller::Create {
                 client,
                 authorization,
