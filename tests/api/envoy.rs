@@ -4,48 +4,26 @@
 //! denied ones get Envoy's 401 or 403 and never arrive; a revoked token is refused on the
 //! next request.
 
-use std::{path::Path, process::Command};
-
 use hyper::StatusCode;
 use token_authority::pb::v1::{SetTokenEnabledRequest, Token};
 
 use crate::{
-    gateways::{Ports, Proxy, Upstream, deploy_file, free_port, point_addresses},
+    gateways::{Proxy, Upstream, envoy_http::envoy},
     helpers::{Backend, authed, spawn_app, spec},
 };
-
-/// Writes deploy/envoy/envoy.yaml with its addresses pointed at this test, and the command
-/// that runs it.
-fn command(dir: &Path, ports: &Ports) -> Command {
-    let config = point_addresses(
-        &deploy_file("envoy/envoy.yaml"),
-        &[
-            ("admin", free_port()),
-            ("listener", ports.listener),
-            ("token-authority", ports.authority),
-            ("upstream", ports.upstream),
-        ],
-    );
-    std::fs::write(dir.join("envoy.yaml"), config).unwrap();
-    let mut command = Command::new("envoy");
-    command.args([
-        "-c",
-        "envoy.yaml",
-        "--disable-hot-restart",
-        "--concurrency",
-        "1",
-        "--log-level",
-        "warn",
-    ]);
-    command
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
     let app = spawn_app(Backend::Postgres).await;
     let upstream = Upstream::start().await;
     let authority_port: u16 = app.target.rsplit_once(':').unwrap().1.parse().unwrap();
-    let envoy = Proxy::start("envoy", authority_port, upstream.port, command).await;
+    let envoy = Proxy::start(
+        "envoy",
+        authority_port,
+        upstream.port,
+        envoy("envoy/envoy.yaml"),
+    )
+    .await;
     let before = upstream.seen().len();
 
     let reader = app

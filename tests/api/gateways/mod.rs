@@ -11,7 +11,7 @@
 //! A missing proxy binary fails its test, naming the package; scripts/test installs them.
 
 mod caddy;
-mod envoy_http;
+pub mod envoy_http;
 mod haproxy;
 mod nginx;
 mod traefik;
