@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The auth subrequest nginx sends for `GET /domains/1` from 10.1.2.3 with this token.
 pub fn request(secret: &str) -> hyper::Request<Empty<Bytes>> {
-    let mut builder = hyper::Request::builder().method("GET").uri("/v1/forward-auth");
+    let mut builder = hyper::Request::builder()
+        .method("GET")
+        .uri("/v1/forward-auth");
     for (name, value) in [
         ("host", "api.example.com"),
         ("x-original-uri", "/domains/1"),
@@ -79,7 +81,10 @@ pub async fn real_answer(
     *copy.headers_mut() = request.headers().clone();
     let response = sender.send_request(copy).await?;
     if response.status() != hyper::StatusCode::OK {
-        bail!("forward auth of the bench token answered {}", response.status());
+        bail!(
+            "forward auth of the bench token answered {}",
+            response.status()
+        );
     }
     Ok(response
         .headers()

@@ -194,6 +194,12 @@ pub(super) fn segments(target: &str) -> Result<Vec<String>, String> {
         if segment == "." || segment == ".." {
             return Err("the path has dot segments; enable normalize_path in Envoy".into());
         }
+        // An escaped slash or backslash: judged as one segment here, it may be two (or a
+        // dot segment, `..%2f`) to an upstream that decodes it before resolving the path.
+        let lower = segment.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") || segment.contains('\\') {
+            return Err("the path has an escaped slash or backslash".into());
+        }
         out.push(segment);
     }
     Ok(out)
@@ -410,5 +416,13 @@ mod tests {
             need(&settings, "GET", "/reports/../admin").is_err(),
             "dot segments"
         );
+        for path in [
+            "/reports/..%2fadmin/1",
+            "/reports/a%2Fb",
+            "/reports/%5c..",
+            "/r\\x",
+        ] {
+            assert!(need(&settings, "GET", path).is_err(), "{path}");
+        }
     }
 }

@@ -122,15 +122,18 @@ struct Original<'a> {
 }
 
 /// Works out the original request: from the proxy's headers when the peer is a trusted
-/// proxy, else from the request itself (the peer is then the client).
+/// proxy, else from the request itself (the peer is then the client). Headers that say
+/// the same thing must agree: some proxies (ingress-nginx, Traefik) pass the client's own
+/// headers on to the auth request beside the ones they set, so a client could add an
+/// `X-Original-URI` of its choosing next to the proxy's `X-Original-URL`; such a request is
+/// refused rather than judged on either.
 fn original<'a>(
     request: &'a Request,
     settings: &Settings,
     trusted: &[ipnet::IpNet],
     peer: IpAddr,
-) -> Original<'a> {
+) -> Result<Original<'a>, String> {
     let headers = request.headers();
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let believed = trusted.iter().any(|net| net.contains(&peer));
     let own_target = || {
         let path = settings.original_path.clone().unwrap_or_else(|| "/".into());
@@ -140,44 +143,98 @@ fn original<'a>(
         }
     };
     let own_host = || {
-        text("host")
+        headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .or_else(|| request.uri().authority().map(|a| a.to_string()))
     };
     if !believed {
-        return Original {
+        return Ok(Original {
             method: request.method().as_str(),
             target: own_target(),
             host: own_host(),
             client: Some(peer),
-        };
+        });
     }
-    let url = text("x-original-url").and_then(|url| url.parse::<http::Uri>().ok());
-    let target = text("x-original-uri")
-        .map(str::to_owned)
-        .or_else(|| {
-            url.as_ref()
-                .and_then(|u| u.path_and_query())
-                .map(|p| p.as_str().to_owned())
+    let url = one(headers, "x-original-url")?
+        .map(|url| {
+            url.parse::<http::Uri>()
+                .map_err(|_| "X-Original-URL is not a URL".to_owned())
         })
-        .or_else(|| text("x-forwarded-uri").map(str::to_owned))
-        .unwrap_or_else(own_target);
-    let host = text("x-forwarded-host")
-        .map(str::to_owned)
-        .or_else(|| {
-            url.as_ref()
-                .and_then(|u| u.authority())
-                .map(|a| a.to_string())
-        })
-        .or_else(own_host);
-    Original {
-        method: text("x-original-method")
-            .or_else(|| text("x-forwarded-method"))
-            .unwrap_or(request.method().as_str()),
+        .transpose()?;
+    let url_target = url
+        .as_ref()
+        .and_then(|u| u.path_and_query())
+        .map(|p| p.as_str().to_owned());
+    let url_host = url
+        .as_ref()
+        .and_then(|u| u.authority())
+        .map(|a| a.to_string());
+    let target = agreed(
+        "the original URI",
+        [
+            one(headers, "x-original-uri")?.map(str::to_owned),
+            url_target,
+            one(headers, "x-forwarded-uri")?.map(str::to_owned),
+        ],
+    )?
+    .unwrap_or_else(own_target);
+    let host = agreed(
+        "the original host",
+        [
+            one(headers, "x-forwarded-host")?.map(str::to_owned),
+            url_host,
+        ],
+    )?
+    .or_else(own_host);
+    let method = agreed(
+        "the original method",
+        [
+            one(headers, "x-original-method")?,
+            one(headers, "x-forwarded-method")?,
+        ],
+    )?
+    .unwrap_or(request.method().as_str());
+    Ok(Original {
+        method,
         target,
         host,
         client: forwarded_client(headers, peer, trusted),
+    })
+}
+
+/// The one value of a describing header; sent twice, or not text, it cannot be believed.
+fn one<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, String> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(format!("{name} is sent more than once"));
     }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| format!("{name} is not text"))
+}
+
+/// The value the headers that carry the same fact agree on; `Err` when they disagree.
+fn agreed<T: PartialEq>(
+    what: &str,
+    values: impl IntoIterator<Item = Option<T>>,
+) -> Result<Option<T>, String> {
+    let mut found: Option<T> = None;
+    for value in values.into_iter().flatten() {
+        match &found {
+            Some(seen) if *seen != value => {
+                return Err(format!("the proxy's headers disagree on {what}"));
+            }
+            Some(_) => {}
+            None => found = Some(value),
+        }
+    }
+    Ok(found)
 }
 
 /// The client a trusted proxy names: the rightmost `X-Forwarded-For` entry that is not
@@ -230,12 +287,16 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
         }
     };
     let peer = crate::domain::restrictions::canonical_ip(peer.ip());
-    let original = original(
+    let original = match original(
         &request,
         &settings,
         &state.forward_auth_trusted_proxies,
         peer,
-    );
+    ) {
+        Ok(original) => original,
+        // A request a client may have tampered with: refused, and never passed.
+        Err(message) => return json_error(StatusCode::BAD_REQUEST, "invalid_request", &message),
+    };
     let pairs: Vec<(&str, &str)> = request
         .headers()
         .iter()

@@ -22,6 +22,7 @@ both_backends!(
     bound_tokens_fail_closed_at_the_gateway,
     a_revoked_token_is_refused_on_the_next_request,
     requests_are_counted_by_route_and_status,
+    describing_headers_that_disagree_are_refused,
 );
 
 type Answer = (StatusCode, HashMap<String, String>, String);
@@ -454,4 +455,68 @@ async fn requests_are_counted_by_route_and_status(backend: Backend) {
     ] {
         assert!(text.contains(series), "{series} in\n{text}");
     }
+}
+
+async fn describing_headers_that_disagree_are_refused(backend: Backend) {
+    let app = start(backend, &["127.0.0.0/8"]).await;
+    let reader = bearer(&app.create(spec("reader", &["reports:read"])).await.secret);
+    // ingress-nginx sets X-Original-URL and passes the client's own headers on: a client
+    // adding X-Original-URI (or X-Forwarded-Host) of its choosing is refused, not believed.
+    for extra in [
+        [
+            ("x-original-uri", "/reports/public"),
+            ("x-original-method", "GET"),
+        ],
+        [
+            ("x-forwarded-host", "internal.example.com"),
+            ("x-original-method", "GET"),
+        ],
+        [
+            ("x-forwarded-method", "GET"),
+            ("x-original-method", "DELETE"),
+        ],
+    ] {
+        let mut headers = vec![
+            ("authorization", reader.as_str()),
+            ("x-original-url", "https://api.example.com/reports/secret"),
+        ];
+        headers.extend(extra);
+        let (status, _, body) = ask(&app, "/v1/forward-auth", &headers).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra:?}: {body}");
+        assert!(body.contains("disagree"), "{body}");
+    }
+    // Agreeing headers are fine; a header sent twice is not.
+    let (status, _, _) = ask(
+        &app,
+        "/v1/forward-auth",
+        &[
+            ("authorization", &reader),
+            ("x-original-url", "https://api.example.com/reports/1"),
+            ("x-original-uri", "/reports/1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = ask(
+        &app,
+        "/v1/forward-auth",
+        &[
+            ("authorization", &reader),
+            ("x-original-uri", "/reports/1"),
+            ("x-original-uri", "/admin"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // An escaped slash is never judged as one segment.
+    let (status, _, body) = ask(
+        &app,
+        "/v1/forward-auth",
+        &[
+            ("authorization", &reader),
+            ("x-original-uri", "/reports/..%2fadmin/1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
