@@ -52,6 +52,8 @@ pub struct EncodedToken {
     encoded: Bytes,
     /// The ext_authz answer allowing this token, encoded by the first Check that needs it.
     allowed_check: OnceBox<AllowedCheck>,
+    /// The forward-auth answer's identity header values, made by the first that needs them.
+    identity_values: OnceBox<[http::HeaderValue; 4]>,
 }
 
 /// An allowed ext_authz Check answer for one token, encoded once (see `grpc::ext_authz`).
@@ -82,7 +84,25 @@ impl EncodedToken {
             }),
             encoded: Bytes::from(token_to_pb(token).encode_to_vec()),
             allowed_check: OnceBox::new(),
+            identity_values: OnceBox::new(),
         }
+    }
+
+    /// Returns the forward-auth identity header values (id, owner, name, type), made on
+    /// first use. A value that cannot be a header value is sent empty.
+    pub fn identity_values(&self) -> &[http::HeaderValue; 4] {
+        self.identity_values.get_or_init(|| {
+            let value = |text: &str| {
+                http::HeaderValue::from_bytes(text.as_bytes())
+                    .unwrap_or(http::HeaderValue::from_static(""))
+            };
+            Box::new([
+                value(&self.id.to_string()),
+                value(self.owner()),
+                value(self.name()),
+                value(self.token_type()),
+            ])
+        })
     }
 
     /// Returns the allowed Check answer for this token, building it on first use.

@@ -318,11 +318,11 @@ impl Application {
             None => None,
             Some(listener) => {
                 let http_tls = settings.tls.as_ref().map(TlsFiles::rustls).transpose()?;
-                let router = http::router(Arc::new(HttpState {
-                    app: state.clone(),
-                    check: check.clone(),
-                    forward_auth_trusted_proxies: settings.forward_auth_trusted_proxies.clone(),
-                }));
+                let router = http::router(Arc::new(HttpState::new(
+                    state.clone(),
+                    check.clone(),
+                    settings.forward_auth_trusted_proxies.clone(),
+                )));
                 let (mut drained, mut failed) = (deadline_rx.clone(), http_stop_rx);
                 let stop = async move {
                     tokio::select! {

@@ -15,7 +15,7 @@ use std::{net::IpAddr, sync::Arc};
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
@@ -331,23 +331,12 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
     }
     match decision {
         Decision::Allow { token, .. } => {
-            let names = &state.check.identity_headers;
-            let id = token.id.to_string();
             let mut response = StatusCode::OK.into_response();
             let headers = response.headers_mut();
-            for (name, value) in [
-                (&names.id, id.as_str()),
-                (&names.owner, token.owner()),
-                (&names.name, token.name()),
-                (&names.kind, token.token_type()),
-            ] {
-                // Every one, always (empty if it cannot be a header value), so that a proxy
-                // copying them onto the request never lets a client-sent one through.
-                let value = HeaderValue::from_bytes(value.as_bytes())
-                    .unwrap_or(HeaderValue::from_static(""));
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                    headers.insert(name, value);
-                }
+            // Every one, always (empty if it cannot be a header value), so that a proxy
+            // copying them onto the request never lets a client-sent one through.
+            for (name, value) in state.identity_names.iter().zip(token.identity_values()) {
+                headers.insert(name.clone(), value.clone());
             }
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response

@@ -46,6 +46,35 @@ pub struct HttpState {
     pub check: Arc<CheckSettings>,
     /// Proxies whose forwarded headers (X-Original-*, X-Forwarded-*) are believed.
     pub forward_auth_trusted_proxies: Vec<IpNet>,
+    /// The identity headers' names (id, owner, name, type), parsed once.
+    pub identity_names: [axum::http::HeaderName; 4],
+}
+
+impl HttpState {
+    /// Builds the HTTP port's state; the identity header names were checked at start.
+    pub fn new(
+        app: Arc<AppState>,
+        check: Arc<CheckSettings>,
+        forward_auth_trusted_proxies: Vec<IpNet>,
+    ) -> Self {
+        let names = &check.identity_headers;
+        let name = |n: &str| {
+            axum::http::HeaderName::from_bytes(n.as_bytes())
+                .unwrap_or(axum::http::HeaderName::from_static("x-token-unnamed"))
+        };
+        let identity_names = [
+            name(&names.id),
+            name(&names.owner),
+            name(&names.name),
+            name(&names.kind),
+        ];
+        Self {
+            app,
+            check,
+            forward_auth_trusted_proxies,
+            identity_names,
+        }
+    }
 }
 
 /// The peer of a connection, put into each of its requests' extensions.
