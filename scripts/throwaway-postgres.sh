@@ -83,6 +83,9 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 dir=$(mktemp -d /tmp/ta-pg.XXXXXX)
+# Nothing is left behind by a start that fails.
+started=""
+trap '[ -n "$started" ] || rm -rf "$dir"' EXIT
 chmod 755 "$dir"
 [ "$(id -u)" = 0 ] && chown "$user" "$dir"
 
@@ -112,6 +115,7 @@ done
 [ -n "$port" ] || { cat "$dir/postgres.log" >&2; log "no free port found"; exit 1; }
 echo "$options" >"$dir/options"
 
+started=yes
 log "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port as $user, in $dir"
 echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres"
 echo "export TA_PG_DIR=$dir"
