@@ -83,29 +83,39 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 dir=$(mktemp -d /tmp/ta-pg.XXXXXX)
+# Nothing is left behind by a start that fails.
+started=""
+trap '[ -n "$started" ] || rm -rf "$dir"' EXIT
 chmod 755 "$dir"
 [ "$(id -u)" = 0 ] && chown "$user" "$dir"
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-port=""
-for _ in $(seq 1 50); do
-  candidate=$(( 20000 + RANDOM % 30000 ))
-  if port_free "$candidate"; then port=$candidate; break; fi
-done
-[ -n "$port" ] || { log "no free port found"; exit 1; }
 
 run_as "$user" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
   || { cat "$dir/initdb.log" >&2; exit 1; }
 # Durability of the test cluster itself does not matter: fsync off keeps tests fast.
 synchronous_commit=off
 [ "${1:-}" = "--durable" ] && synchronous_commit=on
-options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=$synchronous_commit -c full_page_writes=off -c max_connections=400"
-echo "$options" >"$dir/options"
-run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-  -o "$options" \
-  start >/dev/null \
-  || { cat "$dir/postgres.log" >&2; exit 1; }
 
+# A free port below Linux's ephemeral range (32768 and up), so that no client connection
+# can take it, even while the server is paused; and if another cluster starting at the
+# same moment takes it first, another one.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port=""
+for _ in $(seq 1 20); do
+  candidate=$(( 20000 + RANDOM % 12000 ))
+  port_free "$candidate" || continue
+  options="-p $candidate -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=$synchronous_commit -c full_page_writes=off -c max_connections=400"
+  if run_as "$user" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "$options" start >/dev/null; then
+    port=$candidate
+    break
+  fi
+  grep -q "could not bind" "$dir/postgres.log" || { cat "$dir/postgres.log" >&2; exit 1; }
+  log "port $candidate was taken meanwhile; trying another"
+done
+[ -n "$port" ] || { cat "$dir/postgres.log" >&2; log "no free port found"; exit 1; }
+echo "$options" >"$dir/options"
+
+started=yes
 log "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port as $user, in $dir"
 echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres"
 echo "export TA_PG_DIR=$dir"
