@@ -138,14 +138,25 @@ fn covers_on(holder: &Token, token: &Token, power: Power) -> Result<(), String> 
                 Err("allowed_hosts: must lie within the allowed hosts".into())
             }
         }
-        Power::Bindings => match holder
-            .bindings
-            .iter()
-            .find(|(key, value)| token.bindings.get(*key) != Some(value))
-        {
-            Some((key, value)) => Err(format!("bindings: must be bound to {key}={value}")),
-            None => Ok(()),
-        },
+        // A bound token reaches, at a gateway, only requests that name one of its keys, each
+        // named key with its value. Adding a key widens that (a request naming only the new
+        // key passes), and dropping one widens it too (a request naming the dropped key with
+        // another value passes): a bound holder covers only tokens bound exactly as it is.
+        Power::Bindings => {
+            if holder.bindings.is_empty() || holder.bindings == token.bindings {
+                Ok(())
+            } else {
+                let own: Vec<String> = holder
+                    .bindings
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect();
+                Err(format!(
+                    "bindings: must be exactly {} (no key more or less)",
+                    own.join(",")
+                ))
+            }
+        }
         Power::Uses => match (remaining_uses(holder), remaining_uses(token)) {
             (Some(left), None) => Err(format!(
                 "max_uses: must be limited to at most {left} more uses"
@@ -303,16 +314,26 @@ mod tests {
     }
 
     #[test]
-    fn bindings_must_be_kept() {
+    fn a_bound_holder_covers_only_tokens_bound_exactly_as_it_is() {
         let mut holder = token(&["*:*"]);
         holder.bindings.insert("reportId".into(), "r-1".into());
         let mut t = token(&[]);
-        assert_eq!(short(&holder, &t), Some(Power::Bindings));
+        assert_eq!(short(&holder, &t), Some(Power::Bindings), "unbound is more");
         t.bindings.insert("reportId".into(), "r-2".into());
-        assert_eq!(short(&holder, &t), Some(Power::Bindings));
+        assert_eq!(short(&holder, &t), Some(Power::Bindings), "another value");
         t.bindings.insert("reportId".into(), "r-1".into());
+        assert_eq!(short(&holder, &t), None, "the same bindings");
+        // At a gateway a request naming only datasourceId=d-1 reaches this token and not
+        // the holder: an extra key is more power, not less.
         t.bindings.insert("datasourceId".into(), "d-1".into());
-        assert_eq!(short(&holder, &t), None);
+        assert_eq!(short(&holder, &t), Some(Power::Bindings), "an extra key");
+        // And the other way: the holder with both keys does not cover one with only one.
+        let mut wide = holder.clone();
+        wide.bindings.insert("datasourceId".into(), "d-1".into());
+        let mut narrow = token(&[]);
+        narrow.bindings.insert("reportId".into(), "r-1".into());
+        assert_eq!(short(&wide, &narrow), Some(Power::Bindings), "a key fewer");
+        assert_eq!(short(&token(&["*:*"]), &t), None, "unbound covers any");
     }
 
     #[test]

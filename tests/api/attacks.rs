@@ -16,7 +16,7 @@ use tonic::{Code, Status};
 
 use crate::{
     both_backends,
-    ext_authz::request,
+    ext_authz::{request, request_from},
     helpers::{Backend, TestApp, TestDb, authed, spawn_app, spawn_with, spec, test_settings},
 };
 
@@ -35,6 +35,7 @@ both_backends!(
     an_unreadable_forwarded_for_fails_closed_and_is_still_rate_limited,
     allowed_fields_bind_permissions_other_than_the_defaults,
     a_leaked_creator_and_everything_it_made_are_revoked_in_one_call,
+    a_bound_token_cannot_widen_its_reach_with_another_binding,
 );
 
 /// Creates a token as the admin and returns its secret and record.
@@ -998,4 +999,136 @@ async fn allowed_fields_bind_permissions_other_than_the_defaults(backend: Backen
         .await
         .unwrap();
     assert_eq!(made.token.unwrap().permissions, ["reports:read"]);
+}
+
+/// At a gateway a bound token reaches only requests that name one of its bound keys. A
+/// token bound to `reportId=r-1` that could add `datasetId=d-9` to itself, or give it to a
+/// child, would reach `/datasets/d-9`, which it is refused today: a key more is more power.
+async fn a_bound_token_cannot_widen_its_reach_with_another_binding(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (secret, token) = make(
+        &app,
+        Token {
+            bindings: [("reportId".to_owned(), "r-1".to_owned())].into(),
+            ..spec(
+                "bound",
+                &[
+                    "datasets:read",
+                    "tokens:read",
+                    "tokens:write",
+                    "tokens:create",
+                ],
+            )
+        },
+    )
+    .await;
+    let mut check = AuthorizationClient::new(app.channel.clone());
+    let reaches = async |secret: &str| {
+        let auth = format!("Bearer {secret}");
+        let response = AuthorizationClient::check(
+            &mut check.clone(),
+            request_from(
+                "127.0.0.1",
+                "GET",
+                "/datasets/d-9",
+                &[("authorization", &auth)],
+                &[("binding.datasetId", "d-9")],
+            ),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        matches!(response.http_response, Some(HttpResponse::OkResponse(_)))
+    };
+    assert!(!reaches(&secret).await, "bound elsewhere: refused");
+    let before = app.state().await;
+
+    let widened: std::collections::HashMap<String, String> = [
+        ("reportId".to_owned(), "r-1".to_owned()),
+        ("datasetId".to_owned(), "d-9".to_owned()),
+    ]
+    .into();
+    let status = denied(
+        update(
+            &app,
+            &secret,
+            Token {
+                id: token.id.clone(),
+                bindings: widened.clone(),
+                ..Default::default()
+            },
+            &["bindings"],
+        )
+        .await,
+    );
+    assert!(status.message().contains("bindings"), "{status:?}");
+    let child = app
+        .tokens
+        .clone()
+        .create_token(authed(
+            &secret,
+            token_authority::pb::v1::CreateTokenRequest {
+                token: Some(Token {
+                    bindings: widened,
+                    ..spec("child", &["datasets:read"])
+                }),
+                ttl: None,
+            },
+        ))
+        .await;
+    denied(child);
+    // Nor by dropping the key it is bound by: that reaches every report.
+    denied(
+        update(
+            &app,
+            &secret,
+            Token {
+                id: token.id.clone(),
+                bindings: [("datasetId".to_owned(), "d-9".to_owned())].into(),
+                ..Default::default()
+            },
+            &["bindings"],
+        )
+        .await,
+    );
+    assert_eq!(app.state().await, before, "nothing changed");
+    assert!(!reaches(&secret).await, "still refused");
+
+    // Control: a child bound exactly as its creator is made, and an unbound admin may add
+    // the key (and the widened token then reaches the route, so the refusals above were
+    // the bindings rule's).
+    let same = app
+        .tokens
+        .clone()
+        .create_token(authed(
+            &secret,
+            token_authority::pb::v1::CreateTokenRequest {
+                token: Some(spec("same", &["datasets:read"])),
+                ttl: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        same.token.unwrap().bindings,
+        [("reportId".to_owned(), "r-1".to_owned())].into()
+    );
+    update(
+        &app,
+        &app.admin,
+        Token {
+            id: token.id.clone(),
+            bindings: [
+                ("reportId".to_owned(), "r-1".to_owned()),
+                ("datasetId".to_owned(), "d-9".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        },
+        &["bindings"],
+    )
+    .await
+    .unwrap();
+    assert!(reaches(&secret).await, "the admin's widening reaches it");
 }

@@ -49,7 +49,7 @@ pub(crate) fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Che
     request_from("127.0.0.1", method, path, headers, &[])
 }
 
-fn request_from(
+pub(crate) fn request_from(
     source: &str,
     method: &str,
     path: &str,

@@ -172,8 +172,10 @@ impl ModelToken {
                 && t.hosts
                     .iter()
                     .all(|n| h.hosts.iter().any(|m| host_within(*n, *m))));
-        let bindings =
-            (h.team.is_none() || h.team == t.team) && (!h.assistant_bound || t.assistant_bound);
+        // A bound holder covers only tokens bound exactly as it is (an extra key reaches
+        // gateway requests naming only that key).
+        let bindings = (h.team.is_none() && !h.assistant_bound)
+            || (h.team == t.team && h.assistant_bound == t.assistant_bound);
         let uses = match (self.remaining(), other.remaining()) {
             (None, _) => true,
             (Some(_), None) => false,
