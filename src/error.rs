@@ -76,6 +76,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Store(StoreError::NameTaken | StoreError::TypeTaken) => Code::AlreadyExists,
+            Error::Store(StoreError::Contended(_)) => Code::Aborted,
             Error::Store(cause) => {
                 tracing::error!(error = %cause, "store operation failed");
                 Code::Unavailable

@@ -37,6 +37,10 @@ pub enum StoreError {
     /// The connection was lost while committing: the change may or may not have been made.
     #[error("store connection lost at commit, the change may or may not have been made: {0}")]
     CommitUnknown(sqlx::Error),
+    /// Other writers kept changing what the operation reads faster than it could lock it;
+    /// nothing was changed, and trying again is safe.
+    #[error("{0}")]
+    Contended(&'static str),
     /// The change feed's connection was lost.
     #[error("change feed connection lost")]
     FeedLost,

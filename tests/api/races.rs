@@ -28,6 +28,7 @@ both_backends!(
     a_disabled_token_cannot_reenable_itself_with_calls_in_flight,
     children_made_by_calls_in_flight_do_not_survive_the_runbook,
     a_flood_of_the_leaked_tokens_calls_cannot_fail_the_admins_disable,
+    grandchildren_made_during_the_revocation_do_not_survive_it,
 );
 
 const ROUNDS: usize = 5;
@@ -264,4 +265,97 @@ async fn a_flood_of_the_leaked_tokens_calls_cannot_fail_the_admins_disable(backe
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
+}
+
+/// Runbook step 2 while the leaked token's child keeps making children: a revocation of
+/// the lineage that waited for the child's row (locked by a create in flight) must also
+/// find the grandchild that create committed, which its first read could not see.
+async fn grandchildren_made_during_the_revocation_do_not_survive_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for round in 0..ROUNDS * 2 {
+        let root = app
+            .create(spec(
+                &format!("root-{round}"),
+                &["tokens:create", "domains:read"],
+            ))
+            .await;
+        let root_id = root.token.unwrap().id;
+        let child = app
+            .tokens
+            .clone()
+            .create_token(authed(
+                &root.secret,
+                CreateTokenRequest {
+                    token: Some(spec(
+                        &format!("child-{round}"),
+                        &["tokens:create", "domains:read"],
+                    )),
+                    ttl: None,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stolen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut attackers = Vec::new();
+        for a in 0..ATTACKERS {
+            let (mut tokens, secret) = (app.tokens.clone(), child.secret.clone());
+            let (stop, stolen) = (stop.clone(), stolen.clone());
+            attackers.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let made = tokens
+                        .create_token(authed(
+                            &secret,
+                            CreateTokenRequest {
+                                token: Some(spec(&format!("g-{round}-{a}-{i}"), &["domains:read"])),
+                                ttl: None,
+                            },
+                        ))
+                        .await;
+                    match made {
+                        Ok(made) => stolen.lock().unwrap().push(made.into_inner().secret),
+                        // Once the child is revoked its calls fail; stop then.
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        disable(&app, &root_id).await;
+        let revoked = app
+            .tokens
+            .clone()
+            .revoke_tokens(authed(
+                &app.admin,
+                RevokeTokensRequest {
+                    created_by: root_id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        stop.store(true, Ordering::SeqCst);
+        for attacker in attackers {
+            attacker.await.unwrap();
+        }
+        let stolen = stolen.lock().unwrap().clone();
+        assert!(
+            !stolen.is_empty(),
+            "round {round}: the attack made children"
+        );
+        for secret in &stolen {
+            assert_ne!(
+                app.verify_perms(secret, &[]).await.result(),
+                VerifyResult::Ok,
+                "round {round}: a grandchild made during the revocation survived it \
+                 ({} made, {} revoked)",
+                stolen.len(),
+                revoked.revoked_count
+            );
+        }
+    }
 }

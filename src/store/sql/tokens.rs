@@ -1,6 +1,8 @@
 //! Tokens: create, read, list, change, rotate, delete and bulk-revoke, each change with its
 //! audit event in the same transaction.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Executor;
@@ -21,6 +23,9 @@ use crate::{
 
 /// The most tokens disabled by one statement of a bulk revocation.
 const REVOKE_CHUNK: usize = 500;
+/// The most times a bulk revocation reads its matching rows before it gives up (each
+/// read after the first finds only tokens made while the one before waited for a lock).
+const REVOKE_PASSES: usize = 16;
 /// The most token ids a bulk revocation's audit event lists.
 const AUDITED_IDS: usize = 1000;
 
@@ -291,23 +296,47 @@ impl_sql_store! {
                 DB::LOCK_ROWS
             );
             let mut tx = self.begin_write().await?;
-            let rows = bind_args!(sqlx::query_as::<DB, RevokeCandidate>(&sql), &filter.args)
-                .fetch_all(&mut *tx)
-                .await?;
             let mut revoked = Revoked::default();
             let mut caller = None;
             let mut chosen = Vec::new();
-            for candidate in rows {
-                let token = Token::try_from(candidate.row)?;
-                if candidate.matched {
-                    if decide(&token) {
-                        chosen.push(token.id);
-                    } else {
-                        revoked.skipped += 1;
+            let mut seen = HashSet::new();
+            // Postgres reads the rows as of the statement's start, then waits for the
+            // locks of rows in use: a token of the lineage that was making a child when
+            // this read began is locked only after that child is committed, unseen. So
+            // the read runs again (a fresh snapshot; the rows already locked are ours)
+            // until it finds no row it has not seen: nothing matching can be made after
+            // that, as every maker that matches is locked by now. SQLite's IMMEDIATE
+            // transaction excludes other writers, so there the second read finds nothing.
+            for pass in 0.. {
+                if pass == REVOKE_PASSES {
+                    return Err(StoreError::Contended(
+                        "tokens matching the revocation were made faster than it could lock \
+                         them; nothing was revoked, try again",
+                    ));
+                }
+                let rows = bind_args!(sqlx::query_as::<DB, RevokeCandidate>(&sql), &filter.args)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut new = false;
+                for candidate in rows {
+                    let token = Token::try_from(candidate.row)?;
+                    if !seen.insert(token.id) {
+                        continue;
+                    }
+                    new = true;
+                    if candidate.matched {
+                        if decide(&token) {
+                            chosen.push(token.id);
+                        } else {
+                            revoked.skipped += 1;
+                        }
+                    }
+                    if token.id == actor.id {
+                        caller = Some(token);
                     }
                 }
-                if token.id == actor.id {
-                    caller = Some(token);
+                if !new {
+                    break;
                 }
             }
             let Some(caller) = caller.filter(|c| Self::still(c, actor)) else {
