@@ -18,6 +18,7 @@ use crate::{
         AppState,
         audit_service::AuditApi,
         authority_layer,
+        detach::Detached,
         ext_authz::{AuthorizationServer, ExtAuthzApi},
         request_id::RequestIdLayer,
         token_service::TokenApi,
@@ -368,18 +369,18 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
+            .add_service(Detached::new(
                 TokenServiceServer::new(TokenApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
-            )
-            .add_service(
+            ))
+            .add_service(Detached::new(
                 TokenTypeServiceServer::new(TokenTypeApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
-            )
-            .add_service(
+            ))
+            .add_service(Detached::new(
                 AuditServiceServer::new(AuditApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
-            )
+            ))
             .add_service(
                 VerifyServiceServer::new(VerifyApi::new(state.clone()))
                     .max_decoding_message_size(max_message),

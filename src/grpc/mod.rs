@@ -4,6 +4,7 @@ pub mod audit_service;
 pub mod auth;
 pub mod codec;
 pub mod convert;
+pub mod detach;
 pub mod ext_authz;
 pub mod request_id;
 pub mod token_service;

@@ -29,6 +29,7 @@ both_backends!(
     children_made_by_calls_in_flight_do_not_survive_the_runbook,
     a_flood_of_the_leaked_tokens_calls_cannot_fail_the_admins_disable,
     grandchildren_made_during_the_revocation_do_not_survive_it,
+    a_disable_whose_caller_hung_up_is_still_refused_everywhere,
 );
 
 const ROUNDS: usize = 5;
@@ -358,4 +359,51 @@ async fn grandchildren_made_during_the_revocation_do_not_survive_it(backend: Bac
             );
         }
     }
+}
+
+/// A client that gives up on its disable (a deadline, a dropped connection) while the
+/// store commits it: the commit lands, so the token must be refused from then on, also
+/// by the replica that served the call and had it cached (on SQLite nothing but that
+/// call evicts it). Timeouts spread over the call's duration land some cancellations
+/// mid-commit.
+async fn a_disable_whose_caller_hung_up_is_still_refused_everywhere(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (mut landed, mut abandoned_but_landed) = (0, 0);
+    for trial in 0..120u64 {
+        let made = app
+            .create(spec(&format!("hung-{trial}"), &["domains:read"]))
+            .await;
+        let id = made.token.unwrap().id;
+        assert_eq!(
+            app.verify_perms(&made.secret, &[]).await.result(),
+            VerifyResult::Ok
+        );
+        let mut tokens = app.tokens.clone();
+        let request = authed(
+            &app.admin,
+            SetTokenEnabledRequest {
+                id: id.clone(),
+                enabled: false,
+            },
+        );
+        let wait = Duration::from_micros(200 + (trial % 40) * 150);
+        let hung_up = tokio::time::timeout(wait, tokens.set_token_enabled(request))
+            .await
+            .is_err();
+        // However the call ended, the store's answer is the truth; wait for the
+        // abandoned call to finish on the server.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if enabled(&app, &id).await {
+            continue;
+        }
+        landed += 1;
+        abandoned_but_landed += usize::from(hung_up);
+        assert_ne!(
+            app.verify_perms(&made.secret, &[]).await.result(),
+            VerifyResult::Ok,
+            "trial {trial}: a disabled token was accepted after its disable's caller hung up"
+        );
+    }
+    assert!(landed > 0, "some disables landed");
+    eprintln!("{landed} disables landed, {abandoned_but_landed} of them after the caller hung up");
 }
