@@ -384,9 +384,13 @@ impl TokenApi {
             "" => None,
             id => Some(convert::parse_id(id, "created_by")?),
         };
-        caller.decide(&Policy::Revoke {
-            owner: owner.as_deref(),
-        })?;
+        // The policy and the caller's rate limit, as for every write.
+        caller.allow(
+            &self.state,
+            &Policy::Revoke {
+                owner: owner.as_deref(),
+            },
+        )?;
         // A caller without `*:*` only ever reaches its own owner's tokens.
         let scope_owner = owner
             .clone()

@@ -36,6 +36,7 @@ both_backends!(
     allowed_fields_bind_permissions_other_than_the_defaults,
     a_leaked_creator_and_everything_it_made_are_revoked_in_one_call,
     a_bound_token_cannot_widen_its_reach_with_another_binding,
+    bulk_revocations_count_against_the_callers_rate_limit,
 );
 
 /// Creates a token as the admin and returns its secret and record.
@@ -1131,4 +1132,33 @@ async fn a_bound_token_cannot_widen_its_reach_with_another_binding(backend: Back
     .await
     .unwrap();
     assert!(reaches(&secret).await, "the admin's widening reaches it");
+}
+
+/// A rate-limited token's bulk revocations are limited like its other calls.
+async fn bulk_revocations_count_against_the_callers_rate_limit(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (secret, token) = make(
+        &app,
+        Token {
+            rate_limit: rate(2, 3600),
+            ..spec("limited-revoker", &["tokens:write"])
+        },
+    )
+    .await;
+    let revoke = async || {
+        app.tokens
+            .clone()
+            .revoke_tokens(authed(
+                &secret,
+                RevokeTokensRequest {
+                    owner: token.owner.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+    };
+    revoke().await.expect("the first is within the limit");
+    revoke().await.expect("the second too");
+    let status = revoke().await.expect_err("the third is over it");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 }
