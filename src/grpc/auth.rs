@@ -258,3 +258,14 @@ fn bearer<T>(request: &Request<T>) -> Result<&str, Error> {
     }
     Ok(secret.trim())
 }
+
+/// The answer to a write whose transaction found its caller disabled, deleted or changed
+/// since the call authenticated.
+pub fn caller_changed() -> Error {
+    Error::Aborted("the calling token changed while the call ran; retry".into())
+}
+
+/// The answer to a usage-limited caller with no use left for its write.
+pub fn out_of_uses() -> Error {
+    Error::Unauthenticated("invalid bearer token: token has no uses left".into())
+}

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    auth::{Caller, authenticate},
+    auth::{self, Caller, authenticate},
     convert::{self, apply_field, settable_list, token_to_pb},
 };
 use crate::{
@@ -423,8 +423,8 @@ impl TokenApi {
             .await?;
         match revoked.outcome {
             RevokeOutcome::Done => caller.used(&self.state),
-            RevokeOutcome::CallerChanged => return Err(caller_changed()),
-            RevokeOutcome::OutOfUses => return Err(out_of_uses()),
+            RevokeOutcome::CallerChanged => return Err(auth::caller_changed()),
+            RevokeOutcome::OutOfUses => return Err(auth::out_of_uses()),
         }
         for token in &revoked.tokens {
             self.state.evict(token);
@@ -476,8 +476,8 @@ impl TokenApi {
             }
             Changed::Refused(refusal) => Err(refusal.into()),
             Changed::NotFound => Err(not_found(id)),
-            Changed::CallerChanged => Err(caller_changed()),
-            Changed::OutOfUses => Err(out_of_uses()),
+            Changed::CallerChanged => Err(auth::caller_changed()),
+            Changed::OutOfUses => Err(auth::out_of_uses()),
             Changed::TypeGone => Err(Error::invalid(
                 "token.type",
                 "is no longer a registered token type",
@@ -589,12 +589,4 @@ fn parse_ttl(ttl: &prost_types::Duration) -> Result<Duration, Error> {
 
 fn not_found(id: Uuid) -> Error {
     Error::NotFound(format!("token {id} not found"))
-}
-
-fn caller_changed() -> Error {
-    Error::Aborted("the calling token changed while the call ran; retry".into())
-}
-
-fn out_of_uses() -> Error {
-    Error::Unauthenticated("invalid bearer token: token has no uses left".into())
 }

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     AppState,
-    auth::authenticate,
+    auth::{self, authenticate},
     convert::{chrono_to_timestamp, struct_free_duration},
 };
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
         ListTokenTypesResponse, Template as PbTemplate, TokenType as PbTokenType,
         UpdateTokenTypeRequest, token_type_service_server::TokenTypeService,
     },
-    store::TypeDeletion,
+    store::{TypeDeletion, TypeWrite},
 };
 
 /// Fields UpdateTokenType can change.
@@ -150,19 +150,22 @@ impl TokenTypeService for TokenTypeApi {
             revision: 1,
         };
         caller
-            .authorize(&self.state, &Policy::CreateType(&token_type))
-            .await?;
+            .allow(&self.state, &Policy::CreateType(&token_type))
+            .map_err(Error::from)?;
         let audit = caller
             .event(Action::CreateType, format!("type/{}", token_type.id), now)
             .change(
                 "template",
                 serde_json::to_value(&token_type.template).unwrap_or_default(),
             );
-        self.state
-            .store
-            .insert_type(&token_type, &audit)
-            .await
-            .map_err(Error::from)?;
+        written(
+            self.state
+                .store
+                .insert_type(&token_type, caller.actor(), &audit)
+                .await
+                .map_err(Error::from)?,
+        )?;
+        caller.used(&self.state);
         tracing::info!(action = "type_create", token_type = %token_type.id, actor = %caller.token.id, "token type created");
         Ok(Response::new(type_to_pb(&token_type)))
     }
@@ -222,21 +225,23 @@ impl TokenTypeService for TokenTypeApi {
         }
         updated.update_time = now;
         caller
-            .authorize(
+            .allow(
                 &self.state,
                 &Policy::UpdateType {
                     before: &current,
                     after: &updated,
                 },
             )
-            .await?;
-        let stored = self
-            .state
-            .store
-            .update_type(&updated, &audit)
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(|| Error::Aborted("token type was changed concurrently; retry".into()))?;
+            .map_err(Error::from)?;
+        let stored = written(
+            self.state
+                .store
+                .update_type(&updated, caller.actor(), &audit)
+                .await
+                .map_err(Error::from)?,
+        )?
+        .ok_or_else(|| Error::Aborted("token type was changed concurrently; retry".into()))?;
+        caller.used(&self.state);
         tracing::info!(action = "type_update", token_type = %id, actor = %caller.token.id, "token type updated");
         Ok(Response::new(type_to_pb(&stored)))
     }
@@ -249,17 +254,18 @@ impl TokenTypeService for TokenTypeApi {
         let id = parse_type_id(&request.get_ref().id).map_err(|m| Error::invalid("id", m))?;
         let current = self.current(&id).await?;
         caller
-            .authorize(&self.state, &Policy::DeleteType(&current))
-            .await?;
+            .allow(&self.state, &Policy::DeleteType(&current))
+            .map_err(Error::from)?;
         let audit = caller.event(Action::DeleteType, format!("type/{id}"), token::now());
-        match self
-            .state
-            .store
-            .delete_type(&id, &audit)
-            .await
-            .map_err(Error::from)?
-        {
+        match written(
+            self.state
+                .store
+                .delete_type(&id, caller.actor(), &audit)
+                .await
+                .map_err(Error::from)?,
+        )? {
             TypeDeletion::Deleted => {
+                caller.used(&self.state);
                 tracing::info!(action = "type_delete", token_type = %id, actor = %caller.token.id, "token type deleted");
                 Ok(Response::new(()))
             }
@@ -273,5 +279,14 @@ impl TokenTypeService for TokenTypeApi {
             ))
             .into()),
         }
+    }
+}
+
+/// A type write's outcome, or the error for a caller its transaction found changed.
+fn written<T>(write: TypeWrite<T>) -> Result<T, Error> {
+    match write {
+        TypeWrite::Done(done) => Ok(done),
+        TypeWrite::CallerChanged => Err(auth::caller_changed()),
+        TypeWrite::OutOfUses => Err(auth::out_of_uses()),
     }
 }

@@ -251,6 +251,18 @@ pub enum TypeDeletion {
     InUse(i64),
 }
 
+/// What a token-type write did, its transaction having locked and checked its caller
+/// again, as token writes do: a caller disabled or changed meanwhile changes nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TypeWrite<T> {
+    /// Written (or, for the inner outcome, not, for its own reason).
+    Done(T),
+    /// The caller's token was disabled, deleted or changed since it authenticated.
+    CallerChanged,
+    /// A usage-limited caller has no use left for the call.
+    OutOfUses,
+}
+
 /// Successful uses of one token, gathered in memory and written in batches.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UsageRecord {
@@ -373,23 +385,31 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Returns a token type.
     async fn get_type(&self, id: &str) -> Result<Option<TokenType>, StoreError>;
 
-    /// Stores a new token type.
+    /// Stores a new token type, if its caller is still as it authenticated (its use is
+    /// spent in the same transaction).
     async fn insert_type(
         &self,
         token_type: &TokenType,
+        actor: Actor,
         audit: &AuditEvent,
-    ) -> Result<(), StoreError>;
+    ) -> Result<TypeWrite<()>, StoreError>;
 
-    /// Writes a type's fields if its revision is still `token_type.revision`; `None` when
-    /// it is gone or changed meanwhile.
+    /// Writes a type's fields if its revision is still `token_type.revision` (`None` when
+    /// it is gone or changed meanwhile) and its caller is still as it authenticated.
     async fn update_type(
         &self,
         token_type: &TokenType,
+        actor: Actor,
         audit: &AuditEvent,
-    ) -> Result<Option<TokenType>, StoreError>;
+    ) -> Result<TypeWrite<Option<TokenType>>, StoreError>;
 
-    /// Deletes a type no token uses.
-    async fn delete_type(&self, id: &str, audit: &AuditEvent) -> Result<TypeDeletion, StoreError>;
+    /// Deletes a type no token uses, if its caller is still as it authenticated.
+    async fn delete_type(
+        &self,
+        id: &str,
+        actor: Actor,
+        audit: &AuditEvent,
+    ) -> Result<TypeWrite<TypeDeletion>, StoreError>;
 
     /// Starts listening for changes made by any replica. `None` means the store has no
     /// other replicas to hear from (SQLite is single-node).

@@ -30,6 +30,7 @@ both_backends!(
     a_flood_of_the_leaked_tokens_calls_cannot_fail_the_admins_disable,
     grandchildren_made_during_the_revocation_do_not_survive_it,
     a_disable_whose_caller_hung_up_is_still_refused_everywhere,
+    a_disabled_token_changes_no_type_with_calls_in_flight,
 );
 
 const ROUNDS: usize = 5;
@@ -406,4 +407,80 @@ async fn a_disable_whose_caller_hung_up_is_still_refused_everywhere(backend: Bac
     }
     assert!(landed > 0, "some disables landed");
     eprintln!("{landed} disables landed, {abandoned_but_landed} of them after the caller hung up");
+}
+
+/// Type writes lock and check their caller in their transaction, as token writes do: a
+/// leaked `token-types:create` token's calls in flight when the administrator's disable
+/// returns add no type after it.
+async fn a_disabled_token_changes_no_type_with_calls_in_flight(backend: Backend) {
+    use token_authority::pb::v1::{
+        CreateTokenTypeRequest, ListTokenTypesRequest, TokenType,
+        token_type_service_client::TokenTypeServiceClient,
+    };
+    let app = spawn_app(backend).await;
+    let types = async || {
+        let mut ids: Vec<String> = TokenTypeServiceClient::new(app.channel.clone())
+            .list_token_types(authed(&app.admin, ListTokenTypesRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .token_types
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    for round in 0..ROUNDS {
+        let leaked = app
+            .create(spec(&format!("typer-{round}"), &["token-types:create"]))
+            .await;
+        let id = leaked.token.unwrap().id;
+        let stop = Arc::new(AtomicBool::new(false));
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut attackers = Vec::new();
+        for a in 0..ATTACKERS {
+            let mut client = TokenTypeServiceClient::new(app.channel.clone());
+            let (secret, stop, made) = (leaked.secret.clone(), stop.clone(), made.clone());
+            attackers.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let created = client
+                        .create_token_type(authed(
+                            &secret,
+                            CreateTokenTypeRequest {
+                                token_type: Some(TokenType {
+                                    id: format!("t{round}-{a}-{i}"),
+                                    display_name: "flood".into(),
+                                    ..Default::default()
+                                }),
+                            },
+                        ))
+                        .await;
+                    if created.is_ok() {
+                        made.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        disable(&app, &id).await;
+        let at_disable = types().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        for attacker in attackers {
+            attacker.await.unwrap();
+        }
+        assert!(
+            made.load(Ordering::SeqCst) > 0,
+            "round {round}: the flood made types"
+        );
+        let after = types().await;
+        let late: Vec<&String> = after.iter().filter(|t| !at_disable.contains(t)).collect();
+        assert!(
+            late.is_empty(),
+            "round {round}: calls of the disabled token added types after the disable: {late:?}"
+        );
+    }
 }

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use super::{
     Actor, AuditQuery, ChangeFeed, Changed, Decide, ListQuery, PoolStats, RevokeDecision,
-    RevokeQuery, Revoked, Scope, StoreError, TokenStore, TypeDeletion, UsageRecord,
+    RevokeQuery, Revoked, Scope, StoreError, TokenStore, TypeDeletion, TypeWrite, UsageRecord,
 };
 use crate::{
     domain::{audit::AuditEvent, secret::SecretHash, token::Token, token_type::TokenType},
@@ -339,25 +339,28 @@ impl_sql_store! {
         async fn insert_type(
             &self,
             token_type: &TokenType,
+            actor: Actor,
             audit: &AuditEvent,
-        ) -> Result<(), StoreError> {
-            self.retried(|| self.insert_type(token_type, audit)).await
+        ) -> Result<TypeWrite<()>, StoreError> {
+            self.retried(|| self.insert_type(token_type, actor, audit)).await
         }
 
         async fn update_type(
             &self,
             token_type: &TokenType,
+            actor: Actor,
             audit: &AuditEvent,
-        ) -> Result<Option<TokenType>, StoreError> {
-            self.retried(|| self.update_type(token_type, audit)).await
+        ) -> Result<TypeWrite<Option<TokenType>>, StoreError> {
+            self.retried(|| self.update_type(token_type, actor, audit)).await
         }
 
         async fn delete_type(
             &self,
             id: &str,
+            actor: Actor,
             audit: &AuditEvent,
-        ) -> Result<TypeDeletion, StoreError> {
-            self.retried(|| self.delete_type(id, audit)).await
+        ) -> Result<TypeWrite<TypeDeletion>, StoreError> {
+            self.retried(|| self.delete_type(id, actor, audit)).await
         }
 
         async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {

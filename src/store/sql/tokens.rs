@@ -389,7 +389,7 @@ impl_sql_store! {
 
         /// Reads and locks (for update, where the backend locks rows) the tokens with
         /// these ids, in id order.
-        async fn lock_rows<'e, E>(executor: E, ids: &[Uuid]) -> Result<Vec<Token>, StoreError>
+        pub(super) async fn lock_rows<'e, E>(executor: E, ids: &[Uuid]) -> Result<Vec<Token>, StoreError>
         where
             E: Executor<'e, Database = DB>,
         {
@@ -412,13 +412,13 @@ impl_sql_store! {
         }
 
         /// Whether the caller's token is still as it was when the call authenticated.
-        fn still(caller: &Token, actor: Actor) -> bool {
+        pub(super) fn still(caller: &Token, actor: Actor) -> bool {
             caller.revision == actor.revision && caller.enabled
         }
 
         /// Spends `uses` of a usage-limited caller's budget; false when it has fewer left.
         /// Callers without `max_uses` spend nothing here.
-        async fn spend<'e, E>(executor: E, caller: &Token, uses: i64) -> Result<bool, StoreError>
+        pub(super) async fn spend<'e, E>(executor: E, caller: &Token, uses: i64) -> Result<bool, StoreError>
         where
             E: Executor<'e, Database = DB>,
         {

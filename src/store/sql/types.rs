@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     domain::{audit::AuditEvent, token_type::TokenType},
-    store::{StoreError, TypeDeletion},
+    store::{Actor, StoreError, TypeDeletion, TypeWrite},
 };
 
 impl_sql_store! {
@@ -43,21 +43,46 @@ impl_sql_store! {
         pub(super) async fn insert_type(
             &self,
             token_type: &TokenType,
+            actor: Actor,
             audit: &AuditEvent,
-        ) -> Result<(), StoreError> {
+        ) -> Result<TypeWrite<()>, StoreError> {
             let mut tx = self.begin_write().await?;
+            if let Some(refused) = Self::gate(&mut tx, actor).await? {
+                return Ok(refused);
+            }
             Self::insert_type_row(&mut *tx, token_type, "").await?;
             Self::insert_audit(&mut *tx, audit, "").await?;
             commit(tx).await?;
-            Ok(())
+            Ok(TypeWrite::Done(()))
+        }
+
+        /// Locks the caller's row (before any type row, the order token writes take
+        /// too), checks it is still as it authenticated and spends the call's use: the
+        /// outcome to answer with when the write must not go on.
+        async fn gate<T>(
+            tx: &mut sqlx::Transaction<'static, DB>,
+            actor: Actor,
+        ) -> Result<Option<TypeWrite<T>>, StoreError> {
+            let caller = Self::lock_rows(&mut **tx, &[actor.id]).await?;
+            let Some(caller) = caller.first().filter(|c| Self::still(c, actor)) else {
+                return Ok(Some(TypeWrite::CallerChanged));
+            };
+            if !Self::spend(&mut **tx, caller, 1).await? {
+                return Ok(Some(TypeWrite::OutOfUses));
+            }
+            Ok(None)
         }
 
         pub(super) async fn update_type(
             &self,
             token_type: &TokenType,
+            actor: Actor,
             audit: &AuditEvent,
-        ) -> Result<Option<TokenType>, StoreError> {
+        ) -> Result<TypeWrite<Option<TokenType>>, StoreError> {
             let mut tx = self.begin_write().await?;
+            if let Some(refused) = Self::gate(&mut tx, actor).await? {
+                return Ok(refused);
+            }
             let row: Option<TypeRow> = sqlx::query_as(&format!(
                 "UPDATE token_types SET display_name = $1, description = $2, template = $3, \
          update_time = $4, revision = revision + 1 WHERE id = $5 AND revision = $6 \
@@ -75,15 +100,19 @@ impl_sql_store! {
                 Self::insert_audit(&mut *tx, audit, "").await?;
                 commit(tx).await?;
             }
-            Ok(row.map(TokenType::from))
+            Ok(TypeWrite::Done(row.map(TokenType::from)))
         }
 
         pub(super) async fn delete_type(
             &self,
             id: &str,
+            actor: Actor,
             audit: &AuditEvent,
-        ) -> Result<TypeDeletion, StoreError> {
+        ) -> Result<TypeWrite<TypeDeletion>, StoreError> {
             let mut tx = self.begin_write().await?;
+            if let Some(refused) = Self::gate(&mut tx, actor).await? {
+                return Ok(refused);
+            }
             // Locked for update first: creations of tokens of the type share-lock its row
             // until they commit, so the check below (a new statement, seeing what they
             // committed) cannot miss a token made meanwhile.
@@ -95,8 +124,8 @@ impl_sql_store! {
             .fetch_optional(&mut *tx)
             .await?;
             match builtin {
-                None => return Ok(TypeDeletion::NotFound),
-                Some(true) => return Ok(TypeDeletion::Builtin),
+                None => return Ok(TypeWrite::Done(TypeDeletion::NotFound)),
+                Some(true) => return Ok(TypeWrite::Done(TypeDeletion::Builtin)),
                 Some(false) => {}
             }
             // Deleting only when no token has the type, in one statement, so that a token
@@ -114,11 +143,11 @@ impl_sql_store! {
                         .bind(id)
                         .fetch_one(&mut *tx)
                         .await?;
-                return Ok(TypeDeletion::InUse(in_use));
+                return Ok(TypeWrite::Done(TypeDeletion::InUse(in_use)));
             }
             Self::insert_audit(&mut *tx, audit, "").await?;
             commit(tx).await?;
-            Ok(TypeDeletion::Deleted)
+            Ok(TypeWrite::Done(TypeDeletion::Deleted))
         }
 
         /// Inserts a token type; `suffix` may add an ON CONFLICT clause.
