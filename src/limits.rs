@@ -23,6 +23,24 @@ fn new_limiter(limit: RateLimit) -> (RateLimit, Arc<DefaultDirectRateLimiter>) {
     (limit, Arc::new(limiter))
 }
 
+/// Takes everything a limiter has left and returns how much that was (of at most
+/// `burst`): the largest batches first, halving on each refusal (a refused batch takes
+/// nothing).
+fn drain(limiter: &DefaultDirectRateLimiter, burst: u32) -> u32 {
+    let (mut taken, mut batch) = (0u32, burst);
+    while let Some(n) = NonZeroU32::new(batch) {
+        if matches!(limiter.check_n(n), Ok(Ok(()))) {
+            taken = taken.saturating_add(batch);
+            if taken >= burst {
+                break;
+            }
+        } else {
+            batch /= 2;
+        }
+    }
+    taken.min(burst)
+}
+
 /// Per-token request rates, for tokens that have a rate limit.
 #[derive(Default)]
 pub struct TokenRates {
@@ -46,7 +64,17 @@ impl TokenRates {
                 .entry(id)
                 .or_insert_with(|| new_limiter(limit));
             if entry.0 != limit {
+                let used = entry
+                    .0
+                    .requests
+                    .saturating_sub(drain(&entry.1, entry.0.requests));
                 *entry = new_limiter(limit);
+                // The new limit starts with the uses already made under the old one, so
+                // that changing its own limit (even to a hair slower one, which the
+                // policy allows) cannot hand a token a fresh burst.
+                if let Some(used) = NonZeroU32::new(used.min(limit.requests)) {
+                    let _ = entry.1.check_n(used);
+                }
             }
             entry.1.clone()
         });
@@ -143,7 +171,30 @@ mod tests {
             "tokens are limited separately"
         );
         let raised = RateLimit::new(10, Duration::from_secs(3600)).unwrap();
-        assert!(rates.allow(id, raised), "a changed limit starts afresh");
+        assert!(
+            (0..7).all(|_| rates.allow(id, raised)),
+            "a raised limit gives what it adds: 10 less the 3 used"
+        );
+        assert!(!rates.allow(id, raised));
+    }
+
+    #[test]
+    fn changing_its_limit_gives_a_token_no_fresh_burst() {
+        let rates = TokenRates::default();
+        let id = Uuid::now_v7();
+        let limit = RateLimit::new(10, Duration::from_secs(60)).unwrap();
+        assert!((0..10).all(|_| rates.allow(id, limit)));
+        assert!(!rates.allow(id, limit));
+        // A hair slower: no looser, so the policy lets a token set it on itself.
+        let tweaked = RateLimit::new(10, Duration::from_millis(60_001)).unwrap();
+        assert!(!rates.allow(id, tweaked), "the burst stays spent");
+        let halved = RateLimit::new(5, Duration::from_secs(60)).unwrap();
+        assert!(!rates.allow(id, halved), "a lower limit too");
+        // Half used, then changed: the other half is left.
+        let other = Uuid::now_v7();
+        assert!((0..5).all(|_| rates.allow(other, limit)));
+        assert!((0..5).all(|_| rates.allow(other, tweaked)));
+        assert!(!rates.allow(other, tweaked));
     }
 
     #[test]
