@@ -27,13 +27,23 @@ impl<'a> Headers<'a> {
     }
 }
 
-/// A presented credential and the header it came in.
-#[derive(Debug, PartialEq, Eq)]
+/// A presented credential and the header it came in. Its Debug form names the header
+/// only: what was presented may be a secret.
+#[derive(PartialEq, Eq)]
 pub struct Credential<'a> {
     /// The header's name, lowercase, so that it can be removed before the upstream.
     pub header: &'a str,
     /// What was presented (not yet known to be a secret of ours).
     pub presented: &'a str,
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("header", &self.header)
+            .field("presented", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Finds the credential: `Authorization: Bearer <secret>` (scheme in any case), else the
@@ -73,6 +83,19 @@ pub fn client_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credentials_debug_form_hides_what_was_presented() {
+        let shown = format!(
+            "{:?}",
+            Credential {
+                header: "authorization",
+                presented: "ta_secret_value"
+            }
+        );
+        assert!(!shown.contains("ta_secret_value"), "{shown}");
+        assert!(shown.contains("authorization"), "{shown}");
+    }
 
     #[test]
     fn the_credential_is_a_bearer_token_or_the_api_key_header() {

@@ -45,7 +45,7 @@ pub struct BadRoute {
 pub struct Route {
     /// The permissions it needs, when it names them (empty: any valid token).
     pub permissions: Option<Vec<Permission>>,
-    /// Resources it touches; they win over path captures.
+    /// Resources it touches; a path capturing one of these keys must agree.
     pub bindings: BTreeMap<String, String>,
     /// Whether bound tokens may use it without naming their bound keys.
     pub ignore_bindings: bool,
@@ -121,7 +121,18 @@ pub fn requirement(
             ..Requirement::default()
         }
     };
-    // The route's bindings are the operator's word; they win over path captures.
+    // The route's bindings are the operator's word. A path that captures the same key
+    // with another value is refused rather than judged by either: under a route pinned
+    // to tenant=acme, a token bound to acme must not pass on /tenants/globex/….
+    for (key, value) in &route.bindings {
+        if let Some(captured) = requirement.bindings.get(key)
+            && captured != value
+        {
+            return Err(Unmapped(format!(
+                "the route binds {key} but the path names another {key}"
+            )));
+        }
+    }
     requirement.bindings.extend(route.bindings.clone());
     requirement.ignore_bindings |= route.ignore_bindings;
     Ok(requirement)
@@ -339,6 +350,33 @@ mod tests {
         assert_eq!(error.field, "attributes.context_extensions.permission");
         assert!(Route::from_extensions(&[("binding.a b", "x")]).is_err());
         assert!(Route::from_extensions(&[("bindings", "yes")]).is_err());
+    }
+
+    #[test]
+    fn a_route_binding_and_a_path_capture_of_another_value_are_refused() {
+        let settings = CheckSettings {
+            rules: Rules::parse(
+                r#"
+                [[rule]]
+                path = "/tenants/{tenant}/**"
+                permissions = ["tenants:read"]
+                "#,
+            )
+            .unwrap(),
+            ..CheckSettings::default()
+        };
+        let mut route = Route::default();
+        route.bind("tenant", "acme").unwrap();
+        let agreed = requirement(&settings, "GET", "/tenants/acme/users", &route).unwrap();
+        assert_eq!(
+            agreed.bindings,
+            BTreeMap::from([("tenant".into(), "acme".into())])
+        );
+        let refused = requirement(&settings, "GET", "/tenants/globex/users", &route);
+        assert!(refused.is_err(), "{refused:?}");
+        route.bind("region", "eu").unwrap();
+        let both = requirement(&settings, "GET", "/tenants/acme/users", &route).unwrap();
+        assert_eq!(both.bindings.len(), 2, "other route keys are added");
     }
 
     #[test]
