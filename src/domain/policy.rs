@@ -10,7 +10,7 @@
 
 use super::{
     permission::{Permission, allows},
-    power::covers,
+    power::{self, covers},
     token::Token,
     token_type::TokenType,
 };
@@ -236,7 +236,8 @@ pub fn decide(caller: &Token, request: &Request<'_>) -> Result<(), Refusal> {
                 ));
             }
             fits(token, kind)?;
-            covered(caller, token, "create")
+            covered(caller, token, "create")?;
+            affordable(caller, None, token)
         }
         Request::Update {
             before,
@@ -262,7 +263,8 @@ pub fn decide(caller: &Token, request: &Request<'_>) -> Result<(), Refusal> {
             {
                 fits(after, kind)?;
             }
-            covered(caller, after, "give a token")
+            covered(caller, after, "give a token")?;
+            affordable(caller, Some(before), after)
         }
         Request::SetEnabled { token, enabled } => {
             visible(caller, token)?;
@@ -350,6 +352,24 @@ fn covered(caller: &Token, token: &Token, verb: &str) -> Result<(), Refusal> {
     })
 }
 
+/// A usage-limited caller pays the call's own use and the uses it gives away from what it
+/// has left; a call it cannot pay for is refused here, naming why, rather than by the
+/// store's payment (which still guards against calls racing each other).
+fn affordable(caller: &Token, before: Option<&Token>, after: &Token) -> Result<(), Refusal> {
+    let Some(left) = power::remaining_uses(caller) else {
+        return Ok(());
+    };
+    let cost = 1 + power::delegated_uses(caller, before, after);
+    if cost > left {
+        return Err(Refusal::Forbidden(format!(
+            "max_uses: this call costs the caller {cost} uses (its own and the {} it gives \
+             away) and the caller has {left} left",
+            cost - 1
+        )));
+    }
+    Ok(())
+}
+
 fn fits(token: &Token, kind: &TokenType) -> Result<(), Refusal> {
     kind.template
         .check(&kind.id, token)
@@ -383,6 +403,38 @@ mod tests {
 
     fn forbidden(result: Result<(), Refusal>) -> bool {
         matches!(result, Err(Refusal::Forbidden(_)))
+    }
+
+    #[test]
+    fn a_limited_creator_is_told_when_it_cannot_pay_for_a_child() {
+        let mut creator = owned("acme", &["tokens:create", "domains:read"]);
+        creator.max_uses = Some(3);
+        creator.uses = 2;
+        let mut child = owned("acme", &["domains:read"]);
+        power::inherit_limits(&creator, &mut child);
+        let kind = personal();
+        let create = |creator: &Token, child: &Token| {
+            decide(
+                creator,
+                &Request::Create {
+                    token: child,
+                    kind: &kind,
+                },
+            )
+        };
+        match create(&creator, &child) {
+            Err(Refusal::Forbidden(why)) => assert!(why.starts_with("max_uses:"), "{why}"),
+            other => panic!("one use left pays for no child: {other:?}"),
+        }
+        creator.uses = 1;
+        let mut child = owned("acme", &["domains:read"]);
+        power::inherit_limits(&creator, &mut child);
+        assert_eq!(child.max_uses, Some(1));
+        assert_eq!(
+            create(&creator, &child),
+            Ok(()),
+            "two left: the call and one for the child"
+        );
     }
 
     #[test]

@@ -308,7 +308,9 @@ impl TokenApi {
             None => None,
             Some(d) if d.seconds == 0 && d.nanos == 0 => None,
             Some(d) => {
-                if d.seconds < 0 || d.nanos < 0 || d.seconds > limits::GRACE_SECONDS {
+                let over = d.seconds > limits::GRACE_SECONDS
+                    || (d.seconds == limits::GRACE_SECONDS && d.nanos > 0);
+                if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 || over {
                     return Err(Error::invalid(
                         "grace_period",
                         "must be between 0 and 30 days",
@@ -581,7 +583,13 @@ fn parse_ttl(ttl: &prost_types::Duration) -> Result<Duration, Error> {
     if ttl.seconds < 0 || ttl.nanos < 0 || (ttl.seconds == 0 && ttl.nanos == 0) {
         return Err(Error::invalid("ttl", "must be positive"));
     }
-    if ttl.seconds > MAX_TTL_SECONDS || ttl.nanos >= 1_000_000_000 {
+    if ttl.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(
+            "ttl.nanos",
+            "must be less than 1,000,000,000 (a second)",
+        ));
+    }
+    if ttl.seconds > MAX_TTL_SECONDS {
         return Err(Error::invalid("ttl", "must be at most 100 years"));
     }
     Ok(Duration::seconds(ttl.seconds) + Duration::nanoseconds(i64::from(ttl.nanos)))
