@@ -14,7 +14,8 @@ use crate::{
 
 both_backends!(
     bad_create_fields_are_invalid_and_change_nothing,
-    bad_update_fields_are_invalid_and_change_nothing
+    bad_update_fields_are_invalid_and_change_nothing,
+    bad_grace_periods_are_invalid_and_change_nothing,
 );
 
 fn deep_struct(levels: usize) -> Struct {
@@ -202,6 +203,16 @@ async fn bad_create_fields_are_invalid_and_change_nothing(backend: Backend) {
                 }),
             },
             "ttl:",
+        ),
+        (
+            CreateTokenRequest {
+                token: Some(spec("t", &[])),
+                ttl: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 1_000_000_000,
+                }),
+            },
+            "ttl.nanos:",
         ),
         (
             CreateTokenRequest {
@@ -445,4 +456,55 @@ async fn bad_update_fields_are_invalid_and_change_nothing(backend: Backend) {
     );
 
     assert_eq!(app.snapshot().await, before, "nothing changed");
+}
+
+async fn bad_grace_periods_are_invalid_and_change_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app
+        .create(spec("rotated", &["domains:read"]))
+        .await
+        .token
+        .unwrap()
+        .id;
+    let before = app.snapshot().await;
+    const THIRTY_DAYS: i64 = 30 * 24 * 3600;
+    for (seconds, nanos) in [
+        (-1, 0),
+        (0, -1),
+        (1, 1_000_000_000),
+        (THIRTY_DAYS, 1),
+        (THIRTY_DAYS + 1, 0),
+        (i64::MAX, 999_999_999),
+    ] {
+        let err = app
+            .tokens
+            .clone()
+            .rotate_token(authed(
+                &app.admin,
+                token_authority::pb::v1::RotateTokenRequest {
+                    id: id.clone(),
+                    grace_period: Some(prost_types::Duration { seconds, nanos }),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{seconds}s {nanos}ns");
+        assert!(err.message().starts_with("grace_period:"), "{err:?}");
+    }
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+    // The longest one is taken.
+    app.tokens
+        .clone()
+        .rotate_token(authed(
+            &app.admin,
+            token_authority::pb::v1::RotateTokenRequest {
+                id,
+                grace_period: Some(prost_types::Duration {
+                    seconds: THIRTY_DAYS,
+                    nanos: 0,
+                }),
+            },
+        ))
+        .await
+        .expect("30 days is the most");
 }
