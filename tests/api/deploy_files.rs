@@ -253,6 +253,75 @@ fn kubernetes_manifests_have_every_kind_a_deployment_needs() {
 }
 
 #[test]
+fn the_forward_auth_port_admits_only_the_ingress_controllers() {
+    // Forward auth believes its trusted peers' description of the request, and the
+    // Deployment trusts the pod network: a NetworkPolicy must keep the port to the
+    // controllers, while the gRPC and metrics ports stay open.
+    let objects = manifests();
+    let policy = one(&objects, "NetworkPolicy");
+    let deployment = one(&objects, "Deployment");
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .expect("the policy selects pods by label")
+    {
+        assert_eq!(
+            &labels[key], value,
+            "the policy selects the Deployment's pods"
+        );
+    }
+    assert!(
+        seq(&policy["spec"]["policyTypes"])
+            .iter()
+            .any(|t| str_of(t) == "Ingress")
+    );
+    let rules = seq(&policy["spec"]["ingress"]);
+    let ports_of = |rule: &Value| -> Vec<String> {
+        seq(&rule["ports"])
+            .iter()
+            .map(|p| str_of(&p["port"]).to_owned())
+            .collect()
+    };
+    for rule in rules {
+        if ports_of(rule).iter().any(|p| p == "http") {
+            let from = seq(&rule["from"]);
+            assert!(
+                !from.is_empty(),
+                "the http port admits only named peers: {rule:?}"
+            );
+            for peer in from {
+                assert!(
+                    peer["namespaceSelector"]["matchExpressions"].is_sequence()
+                        || peer["podSelector"]["matchLabels"].is_mapping(),
+                    "the http port admits only selected peers: {peer:?}"
+                );
+            }
+        }
+    }
+    let open: Vec<String> = rules
+        .iter()
+        .filter(|r| r["from"].is_null())
+        .flat_map(ports_of)
+        .collect();
+    assert!(open.contains(&"grpc".to_owned()) && open.contains(&"metrics".to_owned()));
+    assert!(!open.contains(&"http".to_owned()));
+    // The ports it names are the container's.
+    let container = &seq(&deployment["spec"]["template"]["spec"]["containers"])[0];
+    let named: Vec<&str> = seq(&container["ports"])
+        .iter()
+        .map(|p| str_of(&p["name"]))
+        .collect();
+    for rule in rules {
+        for port in ports_of(rule) {
+            assert!(
+                named.contains(&port.as_str()),
+                "{port} is not a container port"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_deployment_probes_and_exposes_the_port_the_binary_listens_on() {
     let objects = manifests();
     let deployment = one(&objects, "Deployment");
