@@ -103,7 +103,7 @@ impl TokenApi {
         let changed = self
             .state
             .store
-            .insert(&token, caller.actor(), delegated, &audit)
+            .insert(&token, kind.revision, caller.actor(), delegated, &audit)
             .await?;
         self.finish(caller, token.id, changed)?;
         // Not cached here: a Verify fills the cache, so that no revocation racing this
@@ -165,10 +165,16 @@ impl TokenApi {
             )?;
             let mut audit = caller.event(Action::UpdateToken, AuditEvent::token_target(id), now);
             audit.changes = fields::audited(&after, &changed);
+            let templates = [kind(&before.token_type), kind(&after.token_type)]
+                .into_iter()
+                .flatten()
+                .map(|k| (k.id.clone(), k.revision))
+                .collect();
             Ok(Decided {
                 delegated_uses: power::delegated_uses(&caller.token, Some(before), &after),
                 change: Change::Update(Box::new(after)),
                 audit,
+                templates,
             })
         };
         let changed = self.state.store.change(id, caller.actor(), &decide).await?;
@@ -209,6 +215,7 @@ impl TokenApi {
                     .event(action, AuditEvent::token_target(id), now)
                     .change("enabled", enabled),
                 delegated_uses: 0,
+                templates: Vec::new(),
             })
         };
         let changed = self.state.store.change(id, caller.actor(), &decide).await?;
@@ -231,6 +238,7 @@ impl TokenApi {
                 change: Change::Delete,
                 audit: caller.event(Action::DeleteToken, AuditEvent::token_target(id), now),
                 delegated_uses: 0,
+                templates: Vec::new(),
             })
         };
         let changed = self.state.store.change(id, caller.actor(), &decide).await?;
@@ -346,6 +354,7 @@ impl TokenApi {
                 change: Change::Rotate(rotation),
                 audit,
                 delegated_uses: 0,
+                templates: Vec::new(),
             })
         };
         let changed = self.state.store.change(id, caller.actor(), &decide).await?;
@@ -480,6 +489,9 @@ impl TokenApi {
             Changed::NotFound => Err(not_found(id)),
             Changed::CallerChanged => Err(auth::caller_changed()),
             Changed::OutOfUses => Err(auth::out_of_uses()),
+            Changed::TypeChanged => Err(Error::Aborted(
+                "the token's type changed while the call ran; retry".into(),
+            )),
             Changed::TypeGone => Err(Error::invalid(
                 "token.type",
                 "is no longer a registered token type",

@@ -94,6 +94,10 @@ pub struct Decided {
     /// Uses the caller hands to the token beyond the one the call itself spends: a
     /// usage-limited caller pays from its own budget for every use it gives away.
     pub delegated_uses: i64,
+    /// The token types (id and revision) whose templates the decision judged by. The
+    /// write share-locks their rows and is refused ([`Changed::TypeChanged`]) when one
+    /// changed after it was read, so no template tightened meanwhile is escaped.
+    pub templates: Vec<(String, i64)>,
 }
 
 /// Decides what to do to a token, given the token as it is locked; a refusal writes nothing.
@@ -120,6 +124,8 @@ pub enum Changed {
     OutOfUses,
     /// The token's type is no longer registered.
     TypeGone,
+    /// A template the decision judged by changed before the write could lock it.
+    TypeChanged,
 }
 
 /// Which tokens a query may touch: all, or one owner's.
@@ -304,10 +310,12 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Stores a new token under the hash of its secret, with its audit event, if its
     /// creator (`actor`) is still as it authenticated and has the uses the creation costs
-    /// (one, plus `delegated_uses`), and the token's type is still registered.
+    /// (one, plus `delegated_uses`), and the token's type is still registered at
+    /// `type_revision` (the template the creation was judged by).
     async fn insert(
         &self,
         token: &Token,
+        type_revision: i64,
         actor: Actor,
         delegated_uses: i64,
         audit: &AuditEvent,

@@ -1022,7 +1022,12 @@ impl Server {
                 id: admin.id,
                 revision: admin.revision,
             };
-            observer.insert(&stored, actor, 0, &audit).await.unwrap();
+            let kind = observer.get_type(&stored.token_type).await.unwrap();
+            let revision = kind.expect("a registered type").revision;
+            observer
+                .insert(&stored, revision, actor, 0, &audit)
+                .await
+                .unwrap();
             handles.push(Handle {
                 id: stored.id.to_string(),
                 secret: secret.expose().to_owned(),

@@ -31,6 +31,7 @@ both_backends!(
     grandchildren_made_during_the_revocation_do_not_survive_it,
     a_disable_whose_caller_hung_up_is_still_refused_everywhere,
     a_disabled_token_changes_no_type_with_calls_in_flight,
+    no_token_escapes_a_template_tightened_while_it_was_made,
 );
 
 const ROUNDS: usize = 5;
@@ -481,6 +482,101 @@ async fn a_disabled_token_changes_no_type_with_calls_in_flight(backend: Backend)
         assert!(
             late.is_empty(),
             "round {round}: calls of the disabled token added types after the disable: {late:?}"
+        );
+    }
+}
+
+/// Creations judged by a template read before it was tightened must not commit after the
+/// tightening was acknowledged: the write share-locks the type and checks its revision.
+async fn no_token_escapes_a_template_tightened_while_it_was_made(backend: Backend) {
+    use token_authority::pb::v1::{
+        CreateTokenTypeRequest, Template, TokenType, UpdateTokenTypeRequest,
+        token_type_service_client::TokenTypeServiceClient,
+    };
+    let app = spawn_app(backend).await;
+    let mut types = TokenTypeServiceClient::new(app.channel.clone());
+    for round in 0..ROUNDS {
+        let kind = format!("svc-{round}");
+        let template = |writable| Template {
+            writable,
+            ..Default::default()
+        };
+        types
+            .create_token_type(authed(
+                &app.admin,
+                CreateTokenTypeRequest {
+                    token_type: Some(TokenType {
+                        id: kind.clone(),
+                        display_name: "service".into(),
+                        template: Some(template(true)),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut makers = Vec::new();
+        for m in 0..ATTACKERS {
+            let (mut tokens, admin, kind, stop) = (
+                app.tokens.clone(),
+                app.admin.clone(),
+                kind.clone(),
+                stop.clone(),
+            );
+            makers.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let _ = tokens
+                        .create_token(authed(
+                            &admin,
+                            CreateTokenRequest {
+                                token: Some(Token {
+                                    r#type: kind.clone(),
+                                    read_only: false,
+                                    ..spec(&format!("w-{m}-{i}"), &["domains:write"])
+                                }),
+                                ttl: None,
+                            },
+                        ))
+                        .await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        types
+            .update_token_type(authed(
+                &app.admin,
+                UpdateTokenTypeRequest {
+                    token_type: Some(TokenType {
+                        id: kind.clone(),
+                        template: Some(template(false)),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["template".into()],
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+        let at_tightening: Vec<String> = app.all_tokens().await.into_iter().map(|t| t.id).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        for maker in makers {
+            maker.await.unwrap();
+        }
+        let escaped: Vec<String> = app
+            .all_tokens()
+            .await
+            .into_iter()
+            .filter(|t| t.r#type == kind && !t.read_only && !at_tightening.contains(&t.id))
+            .map(|t| t.name)
+            .collect();
+        assert!(
+            escaped.is_empty(),
+            "round {round}: writable tokens made after the template became read-only: {escaped:?}"
         );
     }
 }

@@ -250,11 +250,12 @@ impl_sql_store! {
         async fn insert(
             &self,
             token: &Token,
+            type_revision: i64,
             actor: Actor,
             delegated_uses: i64,
             audit: &AuditEvent,
         ) -> Result<Changed, StoreError> {
-            self.retried(|| self.insert(token, actor, delegated_uses, audit))
+            self.retried(|| self.insert(token, type_revision, actor, delegated_uses, audit))
                 .await
         }
 

@@ -34,6 +34,7 @@ impl_sql_store! {
         pub(super) async fn insert(
             &self,
             token: &Token,
+            type_revision: i64,
             actor: Actor,
             delegated_uses: i64,
             audit: &AuditEvent,
@@ -43,17 +44,13 @@ impl_sql_store! {
             let Some(caller) = caller.first().filter(|c| Self::still(c, actor)) else {
                 return Ok(Changed::CallerChanged);
             };
-            // The type's row is share-locked, so that it cannot be deleted before this
-            // token, which uses it, is committed (DeleteType locks it for update first).
-            let kind: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT id FROM token_types WHERE id = $1{}",
-                DB::SHARE_ROWS
-            ))
-            .bind(token.token_type.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if kind.is_none() {
-                return Ok(Changed::TypeGone);
+            // The type's row is share-locked, so that it cannot be deleted (DeleteType
+            // locks it for update first) or its template changed before this token, which
+            // uses it, is committed; and it must be the revision the policy judged by.
+            match Self::share_type(&mut *tx, &token.token_type).await? {
+                None => return Ok(Changed::TypeGone),
+                Some(now) if now != type_revision => return Ok(Changed::TypeChanged),
+                Some(_) => {}
             }
             if !Self::spend(&mut *tx, caller, 1 + delegated_uses).await? {
                 return Ok(Changed::OutOfUses);
@@ -178,18 +175,16 @@ impl_sql_store! {
                 Ok(decided) => decided,
                 Err(refusal) => return Ok(Changed::Refused(refusal)),
             };
-            if let Change::Update(after) = &decided.change
-                && after.token_type != before.token_type
-            {
-                let kind: Option<String> = sqlx::query_scalar(&format!(
-                    "SELECT id FROM token_types WHERE id = $1{}",
-                    DB::SHARE_ROWS
-                ))
-                .bind(after.token_type.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                if kind.is_none() {
-                    return Ok(Changed::TypeGone);
+            // The templates judged by are share-locked, so that they cannot change (nor,
+            // for a new type, be deleted) before this write commits, and must be the ones
+            // the decision read.
+            let mut templates = decided.templates.clone();
+            templates.sort();
+            for (kind, revision) in &templates {
+                match Self::share_type(&mut *tx, kind).await? {
+                    None => return Ok(Changed::TypeGone),
+                    Some(now) if now != *revision => return Ok(Changed::TypeChanged),
+                    Some(_) => {}
                 }
             }
             if !Self::spend(&mut *tx, caller, 1 + decided.delegated_uses).await? {
@@ -409,6 +404,21 @@ impl_sql_store! {
                 .into_iter()
                 .map(Token::try_from)
                 .collect()
+        }
+
+        /// Share-locks a token type's row (where the backend locks rows) and returns its
+        /// revision; `None` when it is gone.
+        async fn share_type<'e, E>(executor: E, id: &str) -> Result<Option<i64>, StoreError>
+        where
+            E: Executor<'e, Database = DB>,
+        {
+            Ok(sqlx::query_scalar(&format!(
+                "SELECT revision FROM token_types WHERE id = $1{}",
+                DB::SHARE_ROWS
+            ))
+            .bind(id)
+            .fetch_optional(executor)
+            .await?)
         }
 
         /// Whether the caller's token is still as it was when the call authenticated.
