@@ -390,7 +390,7 @@ fn effective_path(target: &str) -> String {
 /// Spellings of `POST /reports/17/export` that some upstream (case-insensitive, decoding
 /// escapes, merging slashes, resolving dot segments, ignoring a trailing slash) routes to
 /// the export: each must get the route's own permission at the gateway, or be refused.
-const EXPORT_SPELLINGS: [&str; 17] = [
+const EXPORT_SPELLINGS: [&str; 18] = [
     "/reports/17/export",
     "/reports/17/export?page=1",
     "/reports/17/EXPORT",
@@ -408,6 +408,7 @@ const EXPORT_SPELLINGS: [&str; 17] = [
     "/reports/17/x/../export",
     "/reports/17/%2e/export",
     "/reports/17/export;v=1",
+    "/reports/17/export.json",
 ];
 
 /// Headers some frameworks take as the request's method instead of the real one.
