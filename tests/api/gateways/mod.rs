@@ -755,13 +755,22 @@ pub async fn prove(start: Start, expect: Expect) {
         "{name}: the creator may create: {answer:?}"
     );
     let mut let_through = Vec::new();
-    for target in EXPORT_SPELLINGS {
+    // Methods are case-sensitive, but token-authority uppercases them for the default
+    // mapping and some upstreams (Werkzeug) do too.
+    let spellings = EXPORT_SPELLINGS
+        .iter()
+        .map(|target| ("POST", *target))
+        .chain([
+            ("post", "/reports/17/export"),
+            ("Post", "/reports/17/EXPORT"),
+        ]);
+    for (method, target) in spellings {
         let before = upstream.seen().len();
-        let answer = send("POST", target, vec![("authorization", bearer(&creator))]).await;
+        let answer = send(method, target, vec![("authorization", bearer(&creator))]).await;
         let reached = upstream.seen_since(before);
         if status(&answer).is_success() || !reached.is_empty() {
             let_through.push(format!(
-                "POST {target} answered {} and reached the upstream as {:?}",
+                "{method} {target} answered {} and reached the upstream as {:?}",
                 status(&answer).as_u16(),
                 reached
                     .iter()
