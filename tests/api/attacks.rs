@@ -1030,7 +1030,7 @@ async fn a_bound_token_cannot_widen_its_reach_with_another_binding(backend: Back
         },
     )
     .await;
-    let mut check = AuthorizationClient::new(app.channel.clone());
+    let check = AuthorizationClient::new(app.channel.clone());
     let reaches = async |secret: &str| {
         let auth = format!("Bearer {secret}");
         let response = AuthorizationClient::check(
