@@ -64,6 +64,9 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
                 ("authorization", &bearer(&reader.secret)),
                 ("x-token-owner", "forged"),
                 ("x-token-id", "forged"),
+                ("x-http-method-override", "DELETE"),
+                ("x-http-method", "DELETE"),
+                ("x-method-override", "DELETE"),
             ],
         )
         .await
@@ -79,6 +82,14 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
     assert_eq!(headers["x-token-name"], "reader");
     assert_eq!(headers["x-token-type"], "personal");
     assert!(!headers.contains_key("authorization"), "{headers:?}");
+    // token-authority judged the real method: no override reaches the upstream.
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        assert!(!headers.contains_key(name), "{name} arrived: {headers:?}");
+    }
 
     let (status, _, _) = envoy
         .send("HEAD", "/reports/17", &[("x-api-key", &reader.secret)])
@@ -159,6 +170,31 @@ async fn envoy_lets_valid_tokens_through_and_refuses_the_rest() {
         .await
         .expect("envoy answers");
     assert_eq!(status, StatusCode::FORBIDDEN, "the route's permission");
+    // Every spelling of the route's path an upstream may take for it gets the route's
+    // permission, not the default mapping's (GET /EXPORTS/1 would need exports:read).
+    let exports_reader = app
+        .create(spec("exports-reader", &["exports:read"]))
+        .await
+        .secret;
+    for target in [
+        "/EXPORTS/1",
+        "/Exports/1",
+        "/%65xports/1",
+        "/%45XPORTS/1",
+        "//exports/1",
+        "/./exports/1",
+        "/x/../exports/1",
+    ] {
+        let (status, _, body) = envoy
+            .send(
+                "GET",
+                target,
+                &[("authorization", &bearer(&exports_reader))],
+            )
+            .await
+            .expect("envoy answers");
+        assert_eq!(status, StatusCode::FORBIDDEN, "GET {target}: {body}");
+    }
     let (status, _, body) = envoy
         .send(
             "GET",
