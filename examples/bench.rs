@@ -100,7 +100,7 @@ enum Scenario {
 #[command(name = "bench")]
 struct Args {
     /// Scenarios to run, in order.
-    #[arg(value_enum, required_unless_present = "serve_noop")]
+    #[arg(value_enum, required_unless_present_any = ["serve_noop", "serve_noop_http"])]
     scenarios: Vec<Scenario>,
 
     /// The token-authority server.
@@ -173,12 +173,19 @@ struct Args {
     /// Internal: be the child of --noop-in-child.
     #[arg(long, hide = true)]
     serve_noop: bool,
+
+    /// Internal: be the HTTP child of --noop-in-child.
+    #[arg(long, hide = true)]
+    serve_noop_http: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.serve_noop {
         return noop::serve_child();
+    }
+    if args.serve_noop_http {
+        return http::serve_child();
     }
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
@@ -491,8 +498,8 @@ impl Bench {
                 let (name, noop, addr) = if scenario == Scenario::ForwardAuth {
                     ("forward-auth", None, self.args.http_target)
                 } else {
-                    let server = http::NoopHttp::start(real).await?;
-                    let addr = server.addr;
+                    let server = http::NoopHttpHost::start(real, self.args.noop_in_child).await?;
+                    let addr = server.addr();
                     ("noop-forward-auth", Some(server), addr)
                 };
                 let callers = self.http_callers(addr, &request).await?;

@@ -143,3 +143,103 @@ impl NoopHttp {
         let _ = self.served.await;
     }
 }
+
+/// A no-op forward-auth server in this process (on the load generator's runtime) or in a
+/// child process of its own, as the real server is (this program run again with
+/// `--serve-noop-http`; it stops when its stdin closes).
+pub enum NoopHttpHost {
+    /// On this process's runtime.
+    InProcess(NoopHttp),
+    /// In a child process.
+    Child {
+        /// Where it listens.
+        addr: SocketAddr,
+        child: Box<tokio::process::Child>,
+        stdin: tokio::process::ChildStdin,
+    },
+}
+
+impl NoopHttpHost {
+    /// Starts it with the head of a real answer.
+    pub async fn start(headers: Vec<(String, Vec<u8>)>, in_child: bool) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        if !in_child {
+            return Ok(Self::InProcess(NoopHttp::start(headers).await?));
+        }
+        let exe = std::env::current_exe().context("cannot find this program to re-run")?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("--serve-noop-http")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the no-op HTTP server's process")?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let encoded = serde_json::to_vec(&headers)?;
+        stdin.write_all(&encoded).await?;
+        stdin.write_all(b"\n").await?;
+        stdin.flush().await?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .await?;
+        let addr = line.trim().parse().with_context(|| {
+            format!("the no-op HTTP server's process said {line:?}, not its address")
+        })?;
+        Ok(Self::Child {
+            addr,
+            child: Box::new(child),
+            stdin,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Self::InProcess(server) => server.addr,
+            Self::Child { addr, .. } => *addr,
+        }
+    }
+
+    /// Stops it.
+    pub async fn stop(self) {
+        match self {
+            Self::InProcess(server) => server.stop().await,
+            Self::Child {
+                mut child, stdin, ..
+            } => {
+                drop(stdin);
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// The child side of [`NoopHttpHost::start`]: reads the head (one JSON line) from stdin,
+/// serves it on a multi-threaded runtime with a worker per core (as the server's
+/// `#[tokio::main]`), prints the address, and stops when stdin closes.
+pub fn serve_child() -> anyhow::Result<()> {
+    use std::io::{BufRead, Read, Write};
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    let headers: Vec<(String, Vec<u8>)> =
+        serde_json::from_str(&line).context("the head does not parse")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let server = runtime.block_on(NoopHttp::start(headers))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", server.addr)?;
+    stdout.flush()?;
+    let mut rest = Vec::new();
+    let _ = stdin.read_to_end(&mut rest);
+    runtime.block_on(server.stop());
+    Ok(())
+}
