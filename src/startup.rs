@@ -377,10 +377,10 @@ impl Application {
                 TokenTypeServiceServer::new(TokenTypeApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
             ))
-            .add_service(Detached::new(
+            .add_service(
                 AuditServiceServer::new(AuditApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
-            ))
+            )
             .add_service(
                 VerifyServiceServer::new(VerifyApi::new(state.clone()))
                     .max_decoding_message_size(max_message),

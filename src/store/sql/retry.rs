@@ -78,6 +78,23 @@ pub(super) fn is_connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a statement failed because Postgres chose it as the victim of a deadlock
+/// (40P01) or a serialization failure (40001): the server rolled its transaction back,
+/// before any COMMIT, so running the operation again is safe. Writers lock rows in id
+/// order, but a bulk revocation that reads its lineage again after waiting for a lock
+/// locks the newly found rows after higher ones, so a rare deadlock with a usage flush is
+/// possible; it is retried rather than failed.
+pub(super) fn is_conflict(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| conflict_code(&code)),
+        _ => false,
+    }
+}
+
+fn conflict_code(code: &str) -> bool {
+    matches!(code, "40P01" | "40001")
+}
+
 /// Commits a transaction. A failure here is not retried: the COMMIT may have been applied
 /// before the connection broke.
 pub(super) async fn commit<DB: Database>(tx: Transaction<'_, DB>) -> Result<(), StoreError> {
@@ -96,6 +113,10 @@ impl<DB: Database> super::SqlStore<DB> {
             Err(StoreError::Unavailable(error)) if is_connection_lost(&error) => {
                 self.lost.note();
                 tracing::info!(%error, "store connection lost; trying once more on another");
+                self.noted(operation().await)
+            }
+            Err(StoreError::Unavailable(error)) if is_conflict(&error) => {
+                tracing::info!(%error, "store transaction lost a lock conflict; trying once more");
                 self.noted(operation().await)
             }
             other => self.noted(other),
@@ -156,5 +177,14 @@ mod tests {
             "no second wait"
         );
         assert!(!is_connection_lost(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn deadlock_and_serialization_victims_are_conflicts_and_nothing_else_is() {
+        assert!(conflict_code("40P01") && conflict_code("40001"));
+        for other in ["23505", "08006", "57P01", "40002", "25P02"] {
+            assert!(!conflict_code(other), "{other}");
+        }
+        assert!(!is_conflict(&sqlx::Error::RowNotFound));
     }
 }

@@ -283,7 +283,9 @@ impl_sql_store! {
             let caller_param = filter.args.len();
             // The matching rows and the caller's, locked in id order (the order usage
             // flushes write in, so that neither can deadlock the other): nothing changes
-            // them between the decisions and the writes.
+            // them between the decisions and the writes. Rows a later read finds (below)
+            // are locked after higher ids already held; the rare deadlock that allows is
+            // rolled back by Postgres and retried by `retried` (`is_conflict`).
             let matched = format!("(enabled = TRUE{})", filter.sql);
             let sql = format!(
                 "{tree}SELECT {COLUMNS}, {matched} AS matched FROM tokens \
