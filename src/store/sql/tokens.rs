@@ -29,6 +29,32 @@ const REVOKE_PASSES: usize = 16;
 /// The most token ids a bulk revocation's audit event lists.
 const AUDITED_IDS: usize = 1000;
 
+/// Why [`gate`](super::SqlStore::gate) stops a write.
+pub(super) enum Gate {
+    /// The caller's token was disabled, deleted or changed since it authenticated.
+    CallerChanged,
+    /// A usage-limited caller has fewer uses left than the write costs.
+    OutOfUses,
+}
+
+impl From<Gate> for Changed {
+    fn from(gate: Gate) -> Self {
+        match gate {
+            Gate::CallerChanged => Changed::CallerChanged,
+            Gate::OutOfUses => Changed::OutOfUses,
+        }
+    }
+}
+
+impl<T> From<Gate> for crate::store::TypeWrite<T> {
+    fn from(gate: Gate) -> Self {
+        match gate {
+            Gate::CallerChanged => Self::CallerChanged,
+            Gate::OutOfUses => Self::OutOfUses,
+        }
+    }
+}
+
 impl_sql_store! {
     impl {
         pub(super) async fn insert(
@@ -40,10 +66,9 @@ impl_sql_store! {
             audit: &AuditEvent,
         ) -> Result<Changed, StoreError> {
             let mut tx = self.begin_write().await?;
-            let caller = Self::lock_rows(&mut *tx, &[actor.id]).await?;
-            let Some(caller) = caller.first().filter(|c| Self::still(c, actor)) else {
-                return Ok(Changed::CallerChanged);
-            };
+            if let Some(refused) = Self::gate(&mut tx, actor, 1 + delegated_uses).await? {
+                return Ok(refused.into());
+            }
             // The type's row is share-locked, so that it cannot be deleted (DeleteType
             // locks it for update first) or its template changed before this token, which
             // uses it, is committed; and it must be the revision the policy judged by.
@@ -51,9 +76,6 @@ impl_sql_store! {
                 None => return Ok(Changed::TypeGone),
                 Some(now) if now != type_revision => return Ok(Changed::TypeChanged),
                 Some(_) => {}
-            }
-            if !Self::spend(&mut *tx, caller, 1 + delegated_uses).await? {
-                return Ok(Changed::OutOfUses);
             }
             Self::insert_token(&mut *tx, token).await?;
             Self::insert_audit(&mut *tx, audit, &token.owner).await?;
@@ -406,6 +428,26 @@ impl_sql_store! {
                 .into_iter()
                 .map(Token::try_from)
                 .collect()
+        }
+
+        /// The caller check of a write that acts on no existing token (a creation, a
+        /// type write): locks the caller's row first (before any type row, the order
+        /// every writer takes), checks it is still as it authenticated and spends `uses`
+        /// of its budget. `Some` when the write must not go on; returning drops the
+        /// transaction, which rolls back what was spent.
+        pub(super) async fn gate(
+            tx: &mut sqlx::Transaction<'static, DB>,
+            actor: Actor,
+            uses: i64,
+        ) -> Result<Option<Gate>, StoreError> {
+            let caller = Self::lock_rows(&mut **tx, &[actor.id]).await?;
+            let Some(caller) = caller.first().filter(|c| Self::still(c, actor)) else {
+                return Ok(Some(Gate::CallerChanged));
+            };
+            if !Self::spend(&mut **tx, caller, uses).await? {
+                return Ok(Some(Gate::OutOfUses));
+            }
+            Ok(None)
         }
 
         /// Share-locks a token type's row (where the backend locks rows) and returns its

@@ -47,30 +47,13 @@ impl_sql_store! {
             audit: &AuditEvent,
         ) -> Result<TypeWrite<()>, StoreError> {
             let mut tx = self.begin_write().await?;
-            if let Some(refused) = Self::gate(&mut tx, actor).await? {
-                return Ok(refused);
+            if let Some(refused) = Self::gate(&mut tx, actor, 1).await? {
+                return Ok(refused.into());
             }
             Self::insert_type_row(&mut *tx, token_type, "").await?;
             Self::insert_audit(&mut *tx, audit, "").await?;
             commit(tx).await?;
             Ok(TypeWrite::Done(()))
-        }
-
-        /// Locks the caller's row (before any type row, the order token writes take
-        /// too), checks it is still as it authenticated and spends the call's use: the
-        /// outcome to answer with when the write must not go on.
-        async fn gate<T>(
-            tx: &mut sqlx::Transaction<'static, DB>,
-            actor: Actor,
-        ) -> Result<Option<TypeWrite<T>>, StoreError> {
-            let caller = Self::lock_rows(&mut **tx, &[actor.id]).await?;
-            let Some(caller) = caller.first().filter(|c| Self::still(c, actor)) else {
-                return Ok(Some(TypeWrite::CallerChanged));
-            };
-            if !Self::spend(&mut **tx, caller, 1).await? {
-                return Ok(Some(TypeWrite::OutOfUses));
-            }
-            Ok(None)
         }
 
         pub(super) async fn update_type(
@@ -80,8 +63,8 @@ impl_sql_store! {
             audit: &AuditEvent,
         ) -> Result<TypeWrite<Option<TokenType>>, StoreError> {
             let mut tx = self.begin_write().await?;
-            if let Some(refused) = Self::gate(&mut tx, actor).await? {
-                return Ok(refused);
+            if let Some(refused) = Self::gate(&mut tx, actor, 1).await? {
+                return Ok(refused.into());
             }
             let row: Option<TypeRow> = sqlx::query_as(&format!(
                 "UPDATE token_types SET display_name = $1, description = $2, template = $3, \
@@ -110,8 +93,8 @@ impl_sql_store! {
             audit: &AuditEvent,
         ) -> Result<TypeWrite<TypeDeletion>, StoreError> {
             let mut tx = self.begin_write().await?;
-            if let Some(refused) = Self::gate(&mut tx, actor).await? {
-                return Ok(refused);
+            if let Some(refused) = Self::gate(&mut tx, actor, 1).await? {
+                return Ok(refused.into());
             }
             // Locked for update first: creations of tokens of the type share-lock its row
             // until they commit, so the check below (a new statement, seeing what they
