@@ -439,10 +439,13 @@ async fn a_disabled_token_changes_no_type_with_calls_in_flight(backend: Backend)
         let id = leaked.token.unwrap().id;
         let stop = Arc::new(AtomicBool::new(false));
         let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let disabled = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Mutex::new(Vec::new()));
         let mut attackers = Vec::new();
         for a in 0..ATTACKERS {
             let mut client = TokenTypeServiceClient::new(app.channel.clone());
             let (secret, stop, made) = (leaked.secret.clone(), stop.clone(), made.clone());
+            let (disabled, errors) = (disabled.clone(), errors.clone());
             attackers.push(tokio::spawn(async move {
                 let mut i = 0;
                 while !stop.load(Ordering::SeqCst) {
@@ -459,24 +462,39 @@ async fn a_disabled_token_changes_no_type_with_calls_in_flight(backend: Backend)
                             },
                         ))
                         .await;
-                    if created.is_ok() {
-                        made.fetch_add(1, Ordering::SeqCst);
+                    match created {
+                        Ok(_) => {
+                            made.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) if !disabled.load(Ordering::SeqCst) => {
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("{:?}: {}", e.code(), e.message()));
+                        }
+                        Err(_) => {}
                     }
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The disable comes once the flood is making types, however slow the machine.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while made.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the flood made no type before the disable: {:?}",
+                errors.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         disable(&app, &id).await;
+        disabled.store(true, Ordering::SeqCst);
         let at_disable = types().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.store(true, Ordering::SeqCst);
         for attacker in attackers {
             attacker.await.unwrap();
         }
-        assert!(
-            made.load(Ordering::SeqCst) > 0,
-            "round {round}: the flood made types"
-        );
         let after = types().await;
         let late: Vec<&String> = after.iter().filter(|t| !at_disable.contains(t)).collect();
         assert!(
