@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/tokenauthority/v1/verify.proto",
     "proto/tokenauthority/v1/token_type.proto",
     "proto/tokenauthority/v1/audit.proto",
+    "proto/tokenauthority/v1/leak.proto",
 ];
 
 /// Our codec: prost's, with undecodable requests answered INVALID_ARGUMENT, not INTERNAL.
@@ -32,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "tokenauthority.v1.VerifyRequest",
             "tokenauthority.v1.CreateTokenResponse",
             "tokenauthority.v1.RotateTokenResponse",
+            "tokenauthority.v1.ReportLeakedTokensRequest",
+            "tokenauthority.v1.LookupTokenRequest",
         ])
         .compile_fds(descriptors)?;
     compile_verify_wire(&out_dir)?;

@@ -81,6 +81,24 @@ redacted_secret_response_debug!(
     v1::RotateTokenResponse => "RotateTokenResponse"
 );
 
+impl std::fmt::Debug for v1::ReportLeakedTokensRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportLeakedTokensRequest")
+            .field("secrets", &Redacted(self.secrets.len()))
+            .field("source", &self.source)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::LookupTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupTokenRequest")
+            .field("secret", &Redacted(self.secret.len()))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1;
@@ -100,7 +118,15 @@ mod tests {
             secret: secret.into(),
             token: None,
         };
-        let printed = format!("{verify:?} {created:?} {verify:#?} {rotated:?}");
+        let reported = v1::ReportLeakedTokensRequest {
+            secrets: vec![secret.into()],
+            ..Default::default()
+        };
+        let looked_up = v1::LookupTokenRequest {
+            secret: secret.into(),
+        };
+        let printed =
+            format!("{verify:?} {created:?} {verify:#?} {rotated:?} {reported:?} {looked_up:?}");
         assert!(!printed.contains("0123456789"), "{printed}");
         assert!(printed.contains("redacted"));
     }

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod fields;
+pub mod leak;
 pub mod permission;
 pub mod policy;
 pub mod power;

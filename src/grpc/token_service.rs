@@ -16,7 +16,7 @@ use super::{
 use crate::{
     domain::{
         audit::AuditEvent,
-        fields,
+        fields, leak,
         policy::{Action, Refusal, Request as Policy},
         power,
         secret::TokenSecret,
@@ -26,9 +26,10 @@ use crate::{
     error::Error,
     pb::v1::{
         CreateTokenRequest, CreateTokenResponse, DeleteTokenRequest, GetTokenRequest,
-        ListTokensRequest, ListTokensResponse, RevokeTokensRequest, RevokeTokensResponse,
-        RotateTokenRequest, RotateTokenResponse, SetTokenEnabledRequest, Token as PbToken,
-        UpdateTokenRequest, token_service_server::TokenService,
+        ListTokensRequest, ListTokensResponse, LookupTokenRequest, LookupTokenResponse,
+        RevokeTokensRequest, RevokeTokensResponse, RotateTokenRequest, RotateTokenResponse,
+        SecretKind, SetTokenEnabledRequest, Token as PbToken, UpdateTokenRequest,
+        token_service_server::TokenService,
     },
     store::{Change, Changed, Decided, ListQuery, RevokeOutcome, RevokeQuery, Rotation},
 };
@@ -455,6 +456,36 @@ impl TokenApi {
     }
 
     /// Reads a token as the caller may see it.
+    /// The token a presented secret belongs to, whatever its state; another owner's
+    /// token is as unknown as no token, so that a lookup reveals nothing beyond the scope.
+    async fn lookup(&self, caller: &Caller, secret: &str) -> Result<LookupTokenResponse, Error> {
+        if secret.is_empty() {
+            return Err(Error::invalid("secret", "is required"));
+        }
+        let hash = TokenSecret::hash_of_presented(secret)
+            .map_err(|malformed| Error::invalid("secret", malformed.to_string()))?;
+        let unknown = || Error::NotFound("no token has this secret".into());
+        let token = self.state.store.lookup(&hash).await?.ok_or_else(unknown)?;
+        if caller
+            .scope()
+            .owner()
+            .is_some_and(|owner| owner != token.owner)
+        {
+            return Err(unknown());
+        }
+        caller
+            .authorize(&self.state, &Policy::GetToken(&token))
+            .await?;
+        let kind = match leak::Which::of(&token, &hash) {
+            Some(leak::Which::Previous) => SecretKind::Previous,
+            _ => SecretKind::Current,
+        };
+        Ok(LookupTokenResponse {
+            token: Some(token_to_pb(&token)),
+            secret_kind: kind.into(),
+        })
+    }
+
     async fn current(&self, caller: &Caller, id: Uuid) -> Result<Token, Error> {
         self.state
             .store
@@ -587,6 +618,16 @@ impl TokenService for TokenApi {
         let caller = authenticate(&self.state, &request, Action::RevokeTokens).await?;
         Ok(Response::new(
             self.revoke(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn lookup_token(
+        &self,
+        request: Request<LookupTokenRequest>,
+    ) -> Result<Response<LookupTokenResponse>, Status> {
+        let caller = authenticate(&self.state, &request, Action::ReadTokens).await?;
+        Ok(Response::new(
+            self.lookup(&caller, &request.get_ref().secret).await?,
         ))
     }
 }

@@ -17,7 +17,8 @@ pub use sql::{LostConnections, SqlStore};
 
 use crate::{
     domain::{
-        audit::AuditEvent, policy::Refusal, secret::SecretHash, token::Token, token_type::TokenType,
+        audit::AuditEvent, leak, policy::Refusal, secret::SecretHash, token::Token,
+        token_type::TokenType,
     },
     metrics::histogram::Histogram,
 };
@@ -100,6 +101,23 @@ pub struct Decided {
     pub templates: Vec<(String, i64)>,
 }
 
+/// What a leak report did to the token that had the secret.
+#[derive(Clone, Debug)]
+pub struct Leaked {
+    /// The token as it was, locked, when the report was judged.
+    pub before: Token,
+    /// As it is now.
+    pub after: Token,
+    /// Which of its secrets was reported.
+    pub which: leak::Which,
+    /// What the report did.
+    pub effect: leak::Effect,
+}
+
+/// Builds the audit event of a leak report on a token, given what it does to it.
+pub type LeakAudit<'a> =
+    &'a (dyn Fn(&Token, leak::Which, leak::Effect) -> AuditEvent + Send + Sync);
+
 /// Decides what to do to a token, given the token as it is locked; a refusal writes nothing.
 pub type Decide<'a> = &'a (dyn Fn(&Token) -> Result<Decided, Refusal> + Send + Sync);
 
@@ -139,7 +157,8 @@ pub enum Scope<'a> {
 }
 
 impl Scope<'_> {
-    fn owner(&self) -> Option<&str> {
+    /// The one owner in scope; `None` for every owner.
+    pub fn owner(&self) -> Option<&str> {
         match self {
             Scope::All => None,
             Scope::Owner(owner) => Some(owner),
@@ -341,6 +360,21 @@ pub trait TokenStore: Send + Sync + 'static {
         hash: &SecretHash,
         now: DateTime<Utc>,
     ) -> Result<Option<Token>, StoreError>;
+
+    /// Returns the token one of whose secrets has this hash, whatever the token's state:
+    /// its current secret, or the previous one, in a rotation's grace period or past it.
+    async fn lookup(&self, hash: &SecretHash) -> Result<Option<Token>, StoreError>;
+
+    /// Makes a reported leaked secret stop working, in one transaction with the report's
+    /// audit event (`audit` builds it): the token whose current secret it is is disabled,
+    /// the grace period of the token whose previous secret it is ends at `now` (see
+    /// [`leak::effect`]). `None` when no token has the secret.
+    async fn end_leaked(
+        &self,
+        hash: &SecretHash,
+        now: DateTime<Utc>,
+        audit: LeakAudit<'_>,
+    ) -> Result<Option<Leaked>, StoreError>;
 
     /// Returns a page of tokens, oldest first.
     async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<Token>, StoreError>;

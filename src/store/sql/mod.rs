@@ -28,8 +28,9 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Actor, AuditQuery, ChangeFeed, Changed, Decide, ListQuery, PoolStats, RevokeDecision,
-    RevokeQuery, Revoked, Scope, StoreError, TokenStore, TypeDeletion, TypeWrite, UsageRecord,
+    Actor, AuditQuery, ChangeFeed, Changed, Decide, LeakAudit, Leaked, ListQuery, PoolStats,
+    RevokeDecision, RevokeQuery, Revoked, Scope, StoreError, TokenStore, TypeDeletion, TypeWrite,
+    UsageRecord,
 };
 use crate::{
     domain::{audit::AuditEvent, secret::SecretHash, token::Token, token_type::TokenType},
@@ -78,6 +79,7 @@ macro_rules! impl_sql_store {
 
 mod audit;
 mod feed;
+mod leaks;
 mod query;
 mod retry;
 mod rows;
@@ -278,6 +280,19 @@ impl_sql_store! {
             now: DateTime<Utc>,
         ) -> Result<Option<Token>, StoreError> {
             self.retried(|| self.find_by_hash(hash, now)).await
+        }
+
+        async fn lookup(&self, hash: &SecretHash) -> Result<Option<Token>, StoreError> {
+            self.retried(|| self.lookup(hash)).await
+        }
+
+        async fn end_leaked(
+            &self,
+            hash: &SecretHash,
+            now: DateTime<Utc>,
+            audit: LeakAudit<'_>,
+        ) -> Result<Option<Leaked>, StoreError> {
+            self.retried(|| self.end_leaked(hash, now, audit)).await
         }
 
         async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<Token>, StoreError> {

@@ -1,0 +1,220 @@
+//! Leaked secrets: what a report of one does to its token, and what a report may carry.
+//!
+//! A report needs no credential (holding the secret is the proof), so it can only ever take
+//! power away: the token whose current secret leaked is disabled (kept for forensics), and
+//! a previous secret still in its rotation's grace period has its grace ended. Nothing else
+//! about the token changes.
+
+use chrono::{DateTime, Utc};
+
+use super::{audit::AuditEvent, secret::SecretHash, token::Token};
+
+/// The most secrets one report carries.
+pub const MAX_SECRETS: usize = 1000;
+/// The longest `source` of a report.
+pub const SOURCE_LEN: usize = 64;
+/// The longest `url` of a report.
+pub const URL_LEN: usize = 2048;
+/// The source of a report that names none.
+pub const DEFAULT_SOURCE: &str = "report";
+
+/// Which of a token's secrets a presented one is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// Its current secret.
+    Current,
+    /// The secret its last rotation replaced (in the grace period or past it).
+    Previous,
+}
+
+impl Which {
+    /// Which of `token`'s secrets has `hash`, if either.
+    pub fn of(token: &Token, hash: &SecretHash) -> Option<Self> {
+        if token.secret_hash == *hash {
+            Some(Self::Current)
+        } else if token.previous_hash.as_ref() == Some(hash) {
+            Some(Self::Previous)
+        } else {
+            None
+        }
+    }
+
+    /// `current` or `previous`, as the audit trail names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::Previous => "previous",
+        }
+    }
+}
+
+/// What a leak report does to the token one of whose secrets it presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Its current secret leaked and it is enabled: disable it.
+    Disable,
+    /// Its previous secret leaked and still works: end the grace period now.
+    EndGrace,
+    /// The leaked secret already works no more (the token is disabled, or the grace
+    /// period is over): nothing to write, but the report is still audited.
+    AlreadyRevoked,
+}
+
+/// Decides what a report of the secret with `hash` does to `token`, as `token` is now.
+/// `None` when the secret is neither of the token's.
+pub fn effect(token: &Token, hash: &SecretHash, now: DateTime<Utc>) -> Option<(Which, Effect)> {
+    let which = Which::of(token, hash)?;
+    let effect = match which {
+        Which::Current if token.enabled => Effect::Disable,
+        // Ended even on a disabled token: re-enabling it must not revive the leaked secret.
+        Which::Previous if token.previous_hash_expire_time.is_some_and(|end| end > now) => {
+            Effect::EndGrace
+        }
+        _ => Effect::AlreadyRevoked,
+    };
+    Some((which, effect))
+}
+
+/// Where a report came from, as given and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Who found the secrets, e.g. `github`, `scan`.
+    pub source: String,
+    /// Where they were found.
+    pub url: String,
+}
+
+impl Report {
+    /// Checks a report's source and URL; the error names what is wrong with which.
+    pub fn parse(source: &str, url: &str) -> Result<Self, (&'static str, String)> {
+        let source = if source.is_empty() {
+            DEFAULT_SOURCE.to_owned()
+        } else {
+            parse_source(source).map_err(|m| ("source", m))?
+        };
+        if url.chars().count() > URL_LEN {
+            return Err(("url", format!("must be at most {URL_LEN} characters")));
+        }
+        if url.chars().any(char::is_control) {
+            return Err(("url", "must not contain control characters".into()));
+        }
+        Ok(Self {
+            source,
+            url: url.to_owned(),
+        })
+    }
+
+    /// The audit event of this report on `token`: what was done, and why.
+    pub fn audit(
+        &self,
+        token: &Token,
+        which: Which,
+        effect: Effect,
+        client_ip: &str,
+        now: DateTime<Utc>,
+    ) -> AuditEvent {
+        let mut event = AuditEvent::new(
+            "leak_reported",
+            AuditEvent::token_target(token.id),
+            None,
+            now,
+        )
+        .change("secret", which.name())
+        .change("source", self.source.as_str());
+        if !self.url.is_empty() {
+            event = event.change("url", self.url.as_str());
+        }
+        event = match effect {
+            Effect::Disable => event.change("enabled", false),
+            Effect::EndGrace => event.change("previous_secret_expire_time", now.to_rfc3339()),
+            Effect::AlreadyRevoked => event,
+        };
+        event.client_ip = client_ip.to_owned();
+        event.detail = match effect {
+            Effect::Disable => "leaked secret reported; token disabled".into(),
+            Effect::EndGrace => "leaked previous secret reported; its grace period ended".into(),
+            Effect::AlreadyRevoked => "leaked secret reported; it already worked no more".into(),
+        };
+        event
+    }
+}
+
+/// Checks a report's source: 1 to 64 lowercase letters, digits, `.`, `-` and `_`.
+fn parse_source(value: &str) -> Result<String, String> {
+    let valid = value.len() <= SOURCE_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "must be 1 to {SOURCE_LEN} lowercase letters, digits or . _ -"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+    use crate::domain::secret::{TokenPrefix, TokenSecret};
+
+    fn token() -> (Token, TokenSecret) {
+        let secret = TokenSecret::generate(&TokenPrefix::default());
+        let now = crate::domain::token::now();
+        (Token::new("team".into(), &secret, None, now), secret)
+    }
+
+    #[test]
+    fn a_current_secret_disables_an_enabled_token_and_nothing_more() {
+        let (mut token, secret) = token();
+        let now = crate::domain::token::now();
+        assert_eq!(
+            effect(&token, &secret.hash(), now),
+            Some((Which::Current, Effect::Disable))
+        );
+        token.enabled = false;
+        assert_eq!(
+            effect(&token, &secret.hash(), now),
+            Some((Which::Current, Effect::AlreadyRevoked))
+        );
+    }
+
+    #[test]
+    fn a_previous_secret_ends_its_grace_even_on_a_disabled_token() {
+        let (mut token, _) = token();
+        let old = TokenSecret::generate(&TokenPrefix::default());
+        let now = crate::domain::token::now();
+        token.previous_hash = Some(old.hash());
+        token.previous_hash_expire_time = Some(now + Duration::hours(1));
+        token.enabled = false;
+        assert_eq!(
+            effect(&token, &old.hash(), now),
+            Some((Which::Previous, Effect::EndGrace))
+        );
+        token.previous_hash_expire_time = Some(now - Duration::seconds(1));
+        assert_eq!(
+            effect(&token, &old.hash(), now),
+            Some((Which::Previous, Effect::AlreadyRevoked))
+        );
+        let other = TokenSecret::generate(&TokenPrefix::default());
+        assert_eq!(effect(&token, &other.hash(), now), None);
+    }
+
+    #[test]
+    fn a_report_names_what_is_wrong_with_its_source_or_url() {
+        assert_eq!(Report::parse("", "").unwrap().source, DEFAULT_SOURCE);
+        assert_eq!(Report::parse("Git Hub", "").unwrap_err().0, "source");
+        assert_eq!(Report::parse(&"a".repeat(65), "").unwrap_err().0, "source");
+        assert_eq!(Report::parse("github", "a\nb").unwrap_err().0, "url");
+        assert_eq!(
+            Report::parse("github", &"u".repeat(URL_LEN + 1))
+                .unwrap_err()
+                .0,
+            "url"
+        );
+        assert!(Report::parse("github", "https://github.com/o/r/blob/main/x").is_ok());
+    }
+}
