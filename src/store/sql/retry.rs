@@ -3,8 +3,8 @@
 //! idle since before then, and for a second every connection, is tested before it is used
 //! ([`LostConnections`], from the pool's `before_acquire`), so the cost falls only on the
 //! moments after a loss; and an
-//! operation that failed because its connection was lost runs once more, on another
-//! connection, when running it again cannot apply it twice: a read, or a write whose
+//! operation that failed because its connection was lost runs again (a few times at most),
+//! on another connection, when running it again cannot apply it twice: a read, or a write whose
 //! transaction failed before COMMIT was sent (the server rolls such a transaction back).
 //! A failed COMMIT leaves the outcome unknown, so it is not retried
 //! ([`StoreError::CommitUnknown`]); neither is the one autocommit write, `consume_use`.
@@ -17,6 +17,12 @@ use std::{
 use sqlx::{Database, Transaction};
 
 use crate::store::StoreError;
+
+/// How many times an operation that is safe to run again runs again. More than once: the
+/// server ends its connections one by one, so the connection a retry gets may have passed
+/// its test just before its own end reached it (seen in CI: a write whose retry, too, found
+/// its connection dead). Each attempt's connection is tested or new, so a few suffice.
+const RETRIES: usize = 3;
 
 /// How long after a connection was found dead every connection is tested before use.
 const SUSPECT_FOR: Duration = Duration::from_secs(1);
@@ -102,24 +108,29 @@ pub(super) async fn commit<DB: Database>(tx: Transaction<'_, DB>) -> Result<(), 
 }
 
 impl<DB: Database> super::SqlStore<DB> {
-    /// Runs an operation that is safe to run twice (see the module's documentation); when
-    /// its connection turned out dead, notes the loss and runs it once more.
+    /// Runs an operation that is safe to run again (see the module's documentation); when
+    /// its connection turned out dead, or it lost a lock conflict, notes that and runs it
+    /// again, up to [`RETRIES`] times.
     pub(super) async fn retried<T, F, Fut>(&self, mut operation: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        match operation().await {
-            Err(StoreError::Unavailable(error)) if is_connection_lost(&error) => {
-                self.lost.note();
-                tracing::info!(%error, "store connection lost; trying once more on another");
-                self.noted(operation().await)
+        let mut retries = 0;
+        loop {
+            match operation().await {
+                Err(StoreError::Unavailable(error))
+                    if retries < RETRIES && is_connection_lost(&error) =>
+                {
+                    self.lost.note();
+                    tracing::info!(%error, "store connection lost; trying again on another");
+                }
+                Err(StoreError::Unavailable(error)) if retries < RETRIES && is_conflict(&error) => {
+                    tracing::info!(%error, "store transaction lost a lock conflict; trying again");
+                }
+                other => return self.noted(other),
             }
-            Err(StoreError::Unavailable(error)) if is_conflict(&error) => {
-                tracing::info!(%error, "store transaction lost a lock conflict; trying once more");
-                self.noted(operation().await)
-            }
-            other => self.noted(other),
+            retries += 1;
         }
     }
 
