@@ -185,6 +185,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_MANAGEMENT_RATE_LIMIT", default_value_t = 120)]
     pub management_rate_limit: u32,
 
+    /// Leak reports (ReportLeakedTokens over gRPC or JSON, and GitHub's secret scanning
+    /// endpoint) per minute per client address, each carrying up to 1,000 secrets; past
+    /// it, reports fail RESOURCE_EXHAUSTED (HTTP 429). 0 for no limit.
+    #[arg(long, env = "TA_LEAK_REPORT_RATE_LIMIT", default_value_t = 60)]
+    pub leak_report_rate_limit: u32,
+
     /// The largest request message the token, type, audit, Verify and Check services accept
     /// (bytes, or with KiB or MiB); larger ones are refused OUT_OF_RANGE before they are
     /// decoded. Health and reflection keep tonic's 4 MiB.

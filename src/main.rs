@@ -81,6 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 ext_authz,
                 management_rate_limit: serve.management_rate_limit,
+                leak_report_rate_limit: serve.leak_report_rate_limit,
                 max_message_size: serve.max_message_size,
                 trusted_proxies: serve.trusted_proxies,
             })

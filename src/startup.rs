@@ -20,6 +20,7 @@ use crate::{
         authority_layer,
         detach::Detached,
         ext_authz::{AuthorizationServer, ExtAuthzApi},
+        leak_service::LeakApi,
         request_id::RequestIdLayer,
         token_service::TokenApi,
         token_type_service::TokenTypeApi,
@@ -32,7 +33,8 @@ use crate::{
     pb::{
         self,
         v1::{
-            audit_service_server::AuditServiceServer, token_service_server::TokenServiceServer,
+            audit_service_server::AuditServiceServer, leak_service_server::LeakServiceServer,
+            token_service_server::TokenServiceServer,
             token_type_service_server::TokenTypeServiceServer,
         },
         wire::verify_service_server::VerifyServiceServer,
@@ -94,6 +96,8 @@ pub struct Settings {
     pub ext_authz: CheckSettings,
     /// Management requests per minute per client address; 0 for no limit.
     pub management_rate_limit: u32,
+    /// Leak reports per minute per client address; 0 for no limit.
+    pub leak_report_rate_limit: u32,
     /// The largest request message a service accepts, in bytes.
     pub max_message_size: usize,
     /// Proxies in front of the gRPC port (load balancers) whose `x-forwarded-for` names
@@ -180,6 +184,7 @@ impl Application {
             verifier: Verifier::new(store.clone(), cache, usage.clone()),
             prefix: settings.token_prefix.clone(),
             management_rate: ManagementRate::new(settings.management_rate_limit),
+            leak_report_rate: ManagementRate::new(settings.leak_report_rate_limit),
             failure_audit: FailureAudit::default(),
             metrics: Arc::new(Metrics::default()),
             trusted_proxies: settings.trusted_proxies.clone(),
@@ -377,6 +382,10 @@ impl Application {
                 TokenTypeServiceServer::new(TokenTypeApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
             ))
+            .add_service(Detached::new(
+                LeakServiceServer::new(LeakApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            ))
             .add_service(
                 AuditServiceServer::new(AuditApi::new(state.clone()))
                     .max_decoding_message_size(max_message),
@@ -451,6 +460,7 @@ async fn shrink_limits(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
             _ = every.tick() => {
                 state.verifier.shrink_rates();
                 state.management_rate.shrink();
+                state.leak_report_rate.shrink();
                 state.failure_audit.shrink();
             }
             _ = stop.changed() => return,

@@ -17,6 +17,8 @@ pub const SOURCE_LEN: usize = 64;
 pub const URL_LEN: usize = 2048;
 /// The source of a report that names none.
 pub const DEFAULT_SOURCE: &str = "report";
+/// The source of GitHub's secret scanning reports, and only of those.
+pub const GITHUB: &str = "github";
 
 /// Which of a token's secrets a presented one is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,23 +87,39 @@ pub struct Report {
 }
 
 impl Report {
-    /// Checks a report's source and URL; the error names what is wrong with which.
+    /// Checks the source and URL of a report made through the API; the error names what
+    /// is wrong with which. `github` is kept for GitHub's signed reports, so that no one
+    /// else's report reads as GitHub's in the audit trail.
     pub fn parse(source: &str, url: &str) -> Result<Self, (&'static str, String)> {
         let source = if source.is_empty() {
             DEFAULT_SOURCE.to_owned()
         } else {
             parse_source(source).map_err(|m| ("source", m))?
         };
-        if url.chars().count() > URL_LEN {
-            return Err(("url", format!("must be at most {URL_LEN} characters")));
+        if source == GITHUB {
+            return Err((
+                "source",
+                format!("{GITHUB:?} is kept for GitHub's signed reports (POST /v1/leaks/github)"),
+            ));
         }
-        if url.chars().any(char::is_control) {
-            return Err(("url", "must not contain control characters".into()));
-        }
+        check_url(url).map_err(|m| ("url", m))?;
         Ok(Self {
             source,
             url: url.to_owned(),
         })
+    }
+
+    /// A report from GitHub's secret scanning, its signature checked; a URL we would not
+    /// accept from the API is dropped rather than refusing GitHub's report.
+    pub fn github(url: &str) -> Self {
+        Self {
+            source: GITHUB.to_owned(),
+            url: if check_url(url).is_ok() {
+                url.to_owned()
+            } else {
+                String::new()
+            },
+        }
     }
 
     /// The audit event of this report on `token`: what was done, and why.
@@ -137,6 +155,16 @@ impl Report {
         };
         event
     }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    if url.chars().count() > URL_LEN {
+        return Err(format!("must be at most {URL_LEN} characters"));
+    }
+    if url.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
 }
 
 /// Checks a report's source: 1 to 64 lowercase letters, digits, `.`, `-` and `_`.
@@ -208,13 +236,16 @@ mod tests {
         assert_eq!(Report::parse("", "").unwrap().source, DEFAULT_SOURCE);
         assert_eq!(Report::parse("Git Hub", "").unwrap_err().0, "source");
         assert_eq!(Report::parse(&"a".repeat(65), "").unwrap_err().0, "source");
-        assert_eq!(Report::parse("github", "a\nb").unwrap_err().0, "url");
+        assert_eq!(Report::parse("scan", "a\nb").unwrap_err().0, "url");
         assert_eq!(
-            Report::parse("github", &"u".repeat(URL_LEN + 1))
+            Report::parse("scan", &"u".repeat(URL_LEN + 1))
                 .unwrap_err()
                 .0,
             "url"
         );
-        assert!(Report::parse("github", "https://github.com/o/r/blob/main/x").is_ok());
+        assert!(Report::parse("support-desk", "https://github.com/o/r/blob/main/x").is_ok());
+        assert_eq!(Report::parse("github", "").unwrap_err().0, "source");
+        assert_eq!(Report::github("a\nb").url, "");
+        assert_eq!(Report::github("https://x").source, GITHUB);
     }
 }

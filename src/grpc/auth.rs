@@ -195,20 +195,21 @@ pub async fn authenticate<T>(
     }
 }
 
-/// Where a management call came from.
+/// Where a call came from.
 #[derive(Clone, Copy, Debug)]
-struct Origin {
+pub struct Origin {
     /// The client: the peer, or, when the peer is a trusted proxy (a load balancer in
     /// front of the service), the client it names in `x-forwarded-for`; `None` when that
     /// cannot be read (tokens limited to networks then fail closed).
-    client: Option<IpAddr>,
+    pub client: Option<IpAddr>,
     /// What the per-address limits count: the client, or the peer when the client is
     /// unknown, IPv6 addresses by their /64 (one host's usual share), so that neither an
     /// unreadable header nor a walk through a /64 escapes them.
-    limit_key: Option<IpAddr>,
+    pub limit_key: Option<IpAddr>,
 }
 
-fn origin<T>(state: &AppState, request: &Request<T>) -> Origin {
+/// Works out where a call came from: its peer, or the client a trusted proxy names.
+pub fn origin<T>(state: &AppState, request: &Request<T>) -> Origin {
     let Some(peer) = request.remote_addr().map(|addr| canonical_ip(addr.ip())) else {
         return Origin {
             client: None,
@@ -233,7 +234,7 @@ fn origin<T>(state: &AppState, request: &Request<T>) -> Origin {
 }
 
 /// The key per-address limits count an address under: IPv4 as it is, IPv6 by its /64.
-fn limit_key(ip: IpAddr) -> IpAddr {
+pub fn limit_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => {
             let s = v6.segments();

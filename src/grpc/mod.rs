@@ -6,6 +6,7 @@ pub mod codec;
 pub mod convert;
 pub mod detach;
 pub mod ext_authz;
+pub mod leak_service;
 pub mod request_id;
 pub mod token_service;
 pub mod token_type_service;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Requests per client address on the management API.
     pub management_rate: ManagementRate,
+    /// Leak reports per client address.
+    pub leak_report_rate: ManagementRate,
     /// How many failed authentications are written to the audit trail.
     pub failure_audit: FailureAudit,
     /// Proxies in front of this service whose `x-forwarded-for` names the management

@@ -85,6 +85,38 @@ impl ListenerState {
     }
 }
 
+/// Who reported a leaked secret, as the metrics count it: a fixed set, never the text a
+/// reporter wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakSource {
+    /// GitHub's secret scanning (signed).
+    Github,
+    /// `token-authority scan --report`.
+    Scan,
+    /// A report that named no source.
+    Report,
+    /// Any other named source.
+    Other,
+}
+
+impl LeakSource {
+    const ALL: [LeakSource; 4] = [
+        LeakSource::Github,
+        LeakSource::Scan,
+        LeakSource::Report,
+        LeakSource::Other,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            LeakSource::Github => "github",
+            LeakSource::Scan => "scan",
+            LeakSource::Report => "report",
+            LeakSource::Other => "other",
+        }
+    }
+}
+
 /// The counters the service records into; one per application, shared by its parts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -93,6 +125,8 @@ pub struct Metrics {
     verdicts: [[AtomicU64; Outcome::ALL.len()]; Endpoint::ALL.len()],
     invalidations: AtomicU64,
     listener: AtomicU8,
+    /// Reported leaked secrets by source, and whether each was ours (1) or not (0).
+    leaks: [[AtomicU64; 2]; LeakSource::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -103,6 +137,7 @@ impl Default for Metrics {
             verdicts: Default::default(),
             invalidations: AtomicU64::new(0),
             listener: AtomicU8::new(ListenerState::Connecting as u8),
+            leaks: Default::default(),
         }
     }
 }
@@ -121,6 +156,11 @@ impl Metrics {
     /// Counts one change heard from the store's change feed.
     pub fn record_invalidation(&self) {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one reported leaked secret: ours (and now revoked) or unknown.
+    pub fn leak_reported(&self, source: LeakSource, ours: bool) {
+        self.leaks[source as usize][usize::from(ours)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets what the change listener is doing.
@@ -195,6 +235,7 @@ impl Collector for Scrape {
         encode_rpc(e, &self.metrics.rpc)?;
         encode_http(e, &self.metrics.http)?;
         encode_verdicts(e, &self.metrics)?;
+        encode_leaks(e, &self.metrics)?;
         encode_cache(e, self.cache.counts())?;
         encode_listener(e, &self.metrics)?;
         encode_pool(e, self.store.as_ref())
@@ -272,6 +313,25 @@ fn encode_verdicts(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result 
         (
             "token_authority_verdicts",
             "Verdicts of Verify, Check and forward auth, by endpoint and result",
+        ),
+        MetricType::Counter,
+        all,
+    )
+}
+
+fn encode_leaks(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
+    let all = LeakSource::ALL.into_iter().flat_map(|source| {
+        [("unknown", 0), ("revoked", 1)].map(|(outcome, ours)| {
+            let labels = [("source", source.as_str()), ("outcome", outcome)];
+            let count = metrics.leaks[source as usize][ours].load(Ordering::Relaxed);
+            (labels, count)
+        })
+    });
+    samples(
+        e,
+        (
+            "token_authority_leaked_secrets",
+            "Secrets reported leaked, by source and outcome: ours (now revoked) or unknown",
         ),
         MetricType::Counter,
         all,

@@ -133,6 +133,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         ext_authz: token_authority::authz::CheckSettings::default(),
         // Tests make many calls from one address; the limit has its own test.
         management_rate_limit: 0,
+        leak_report_rate_limit: 0,
         max_message_size: 4 << 20,
         trusted_proxies: Vec::new(),
     }

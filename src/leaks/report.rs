@@ -1,0 +1,145 @@
+//! Taking a report of leaked secrets: the one path that ReportLeakedTokens (gRPC), its JSON
+//! form and GitHub's secret scanning endpoint (both on the HTTP port) share. Each front end
+//! decodes and checks its request, then calls [`report`].
+
+use std::{collections::HashMap, net::IpAddr};
+
+use crate::{
+    domain::{
+        leak::{self, Effect, Report},
+        secret::{SecretHash, TokenSecret},
+        token,
+    },
+    error::Error,
+    grpc::AppState,
+    metrics::LeakSource,
+};
+
+/// Who sent a report: the front end knows, and only a signed GitHub report counts as GitHub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// ReportLeakedTokens, over gRPC or as JSON: anyone.
+    Api,
+    /// GitHub's secret scanning, its signature checked.
+    Github,
+}
+
+/// What became of one reported secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The secret's display hint; empty when it does not have the shape of a secret.
+    pub display_hint: String,
+    /// Whether it was one of ours (and so works no more).
+    pub ours: bool,
+}
+
+/// The source a report's metrics count it under: a fixed set, whatever the reporter wrote.
+fn metric_source(channel: Channel, report: &Report) -> LeakSource {
+    match (channel, report.source.as_str()) {
+        (Channel::Github, _) => LeakSource::Github,
+        (Channel::Api, "scan") => LeakSource::Scan,
+        (Channel::Api, leak::DEFAULT_SOURCE) => LeakSource::Report,
+        (Channel::Api, _) => LeakSource::Other,
+    }
+}
+
+/// Checks the number of secrets in a report (the field is named `field` in errors).
+pub fn check_count(count: usize, field: &str) -> Result<(), Error> {
+    if count == 0 {
+        return Err(Error::invalid(field, "is required: at least one secret"));
+    }
+    if count > leak::MAX_SECRETS {
+        return Err(Error::invalid(
+            field,
+            format!("at most {} secrets per report", leak::MAX_SECRETS),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts one report from `limit_key` against the per-address limit of leak reports.
+pub fn admit(state: &AppState, limit_key: Option<IpAddr>) -> Result<(), Error> {
+    if state.leak_report_rate.allow(limit_key) {
+        Ok(())
+    } else {
+        Err(Error::ResourceExhausted(
+            "too many leak reports from this address; try again in a minute".into(),
+        ))
+    }
+}
+
+/// Makes every reported secret that is one of ours stop working, on every replica (the
+/// store's change feed tells the others; this replica's cache is evicted here), audits
+/// each, counts them and logs each at WARN. Answers per secret, in order. A store failure
+/// part way leaves the secrets handled so far revoked; the reporter may send all again.
+pub async fn report<S: AsRef<str>>(
+    state: &AppState,
+    secrets: &[S],
+    report: &Report,
+    channel: Channel,
+    client_ip: Option<IpAddr>,
+) -> Result<Vec<Outcome>, Error> {
+    check_count(secrets.len(), "secrets")?;
+    let source = metric_source(channel, report);
+    let client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let mut seen: HashMap<SecretHash, bool> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(secrets.len());
+    for secret in secrets {
+        let secret = secret.as_ref().trim();
+        let Ok(parsed) = TokenSecret::parse(secret) else {
+            // Malformed: not ours, and nothing to look up.
+            outcomes.push(Outcome {
+                display_hint: String::new(),
+                ours: false,
+            });
+            state.metrics.leak_reported(source, false);
+            continue;
+        };
+        let hash = parsed.hash();
+        let ours = match seen.get(&hash) {
+            Some(ours) => *ours,
+            None => {
+                let ours = end(state, &hash, report, &client_ip).await?;
+                seen.insert(hash, ours);
+                ours
+            }
+        };
+        state.metrics.leak_reported(source, ours);
+        outcomes.push(Outcome {
+            display_hint: parsed.display_hint(),
+            ours,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Ends one leaked secret; whether it was ours.
+async fn end(
+    state: &AppState,
+    hash: &SecretHash,
+    report: &Report,
+    client_ip: &str,
+) -> Result<bool, Error> {
+    let now = token::now();
+    let audit = |token: &token::Token, which, effect| report.audit(token, which, effect, client_ip, now);
+    let Some(leaked) = state.store.end_leaked(hash, now, &audit).await? else {
+        return Ok(false);
+    };
+    state.evict(&leaked.before);
+    state.evict(&leaked.after);
+    let done = match leaked.effect {
+        Effect::Disable => "token disabled",
+        Effect::EndGrace => "previous secret's grace period ended",
+        Effect::AlreadyRevoked => "secret already revoked",
+    };
+    tracing::warn!(
+        token_id = %leaked.before.id,
+        owner = %leaked.before.owner,
+        secret = leaked.which.name(),
+        source = %report.source,
+        url = %report.url,
+        outcome = done,
+        "leaked token reported"
+    );
+    Ok(true)
+}
