@@ -1,9 +1,11 @@
 //! The HTTP port: HTTP/1.1 and h2c (or HTTP/2 and HTTP/1.1 over TLS, by ALPN) on one
-//! port, served by hyper with an axum router. Forward auth for gateways lives here; every
+//! port, served by hyper with an axum router. Forward auth for gateways and leak reports
+//! live here; every
 //! request gets a request id, its span, and metrics by route and status; shutdown is
 //! graceful, like the gRPC port's.
 
 pub mod forward_auth;
+pub mod leaks;
 
 use std::{
     future::Future,
@@ -86,6 +88,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/v1/forward-auth", any(forward_auth::handle))
         .route("/v1/forward-auth/{*settings}", any(forward_auth::handle))
+        .route("/v1/leaks", any(leaks::report))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

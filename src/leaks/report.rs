@@ -121,7 +121,8 @@ async fn end(
     client_ip: &str,
 ) -> Result<bool, Error> {
     let now = token::now();
-    let audit = |token: &token::Token, which, effect| report.audit(token, which, effect, client_ip, now);
+    let audit =
+        |token: &token::Token, which, effect| report.audit(token, which, effect, client_ip, now);
     let Some(leaked) = state.store.end_leaked(hash, now, &audit).await? else {
         return Ok(false);
     };

@@ -13,27 +13,41 @@ use super::histogram::{Histogram, RPC_BOUNDS};
 pub enum Route {
     /// `/v1/forward-auth` and below.
     ForwardAuth,
+    /// `/v1/leaks`: ReportLeakedTokens as JSON.
+    Leaks,
+    /// `/v1/leaks/github`: GitHub's secret scanning.
+    LeaksGithub,
     /// Any other path.
     Unknown,
 }
 
 impl Route {
-    const ALL: [Route; 2] = [Route::ForwardAuth, Route::Unknown];
+    const ALL: [Route; 4] = [
+        Route::ForwardAuth,
+        Route::Leaks,
+        Route::LeaksGithub,
+        Route::Unknown,
+    ];
 
     /// The route's label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Route::ForwardAuth => "forward_auth",
+            Route::Leaks => "leaks",
+            Route::LeaksGithub => "leaks_github",
             Route::Unknown => "unknown",
         }
     }
 
     /// The route a request path belongs to.
     pub fn of(path: &str) -> Self {
-        if path == "/v1/forward-auth" || path.starts_with("/v1/forward-auth/") {
-            Route::ForwardAuth
-        } else {
-            Route::Unknown
+        match path {
+            "/v1/leaks" => Route::Leaks,
+            "/v1/leaks/github" => Route::LeaksGithub,
+            _ if path == "/v1/forward-auth" || path.starts_with("/v1/forward-auth/") => {
+                Route::ForwardAuth
+            }
+            _ => Route::Unknown,
         }
     }
 }

@@ -17,6 +17,7 @@ mod forward_auth;
 mod gateways;
 mod grpcurl;
 mod hostile_input;
+mod leaks;
 mod lifecycle;
 mod listener;
 mod metrics;
