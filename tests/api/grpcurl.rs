@@ -45,6 +45,7 @@ async fn the_readme_grpcurl_examples_work() {
         "grpc.reflection.v1alpha.ServerReflection",
         "tokenauthority.v1.TokenService",
         "tokenauthority.v1.VerifyService",
+        "tokenauthority.v1.LeakService",
         "envoy.service.auth.v3.Authorization",
     ] {
         assert!(
@@ -285,6 +286,30 @@ async fn the_readme_grpcurl_examples_work() {
         &["tokenauthority.v1.TokenService/RevokeTokens"],
     ));
     assert_eq!(revoked["revokedCount"], "1", "{revoked}");
+
+    // A secret found in a log: whose is it? Then report it: it stops working.
+    let found = app.create(crate::helpers::spec("found-in-a-log", &[])).await;
+    let looked_up = json_of(&grpcurl(
+        &app,
+        Some(&admin),
+        Some(json!({"secret": found.secret})),
+        &["tokenauthority.v1.TokenService/LookupToken"],
+    ));
+    assert_eq!(looked_up["token"]["name"], "found-in-a-log", "{looked_up}");
+    assert_eq!(looked_up["secretKind"], "SECRET_KIND_CURRENT", "{looked_up}");
+    let reported = json_of(&grpcurl(
+        &app,
+        None,
+        Some(json!({"secrets": [found.secret], "source": "support-desk",
+            "url": "https://tickets.example.com/42"})),
+        &["tokenauthority.v1.LeakService/ReportLeakedTokens"],
+    ));
+    assert_eq!(reported["revoked"], 1, "{reported}");
+    assert_eq!(
+        reported["results"][0]["outcome"], "LEAK_OUTCOME_REVOKED",
+        "{reported}"
+    );
+    assert!(!app.verify_perms(&found.secret, &[]).await.valid);
 
     let health = json_of(&grpcurl(
         &app,
