@@ -288,7 +288,9 @@ async fn the_readme_grpcurl_examples_work() {
     assert_eq!(revoked["revokedCount"], "1", "{revoked}");
 
     // A secret found in a log: whose is it? Then report it: it stops working.
-    let found = app.create(crate::helpers::spec("found-in-a-log", &[])).await;
+    let found = app
+        .create(crate::helpers::spec("found-in-a-log", &[]))
+        .await;
     let looked_up = json_of(&grpcurl(
         &app,
         Some(&admin),
@@ -296,7 +298,10 @@ async fn the_readme_grpcurl_examples_work() {
         &["tokenauthority.v1.TokenService/LookupToken"],
     ));
     assert_eq!(looked_up["token"]["name"], "found-in-a-log", "{looked_up}");
-    assert_eq!(looked_up["secretKind"], "SECRET_KIND_CURRENT", "{looked_up}");
+    assert_eq!(
+        looked_up["secretKind"], "SECRET_KIND_CURRENT",
+        "{looked_up}"
+    );
     let reported = json_of(&grpcurl(
         &app,
         None,

@@ -344,11 +344,12 @@ async fn a_report_through_one_replica_is_refused_by_the_other() {
         CreateTokenRequest, VerifyRequest, token_service_client::TokenServiceClient,
         verify_service_client::VerifyServiceClient,
     };
-    let replicas = Replicas::start().await;
+    let mut replicas = Replicas::start().await;
     let target = |port: u16| format!("http://127.0.0.1:{port}");
     let mut tokens = TokenServiceClient::connect(target(replicas.a.port))
         .await
         .unwrap();
+    let mut secrets = Vec::new();
     for (via, other) in [
         (replicas.a.port, replicas.b.port),
         (replicas.b.port, replicas.a.port),
@@ -399,6 +400,27 @@ async fn a_report_through_one_replica_is_refused_by_the_other() {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        secrets.push(secret);
+    }
+    // Each report is a WARN line naming the token and its owner, never the secret.
+    let mut logged = replicas.a.problems_logged();
+    logged.extend(replicas.b.problems_logged());
+    let reports: Vec<_> = logged
+        .iter()
+        .filter(|line| line.contains("leaked token reported"))
+        .collect();
+    assert_eq!(reports.len(), 2, "{logged:#?}");
+    for line in &reports {
+        assert!(
+            line.contains("token_id") && line.contains(r#""owner":"admin""#),
+            "{line}"
+        );
+    }
+    for secret in &secrets {
+        assert!(
+            !logged.iter().any(|line| line.contains(&secret[3..])),
+            "secret logged"
+        );
     }
 }
 
