@@ -11,6 +11,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod invalidation;
+pub mod leaks;
 pub mod limits;
 pub mod metrics;
 pub mod pb;
