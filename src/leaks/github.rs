@@ -1,5 +1,5 @@
-//! GitHub's secret scanning partner program: the matches GitHub sends, and the feedback we
-//! may answer with.
+//! GitHub's secret scanning partner program: the matches GitHub sends, the feedback we may
+//! answer with, and (in [`keys`]) the check that a request really came from GitHub.
 //!
 //! As GitHub documents it ("Secret scanning partner program", docs.github.com): GitHub
 //! `POST`s a JSON array of matches, each `{"token", "type", "url", "source"}`, signed
@@ -7,6 +7,8 @@
 //! `Github-Public-Key-Signature`). The answer may carry feedback: a JSON array of
 //! `{"token_hash", "token_type", "label"}`, the hash being SHA-256 of the token and the
 //! label `true_positive` or `false_positive`.
+
+mod keys;
 
 use std::fmt;
 
@@ -16,6 +18,11 @@ use serde::{
 };
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+pub use keys::{
+    FETCH_TIMEOUT, GithubKeys, KEY_ID_HEADER, KEYS_URL, MAX_KEYS_SIZE, REFETCH_INTERVAL,
+    SIGNATURE_HEADER, SignatureError,
+};
 
 /// The most matches one request may carry: as many as one leak report takes.
 pub const MAX_MATCHES: usize = crate::domain::leak::MAX_SECRETS;
