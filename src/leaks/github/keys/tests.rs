@@ -482,3 +482,13 @@ fn only_uncompressed_p256_pem_keys_are_read() {
     assert!(parse_pem("-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----").is_err());
     assert!(parse_pem("").is_err());
 }
+
+#[test]
+fn verification_can_run_in_a_spawned_task() {
+    fn send_and_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let keys = GithubKeys::from_file("/nonexistent/github-keys.json");
+    send_and_sync(&keys);
+    send(keys.verify("k1", "AAAA", b"[]"));
+    send(keys.verify_request(&HeaderMap::new(), b"[]"));
+}
