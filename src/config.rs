@@ -217,6 +217,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_FORWARD_AUTH_TRUSTED_PROXIES", default_value = "127.0.0.0/8,::1/128", value_parser = parse_nets)]
     pub forward_auth_trusted_proxies: Nets,
 
+    /// Where the public keys of GitHub's secret scanning come from (for `POST
+    /// /v1/leaks/github` on the HTTP port): GitHub's meta endpoint, loaded at the first
+    /// report and again, at most once a minute, for an unknown key identifier or after a day.
+    #[arg(long, env = "TA_GITHUB_KEYS_URL", default_value = crate::leaks::github::KEYS_URL)]
+    pub github_keys_url: String,
+
+    /// A file with GitHub's key list (the JSON the meta endpoint serves), for installs that
+    /// cannot reach GitHub; instead of --github-keys-url.
+    #[arg(long, env = "TA_GITHUB_KEYS_FILE", conflicts_with = "github_keys_url")]
+    pub github_keys_file: Option<PathBuf>,
+
     /// How Envoy ext_authz Check requests are read and answered.
     #[command(flatten)]
     pub ext_authz: ExtAuthzArgs,

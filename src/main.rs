@@ -7,7 +7,7 @@ use token_authority::{
     bootstrap::{self, Mode},
     cache::CacheSettings,
     config::{Cli, Command},
-    startup::{Application, Settings, shutdown_signal},
+    startup::{Application, GithubKeySource, Settings, shutdown_signal},
     store, telemetry,
 };
 
@@ -65,6 +65,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics_addr: serve.metrics_addr.0,
                 http_addr: serve.http_addr.0,
                 forward_auth_trusted_proxies: serve.forward_auth_trusted_proxies.0,
+                github_keys: match serve.github_keys_file {
+                    Some(path) => GithubKeySource::File(path),
+                    None => GithubKeySource::Url(serve.github_keys_url),
+                },
                 store: store_options,
                 token_prefix: serve.token_prefix,
                 bootstrap: true,

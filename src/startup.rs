@@ -28,6 +28,7 @@ use crate::{
     },
     http::{self, HttpState},
     invalidation,
+    leaks::github::GithubKeys,
     limits::{FailureAudit, ManagementRate},
     metrics::{self, Exporter, Metrics, RpcMetricsLayer},
     pb::{
@@ -59,6 +60,21 @@ pub const SERVICE_NAMES: [&str; 5] = [
 /// (readiness, on "" or a service, takes it out of rotation meanwhile).
 pub const LIVENESS_SERVICE: &str = "token-authority.liveness";
 
+/// Where GitHub's secret scanning keys come from (`--github-keys-url`, `--github-keys-file`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GithubKeySource {
+    /// GitHub's meta endpoint, or another URL serving the same JSON.
+    Url(String),
+    /// A file of that JSON.
+    File(PathBuf),
+}
+
+impl Default for GithubKeySource {
+    fn default() -> Self {
+        Self::Url(crate::leaks::github::KEYS_URL.to_owned())
+    }
+}
+
 /// Everything the service needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -72,6 +88,8 @@ pub struct Settings {
     pub http_addr: Option<SocketAddr>,
     /// Proxies whose forwarded headers forward auth believes.
     pub forward_auth_trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where GitHub's secret scanning keys come from.
+    pub github_keys: GithubKeySource,
     /// The store.
     pub store: StoreOptions,
     /// Prefix of new secrets.
@@ -116,6 +134,7 @@ pub struct Application {
     state: Arc<AppState>,
     usage: Arc<UsageRecorder>,
     bootstrap_secret: Option<TokenSecret>,
+    github_keys: Arc<GithubKeys>,
     settings: Settings,
 }
 
@@ -155,6 +174,11 @@ impl Application {
             }
         }
         let tls = settings.tls.as_ref().map(TlsFiles::load).transpose()?;
+        let github_keys = Arc::new(match &settings.github_keys {
+            GithubKeySource::Url(url) => GithubKeys::from_url(url)
+                .map_err(|error| anyhow::anyhow!("--github-keys-url: {error}"))?,
+            GithubKeySource::File(path) => GithubKeys::from_file(path.clone()),
+        });
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
@@ -199,6 +223,7 @@ impl Application {
             state,
             usage,
             bootstrap_secret,
+            github_keys,
             settings,
         })
     }
@@ -243,6 +268,7 @@ impl Application {
             store,
             state,
             usage,
+            github_keys,
             settings,
             ..
         } = self;
@@ -328,6 +354,7 @@ impl Application {
                     state.clone(),
                     check.clone(),
                     settings.forward_auth_trusted_proxies.clone(),
+                    github_keys,
                 )));
                 let (mut drained, mut failed) = (deadline_rx.clone(), http_stop_rx);
                 let stop = async move {

@@ -1,6 +1,6 @@
 //! Leak reports on the HTTP port: `POST /v1/leaks`, ReportLeakedTokens as JSON (for curl,
 //! scripts and support desks), answered as the gRPC call is, with the same checks, limit
-//! and audit.
+//! and audit; and `POST /v1/leaks/github`, GitHub's secret scanning partner endpoint.
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -15,9 +15,13 @@ use serde_json::json;
 
 use super::{HttpState, Peer};
 use crate::{
-    domain::restrictions::client_address,
+    domain::{leak::Report, restrictions::client_address},
     error::Error,
     grpc::{auth::Origin, leak_service},
+    leaks::{
+        github::{self, SignatureError},
+        report::{self, Channel},
+    },
     pb::v1::{LeakOutcome, ReportLeakedTokensRequest, ReportLeakedTokensResponse},
 };
 
@@ -129,10 +133,116 @@ pub async fn report(State(state): State<Arc<HttpState>>, request: Request) -> Re
         source: parsed.source,
         url: parsed.url,
     };
-    match leak_service::report_leaked_tokens(&state.app, &request, origin).await {
+    let reported =
+        detached(
+            async move { leak_service::report_leaked_tokens(&state.app, &request, origin).await },
+        )
+        .await;
+    match reported {
         Ok(answer) => json_response(StatusCode::OK, &encode(&answer)),
         Err(error) => status_response(&error.into()),
     }
+}
+
+/// The largest body GitHub's secret scanning may send: 1,000 matches of a secret, its
+/// type, URL and source fit well within it.
+pub const MAX_GITHUB_BODY: usize = 1024 * 1024;
+
+/// Answers `POST /v1/leaks/github`: GitHub's secret scanning partner endpoint. The raw
+/// body's signature is checked against GitHub's published key before anything else is
+/// read; a missing or bad one is 400 and revokes nothing (503 when the keys cannot be
+/// loaded, so that GitHub retries). A good one is reported as ReportLeakedTokens reports,
+/// each match with its URL, and answered with GitHub's feedback: `true_positive` for ours.
+pub async fn github(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() else {
+        return status_response(&tonic::Status::internal("no peer address"));
+    };
+    if request.method() != axum::http::Method::POST {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNIMPLEMENTED",
+            "GitHub's secret scanning POSTs its matches here",
+        );
+    }
+    let origin = origin(&state, request.headers(), peer.ip());
+    if let Err(error) = report::admit(&state.app, origin.limit_key) {
+        return status_response(&error.into());
+    }
+    let headers = request.headers().clone();
+    let body = match read_body(request.into_body(), MAX_GITHUB_BODY).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if let Err(error) = state.github_keys.verify_request(&headers, &body).await {
+        tracing::warn!(%error, client = ?origin.client, "refused a leak report not signed by GitHub");
+        return match error {
+            SignatureError::KeysUnavailable => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                &error.to_string(),
+            ),
+            _ => error_response(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                &error.to_string(),
+            ),
+        };
+    }
+    let matches = match github::parse_matches(&body) {
+        Ok(matches) => matches,
+        Err(message) => {
+            return error_response(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message);
+        }
+    };
+    let reported = detached(async move {
+        let mut ours = Vec::with_capacity(matches.len());
+        for found in &matches {
+            let from = Report::github(found.url());
+            let outcomes = report::report(
+                &state.app,
+                &[found.token()],
+                &from,
+                Channel::Github,
+                origin.client,
+            )
+            .await?;
+            ours.push(outcomes.first().is_some_and(|o| o.ours));
+        }
+        Ok((matches, ours))
+    })
+    .await;
+    // On an error, those reported so far stay revoked; GitHub retries the whole batch.
+    let (matches, ours) = match reported {
+        Ok(reported) => reported,
+        Err(error) => return status_response(&error.into()),
+    };
+    let feedback = github::feedback(&matches, |i| ours[i]);
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        feedback,
+    )
+        .into_response()
+}
+
+/// Runs a report in a task of its own, which a client hanging up cannot cancel: hyper
+/// drops a handler's future then, and a report dropped between its commit and its cache
+/// eviction would leave this replica accepting a token it just disabled (see
+/// `grpc::detach`, which does the same for the gRPC services that write).
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    use tracing::Instrument;
+    tokio::spawn(work.instrument(tracing::Span::current()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Aborted(
+                "the report was interrupted; send it again".into(),
+            ))
+        })
 }
 
 /// What is wrong with a JSON body, without quoting any of it (serde_json's messages quote

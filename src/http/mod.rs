@@ -36,6 +36,7 @@ use tower::ServiceExt;
 use crate::{
     authz::CheckSettings,
     grpc::{AppState, request_id},
+    leaks::github::GithubKeys,
     metrics::http::Route,
     tls::HANDSHAKE_TIMEOUT,
 };
@@ -50,6 +51,8 @@ pub struct HttpState {
     pub forward_auth_trusted_proxies: Vec<IpNet>,
     /// The identity headers' names (id, owner, name, type), parsed once.
     pub identity_names: [axum::http::HeaderName; 4],
+    /// GitHub's secret scanning keys, which sign its leak reports.
+    pub github_keys: Arc<GithubKeys>,
 }
 
 impl HttpState {
@@ -58,6 +61,7 @@ impl HttpState {
         app: Arc<AppState>,
         check: Arc<CheckSettings>,
         forward_auth_trusted_proxies: Vec<IpNet>,
+        github_keys: Arc<GithubKeys>,
     ) -> Self {
         let names = &check.identity_headers;
         let name = |n: &str| {
@@ -75,6 +79,7 @@ impl HttpState {
             check,
             forward_auth_trusted_proxies,
             identity_names,
+            github_keys,
         }
     }
 }
@@ -89,6 +94,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/forward-auth", any(forward_auth::handle))
         .route("/v1/forward-auth/{*settings}", any(forward_auth::handle))
         .route("/v1/leaks", any(leaks::report))
+        .route("/v1/leaks/github", any(leaks::github))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

@@ -111,6 +111,10 @@ pub fn test_settings(db: &TestDb) -> Settings {
         metrics_addr: None,
         http_addr: None,
         forward_auth_trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        // No test reaches GitHub: those that need keys serve their own.
+        github_keys: token_authority::startup::GithubKeySource::Url(
+            "http://127.0.0.1:9/no-github-in-tests".into(),
+        ),
         store: StoreOptions {
             url: db.url.clone(),
             max_connections: 8,
@@ -806,4 +810,37 @@ pub async fn http_request_from(
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// curl, as a user would run it: extra `headers` ("name: value"), and `body` (sent as
+/// JSON, byte for byte, on stdin: `--data-binary @-`). Returns the status and the body.
+pub fn curl(url: &str, headers: &[&str], body: Option<&[u8]>) -> (u16, String) {
+    use std::io::Write;
+    let mut command = std::process::Command::new("curl");
+    command.args(["-sS", "-w", "\n%{http_code}"]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    if body.is_some() {
+        command.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+        ]);
+    }
+    let mut child = command
+        .arg(url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.unwrap_or_default()).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
 }

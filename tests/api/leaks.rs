@@ -424,34 +424,10 @@ async fn a_report_through_one_replica_is_refused_by_the_other() {
     }
 }
 
-/// curl, as a user would run it; `body` goes on stdin (`--data-binary @-`).
 fn curl(url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    use std::io::Write;
-    let mut command = std::process::Command::new("curl");
-    command.args(["-sS", "-w", "\n%{http_code}"]);
-    if body.is_some() {
-        command.args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            "@-",
-        ]);
-    }
-    let mut child = command
-        .arg(url)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("curl is installed");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(body.unwrap_or("").as_bytes()).unwrap();
-    drop(stdin);
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let text = String::from_utf8(output.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    (status.parse().unwrap(), json)
+    let (status, text) = crate::helpers::curl(url, &[], body.map(str::as_bytes));
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, json)
 }
 
 /// `POST /v1/leaks` on the HTTP port is ReportLeakedTokens as JSON, with the same checks,

@@ -18,6 +18,7 @@ mod gateways;
 mod grpcurl;
 mod hostile_input;
 mod leaks;
+mod leaks_github;
 mod lifecycle;
 mod listener;
 mod metrics;
