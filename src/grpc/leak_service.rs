@@ -60,8 +60,7 @@ pub async fn report_leaked_tokens(
     report::admit(state, origin.limit_key)?;
     let from = Report::parse(&request.source, &request.url)
         .map_err(|(field, message)| Error::invalid(field, message))?;
-    let outcomes =
-        report::report(state, &request.secrets, &from, Channel::Api, origin.client).await?;
+    let outcomes = report::report(state, &request.secrets, &from, Channel::Api, origin).await?;
     Ok(encode(outcomes))
 }
 

@@ -198,14 +198,9 @@ pub async fn github(State(state): State<Arc<HttpState>>, request: Request) -> Re
         let mut ours = Vec::with_capacity(matches.len());
         for found in &matches {
             let from = Report::github(found.url());
-            let outcomes = report::report(
-                &state.app,
-                &[found.token()],
-                &from,
-                Channel::Github,
-                origin.client,
-            )
-            .await?;
+            let outcomes =
+                report::report(&state.app, &[found.token()], &from, Channel::Github, origin)
+                    .await?;
             ours.push(outcomes.first().is_some_and(|o| o.ours));
         }
         Ok((matches, ours))

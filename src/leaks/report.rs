@@ -4,6 +4,8 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
+use crate::grpc::auth::Origin;
+
 use crate::{
     domain::{
         leak::{self, Effect, Report},
@@ -77,11 +79,11 @@ pub async fn report<S: AsRef<str>>(
     secrets: &[S],
     report: &Report,
     channel: Channel,
-    client_ip: Option<IpAddr>,
+    origin: Origin,
 ) -> Result<Vec<Outcome>, Error> {
     check_count(secrets.len(), "secrets")?;
     let source = metric_source(channel, report);
-    let client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let client_ip = origin.client.map(|ip| ip.to_string()).unwrap_or_default();
     let mut seen: HashMap<SecretHash, bool> = HashMap::new();
     let mut outcomes = Vec::with_capacity(secrets.len());
     for secret in secrets {
@@ -99,7 +101,7 @@ pub async fn report<S: AsRef<str>>(
         let ours = match seen.get(&hash) {
             Some(ours) => *ours,
             None => {
-                let ours = end(state, &hash, report, &client_ip).await?;
+                let ours = end(state, &hash, report, &client_ip, origin.limit_key).await?;
                 seen.insert(hash, ours);
                 ours
             }
@@ -113,14 +115,28 @@ pub async fn report<S: AsRef<str>>(
     Ok(outcomes)
 }
 
-/// Ends one leaked secret; whether it was ours.
+/// Ends one leaked secret; whether it was ours. A read comes first, so that unknown
+/// secrets (anyone can make well-formed ones) cost no write transaction, and a secret that
+/// already works no more is audited again only a few times a minute per address (as
+/// failed authentications are), so that replaying one cannot fill the audit trail.
 async fn end(
     state: &AppState,
     hash: &SecretHash,
     report: &Report,
     client_ip: &str,
+    limit_key: Option<IpAddr>,
 ) -> Result<bool, Error> {
     let now = token::now();
+    let Some(found) = state.store.lookup(hash).await? else {
+        return Ok(false);
+    };
+    if matches!(
+        leak::effect(&found, hash, now),
+        Some((_, Effect::AlreadyRevoked))
+    ) && !state.failure_audit.allow(limit_key)
+    {
+        return Ok(true);
+    }
     let audit =
         |token: &token::Token, which, effect| report.audit(token, which, effect, client_ip, now);
     let Some(leaked) = state.store.end_leaked(hash, now, &audit).await? else {

@@ -128,6 +128,22 @@ async fn a_reported_secret_stops_working_at_once_and_is_audited_without_the_secr
         .filter(|e| e.action == "leak_reported")
         .collect();
     assert_eq!(events.len(), 2, "one event per report of one of ours");
+
+    // Replayed again and again: still ours, but audited only a few times a minute.
+    for _ in 0..30 {
+        let replayed = report(&app, &[&leaked.secret], "", "").await.unwrap();
+        assert_eq!(outcomes(&replayed), [Revoked]);
+    }
+    let replays = app
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "leak_reported")
+        .count();
+    assert!(
+        (3..=12).contains(&replays),
+        "{replays} events after 30 replays: a replay cannot fill the audit trail"
+    );
     let first = events.last().unwrap();
     assert_eq!(first.target, format!("token/{}", kept.id));
     assert_eq!(first.target_owner, kept.owner);
@@ -160,7 +176,7 @@ async fn a_reported_secret_stops_working_at_once_and_is_audited_without_the_secr
     };
     assert_eq!(series("other", "revoked"), Some(2.0), "{metrics}");
     assert_eq!(series("other", "unknown"), Some(3.0));
-    assert_eq!(series("report", "revoked"), Some(1.0));
+    assert_eq!(series("report", "revoked"), Some(31.0), "every replay counts");
     assert!(
         !metrics.contains("support-desk"),
         "no reporter text as a label"
