@@ -4,8 +4,6 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use crate::grpc::auth::Origin;
-
 use crate::{
     domain::{
         leak::{self, Effect, Report},
@@ -13,7 +11,7 @@ use crate::{
         token,
     },
     error::Error,
-    grpc::AppState,
+    grpc::{AppState, auth::Origin},
     metrics::LeakSource,
 };
 
