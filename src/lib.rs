@@ -14,6 +14,7 @@ pub mod invalidation;
 pub mod limits;
 pub mod metrics;
 pub mod pb;
+pub mod scan;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
