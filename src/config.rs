@@ -42,10 +42,12 @@ pub enum Command {
     /// Create an admin token (`*:*`) now and print its secret once, for an operator with
     /// database access (e.g. when every admin token was lost).
     Bootstrap(BootstrapArgs),
-    /// Look for our secrets in files, folders or stdin, offline, and optionally report
-    /// them to the server to be revoked. Prints `path:line: <hint>… (token-authority
-    /// secret)` per secret found, never the secret; exits 0 when none is found, 1 when
-    /// any is, 2 on a usage error, when nothing could be read or when a report failed.
+    /// Look for our secrets in files, folders or stdin, offline; optionally report them.
+    ///
+    /// Prints `path:line: <hint>… (token-authority secret)` per secret found, never the
+    /// secret; with --report, the server revokes those that are ours. Exits 0 when none is
+    /// found, 1 when any is, 2 on a usage error, when nothing could be read or when the
+    /// report failed.
     Scan(ScanArgs),
 }
 

@@ -94,11 +94,14 @@ pub async fn report(
             .report_leaked_tokens(request)
             .await
             .map_err(|status| {
+                let why = match status.message() {
+                    "" => status.code().description(),
+                    message => message,
+                };
                 anyhow!(
-                    "{} refused the report: {:?}: {}",
+                    "{} refused the report: {:?}: {why}",
                     settings.server,
-                    status.code(),
-                    status.message()
+                    status.code()
                 )
             })?
             .into_inner();
