@@ -385,6 +385,10 @@ pub struct ScanArgs {
     /// folders. `-`, or none, reads stdin.
     pub paths: Vec<PathBuf>,
 
+    /// How many threads read files, 1 to 64; 0 for one per core, at most 4.
+    #[arg(long, env = "TA_SCAN_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub threads: u16,
+
     /// Send the secrets found to --server's LeakService, which revokes those that are
     /// ours, and print what became of each.
     #[arg(long)]
@@ -645,6 +649,7 @@ mod tests {
             &["--source", "CI"],
             &["--source", ""],
             &["--client-cert", "c.pem"],
+            &["--threads", "65"],
         ] {
             assert!(scan(bad).is_err(), "{bad:?}");
         }

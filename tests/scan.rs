@@ -137,6 +137,34 @@ fn planted_secrets_are_found_with_their_paths_and_lines() {
 }
 
 #[test]
+fn findings_come_in_walk_order_whatever_the_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret("ta");
+    let mut expected = Vec::new();
+    // More files than one batch of a reader holds, so that several readers share them.
+    for i in 0..300 {
+        let name = format!("many/f{i:03}.txt");
+        if i % 7 == 0 {
+            write(dir.path(), &name, format!("x\n{}\n", s.expose()));
+            expected.push(finding(&format!("{name}:2"), &s));
+        } else {
+            write(dir.path(), &name, "nothing here\n".repeat(i));
+        }
+    }
+
+    for threads in ["1", "4"] {
+        let run = scan(dir.path(), &["--threads", threads, "many"], None);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert_eq!(
+            run.stdout.lines().collect::<Vec<_>>(),
+            expected,
+            "{threads}"
+        );
+        assert!(run.stderr.contains("(300 files,"), "{}", run.stderr);
+    }
+}
+
+#[test]
 fn lookalikes_are_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let real = secret("ta");

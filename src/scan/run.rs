@@ -46,7 +46,11 @@ pub async fn run(args: ScanArgs) -> ExitCode {
         findings: Vec::new(),
         files_with_secrets: 0,
     };
-    let totals = walk::scan(&Input::from_args(&args.paths), &mut printer);
+    let readers = match args.threads {
+        0 => walk::default_readers(),
+        n => usize::from(n),
+    };
+    let totals = walk::scan(&Input::from_args(&args.paths), readers, &mut printer);
     let Printer {
         out,
         findings,
