@@ -1,15 +1,22 @@
 //! `token-authority scan --report`, the real binary against the real server: the secrets
 //! it finds in files are sent to LeakService/ReportLeakedTokens and stop working at once;
-//! a secret that is well formed but no token's is answered unknown and changes nothing.
+//! a secret that is well formed but no token's is answered unknown and changes nothing;
+//! an https server that requires client certificates is reached with --ca-cert and
+//! --client-cert.
 
 use token_authority::{
     domain::secret::{TokenPrefix, TokenSecret},
-    pb::v1::VerifyResult,
+    pb::v1::{
+        CreateTokenRequest, VerifyRequest, VerifyResult, token_service_client::TokenServiceClient,
+        verify_service_client::VerifyServiceClient,
+    },
+    tls::TlsFiles,
 };
 
 use crate::{
     both_backends,
-    helpers::{BINARY, Backend, spawn_app, spec},
+    helpers::{BINARY, Backend, TestDb, authed, spawn_app, spawn_with, spec, test_settings},
+    tls::{Pki, tls_channel},
 };
 
 both_backends!(secrets_found_by_a_scan_report_are_revoked);
@@ -93,4 +100,70 @@ async fn secrets_found_by_a_scan_report_are_revoked(backend: Backend) {
         1,
         "one audit event, for the one token that was ours"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_reports_to_a_server_that_requires_mutual_tls() {
+    // Arrange: a server that serves only clients with a certificate of the test CA.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let mut settings = test_settings(&db);
+    settings.tls = Some(TlsFiles {
+        client_ca: Some(pki.client_ca()),
+        ..pki.server.clone()
+    });
+    let app = spawn_with(db, settings, None).await;
+    let port: u16 = app.target.rsplit(':').next().unwrap().parse().unwrap();
+    let channel = tls_channel(port, Some(&pki.ca.pem), Some(&pki.client))
+        .await
+        .unwrap();
+    let created = TokenServiceClient::new(channel.clone())
+        .create_token(authed(
+            &app.admin,
+            CreateTokenRequest {
+                token: Some(spec("leaked", &["a:read"])),
+                ttl: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&cert, &pki.client.0).unwrap();
+    std::fs::write(&key, &pki.client.1).unwrap();
+    std::fs::create_dir(dir.path().join("scanned")).unwrap();
+    std::fs::write(dir.path().join("scanned/leak.txt"), &created.secret).unwrap();
+
+    // Act
+    let output = tokio::process::Command::new(BINARY)
+        .current_dir(dir.path())
+        .args(["scan", "--report", "--server"])
+        .arg(format!("https://127.0.0.1:{port}"))
+        .arg("--ca-cert")
+        .arg(pki.client_ca())
+        .args(["--client-cert", "client.pem", "--client-key", "client.key"])
+        .arg("scanned")
+        .output()
+        .await
+        .expect("the binary runs");
+
+    // Assert
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    let hint = TokenSecret::parse(&created.secret).unwrap().display_hint();
+    assert!(
+        stdout.contains(&format!("reported {hint}…: revoked")),
+        "{stdout}\n{stderr}"
+    );
+    let verdict = VerifyServiceClient::new(channel)
+        .verify(VerifyRequest {
+            token: created.secret,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict.result(), VerifyResult::Disabled);
 }
