@@ -37,7 +37,7 @@ pub async fn run(args: ScanArgs) -> ExitCode {
     if args.report
         && let Err(error) = settings.check()
     {
-        eprintln!("token-authority scan: {error}");
+        say(error);
         return ExitCode::from(TROUBLE);
     }
 
@@ -57,10 +57,7 @@ pub async fn run(args: ScanArgs) -> ExitCode {
         files_with_secrets,
     } = printer;
     drop(out);
-    eprintln!(
-        "token-authority scan: {}",
-        summary(&totals, findings.len(), files_with_secrets)
-    );
+    say(summary(&totals, findings.len(), files_with_secrets));
     if totals.unreadable > 0 && totals.files == 0 {
         return ExitCode::from(TROUBLE);
     }
@@ -88,15 +85,15 @@ async fn send(settings: &ReportSettings, findings: &[Finding]) -> bool {
     .await;
     match result {
         Ok(()) => {
-            eprintln!(
-                "token-authority scan: reported {} to {}: {revoked} revoked, {unknown} unknown",
+            say(format_args!(
+                "reported {} to {}: {revoked} revoked, {unknown} unknown",
                 plural(secrets.len() as u64, "secret"),
                 settings.server
-            );
+            ));
             true
         }
         Err(error) => {
-            eprintln!("token-authority scan: the report failed: {error:#}");
+            say(format_args!("the report failed: {error:#}"));
             false
         }
     }
@@ -122,8 +119,13 @@ impl<W: Write> Sink for Printer<W> {
     fn unreadable(&mut self, path: &Path, error: &io::Error) {
         // Flushed first, so that the warning lands among the findings where it happened.
         let _ = self.out.flush();
-        eprintln!("token-authority scan: warning: {}: {error}", path.display());
+        say(format_args!("warning: {}: {error}", path.display()));
     }
+}
+
+/// Writes a line to stderr. A closed stderr is no reason to stop (`eprintln!` would panic).
+fn say(line: impl std::fmt::Display) {
+    let _ = writeln!(io::stderr(), "token-authority scan: {line}");
 }
 
 /// The line printed for a finding.

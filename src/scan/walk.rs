@@ -73,31 +73,10 @@ pub fn scan(inputs: &[Input], readers: usize, sink: &mut impl Sink) -> Totals {
     let (done, results) = mpsc::channel::<(u64, Vec<Done>)>();
     let mut totals = Totals::default();
     thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut walker = Walker {
-                batches,
-                next: 0,
-                batch: Vec::new(),
-                batch_bytes: 0,
-            };
-            walker.inputs(inputs);
-            walker.flush();
-        });
+        scope.spawn(move || Walker::new(batches).run(inputs));
         for _ in 0..readers {
             let (queue, done) = (&queue, done.clone());
-            scope.spawn(move || {
-                let mut buf = Vec::new();
-                loop {
-                    // The lock is held only to take a job (a `while let` would hold it
-                    // through the body); a poisoned one still hands them out.
-                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                    let Ok((seq, batch)) = next else { return };
-                    let results = batch.into_iter().map(|job| job.run(&mut buf)).collect();
-                    if done.send((seq, results)).is_err() {
-                        return;
-                    }
-                }
-            });
+            scope.spawn(move || read(queue, done));
         }
         drop(done);
         // Results come in any order; they go to the sink in the order of the jobs.
@@ -106,29 +85,49 @@ pub fn scan(inputs: &[Input], readers: usize, sink: &mut impl Sink) -> Totals {
             waiting.insert(seq, batch);
             while let Some(batch) = waiting.remove(&next) {
                 next += 1;
-                for result in batch {
-                    match result {
-                        Done::Read {
-                            name,
-                            findings,
-                            bytes,
-                        } => {
-                            totals.files += 1;
-                            totals.bytes += bytes;
-                            if !findings.is_empty() {
-                                sink.found(&name, findings);
-                            }
-                        }
-                        Done::Failed(path, error) => {
-                            totals.unreadable += 1;
-                            sink.unreadable(&path, &error);
-                        }
-                    }
-                }
+                deliver(batch, &mut totals, sink);
             }
         }
     });
     totals
+}
+
+/// Reads the batches of the queue until it is empty and closed, sending what each became.
+fn read(queue: &Mutex<mpsc::Receiver<(u64, Vec<Job>)>>, done: mpsc::Sender<(u64, Vec<Done>)>) {
+    let mut buf = Vec::new();
+    loop {
+        // The lock is held only to take a batch (a `while let` would hold it through the
+        // body); a poisoned one still hands them out.
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok((seq, batch)) = next else { return };
+        let results = batch.into_iter().map(|job| job.run(&mut buf)).collect();
+        if done.send((seq, results)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Counts a batch's results and hands them to the sink.
+fn deliver(batch: Vec<Done>, totals: &mut Totals, sink: &mut impl Sink) {
+    for result in batch {
+        match result {
+            Done::Read {
+                name,
+                findings,
+                bytes,
+            } => {
+                totals.files += 1;
+                totals.bytes += bytes;
+                if !findings.is_empty() {
+                    sink.found(&name, findings);
+                }
+            }
+            Done::Failed(path, error) => {
+                totals.unreadable += 1;
+                sink.unreadable(&path, &error);
+            }
+        }
+    }
 }
 
 /// How many threads read files unless told: opening and reading many small files is most
@@ -163,27 +162,24 @@ enum Done {
 
 impl Job {
     fn run(self, buf: &mut Vec<u8>) -> Done {
-        let (name, result) = match self {
+        let (path, result) = match self {
             Self::Failed(path, error) => return Done::Failed(path, error),
             Self::Stdin => (
-                STDIN_NAME.to_owned(),
+                PathBuf::from(STDIN_NAME),
                 scan_reader(&mut io::stdin().lock(), buf, CHUNK),
             ),
-            Self::File(path) => match File::open(&path) {
-                Ok(mut file) => (
-                    path.display().to_string(),
-                    scan_reader(&mut file, buf, CHUNK),
-                ),
-                Err(error) => return Done::Failed(path, error),
-            },
+            Self::File(path) => {
+                let result = File::open(&path).and_then(|mut f| scan_reader(&mut f, buf, CHUNK));
+                (path, result)
+            }
         };
         match result {
             Ok((findings, bytes)) => Done::Read {
-                name,
+                name: path.display().to_string(),
                 findings,
                 bytes,
             },
-            Err(error) => Done::Failed(PathBuf::from(name), error),
+            Err(error) => Done::Failed(path, error),
         }
     }
 }
@@ -197,7 +193,17 @@ struct Walker {
 }
 
 impl Walker {
-    fn inputs(&mut self, inputs: &[Input]) {
+    fn new(batches: mpsc::SyncSender<(u64, Vec<Job>)>) -> Self {
+        Self {
+            batches,
+            next: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
+        }
+    }
+
+    /// Lists the inputs' jobs and hands over the last batch; the queue closes on return.
+    fn run(mut self, inputs: &[Input]) {
         for input in inputs {
             match input {
                 Input::Stdin => self.send(Job::Stdin, BATCH_BYTES),
@@ -208,6 +214,7 @@ impl Walker {
                 },
             }
         }
+        self.flush();
     }
 
     /// Adds a job of about `bytes` to the batch, sending the batch when it is full.
