@@ -42,6 +42,13 @@ pub enum Command {
     /// Create an admin token (`*:*`) now and print its secret once, for an operator with
     /// database access (e.g. when every admin token was lost).
     Bootstrap(BootstrapArgs),
+    /// Look for our secrets in files, folders or stdin, offline; optionally report them.
+    ///
+    /// Prints `path:line: <hint>… (token-authority secret)` per secret found, never the
+    /// secret; with --report, the server revokes those that are ours. Exits 0 when none is
+    /// found, 1 when any is, 2 on a usage error, when nothing could be read or when the
+    /// report failed.
+    Scan(ScanArgs),
 }
 
 /// Where tokens are stored.
@@ -388,6 +395,77 @@ pub struct BootstrapArgs {
     pub token_prefix: TokenPrefix,
 }
 
+/// Options of `token-authority scan`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Files and folders to scan; folders recursively, skipping `.git` and symlinked
+    /// folders. `-`, or none, reads stdin.
+    pub paths: Vec<PathBuf>,
+
+    /// How many threads read files, 1 to 64; 0 for one per core, at most 4.
+    #[arg(long, env = "TA_SCAN_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub threads: u16,
+
+    /// Send the secrets found to --server's LeakService, which revokes those that are
+    /// ours, and print what became of each.
+    #[arg(long)]
+    pub report: bool,
+
+    /// The server to report to: its gRPC address as http://host:port or https://host:port.
+    #[arg(long, env = "TA_SERVER", default_value = "http://127.0.0.1:50051", value_parser = parse_server)]
+    pub server: String,
+
+    /// Who found the secrets, recorded in the audit trail: 1 to 64 lowercase letters,
+    /// digits and `.-_`.
+    #[arg(long, env = "TA_SCAN_SOURCE", default_value = "scan", value_parser = parse_source)]
+    pub source: String,
+
+    /// Where the secrets were found (e.g. the CI job's or the repository's URL), recorded in
+    /// the audit trail; at most 2,048 characters.
+    #[arg(long, env = "TA_SCAN_URL", default_value = "", value_parser = parse_report_url)]
+    pub url: String,
+
+    /// PEM CA certificate(s) that signed an https --server's certificate.
+    #[arg(long, env = "TA_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM client certificate, for a server that requires mutual TLS.
+    #[arg(long, env = "TA_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "TA_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+fn parse_server(value: &str) -> Result<String, String> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a URL such as http://127.0.0.1:50051"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(value.to_owned()),
+        _ => Err(format!(
+            "{value:?} is not an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+fn parse_source(value: &str) -> Result<String, String> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
+    if (1..=64).contains(&value.len()) && value.bytes().all(allowed) {
+        Ok(value.to_owned())
+    } else {
+        Err("must be 1 to 64 lowercase letters, digits and .-_".into())
+    }
+}
+
+fn parse_report_url(value: &str) -> Result<String, String> {
+    if value.chars().count() > 2048 {
+        return Err("must be at most 2,048 characters".into());
+    }
+    Ok(value.to_owned())
+}
+
 fn parse_prefix(value: &str) -> Result<TokenPrefix, String> {
     TokenPrefix::parse(value)
 }
@@ -565,6 +643,34 @@ mod tests {
             Cli::try_parse_from(["token-authority", "--ext-authz-trusted-proxies", "nope"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn scan_takes_paths_and_checks_its_report_flags() {
+        let scan = |args: &[&str]| {
+            let argv = ["token-authority", "scan"].iter().chain(args).copied();
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Some(Command::Scan(args)) => args,
+                other => panic!("not a scan: {other:?}"),
+            })
+        };
+        let defaults = scan(&[]).unwrap();
+        assert!(defaults.paths.is_empty() && !defaults.report);
+        assert_eq!(defaults.source, "scan");
+        let args = scan(&["a", "-", "--report", "--server", "https://ta.example:443"]).unwrap();
+        assert_eq!(args.paths, [PathBuf::from("a"), PathBuf::from("-")]);
+        assert_eq!(args.server, "https://ta.example:443");
+        for bad in [
+            &["--server", "127.0.0.1:50051"][..],
+            &["--server", "ftp://host"],
+            &["--source", "CI"],
+            &["--source", ""],
+            &["--client-cert", "c.pem"],
+            &["--threads", "65"],
+        ] {
+            assert!(scan(bad).is_err(), "{bad:?}");
+        }
+        assert!(scan(&["--url", &"u".repeat(2049)]).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod leaks;
 pub mod limits;
 pub mod metrics;
 pub mod pb;
+pub mod scan;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

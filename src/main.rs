@@ -6,16 +6,23 @@ use clap::Parser;
 use token_authority::{
     bootstrap::{self, Mode},
     cache::CacheSettings,
-    config::{Cli, Command},
+    config::{Cli, Command, ServeArgs},
+    scan,
     startup::{Application, GithubKeySource, Settings, shutdown_signal},
-    store, telemetry,
+    store::{self, StoreOptions},
+    telemetry,
 };
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // The scanner's output is its own: no log lines, from it or the libraries it uses.
+        Some(Command::Scan(args)) => return scan::run::run(args).await,
+        command => command,
+    };
     telemetry::init(cli.log.log_format);
-    match run(cli).await {
+    match run(command, cli.store.options(), cli.serve).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "token-authority failed");
@@ -24,9 +31,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let store_options = cli.store.options();
-    match cli.command {
+async fn run(
+    command: Option<Command>,
+    store_options: StoreOptions,
+    serve: ServeArgs,
+) -> anyhow::Result<()> {
+    match command {
         Some(Command::Migrate) => {
             let store = store::connect(&store_options).await?;
             store.migrate().await?;
@@ -56,8 +66,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::Scan(_)) => unreachable!("main runs scans before logging is set up"),
         None => {
-            let serve = cli.serve;
             let ext_authz = serve.ext_authz.settings().map_err(anyhow::Error::msg)?;
             let app = Application::build(Settings {
                 listen_addr: serve.listen_addr,

@@ -19,7 +19,10 @@ const RANDOM_BYTES: usize = 32;
 const RANDOM_LEN: usize = 43;
 /// 62^6 > 2^32.
 const CHECKSUM_LEN: usize = 6;
-const MAX_PREFIX_LEN: usize = 16;
+/// The longest prefix.
+pub const MAX_PREFIX_LEN: usize = 16;
+/// How many characters follow the prefix's `_`: the random part and the checksum.
+pub const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
 /// How many characters of the random part the display hint shows.
 const HINT_LEN: usize = 6;
 
@@ -53,7 +56,10 @@ impl Default for TokenPrefix {
 }
 
 fn is_valid_prefix(value: &str) -> bool {
-    let bytes = value.as_bytes();
+    is_valid_prefix_bytes(value.as_bytes())
+}
+
+fn is_valid_prefix_bytes(bytes: &[u8]) -> bool {
     !bytes.is_empty()
         && bytes.len() <= MAX_PREFIX_LEN
         && bytes[0].is_ascii_lowercase()
@@ -110,6 +116,12 @@ impl TokenSecret {
         Ok(SecretHash(Sha256::digest(value.as_bytes()).into()))
     }
 
+    /// Returns whether `candidate` is exactly one of our secrets (shape and checksum),
+    /// allocating nothing: for scanners, which see bytes rather than strings.
+    pub fn is_valid(candidate: &[u8]) -> bool {
+        check_bytes(candidate).is_ok()
+    }
+
     /// Returns the plaintext, for the one place it is shown: the CreateToken response.
     pub fn expose(&self) -> &str {
         &self.0
@@ -157,15 +169,24 @@ impl fmt::Debug for SecretHash {
 
 /// Checks a secret's shape and checksum, allocating nothing.
 fn check(value: &str) -> Result<(), MalformedSecret> {
-    let (prefix, body) = value.split_once('_').ok_or(MalformedSecret::Shape)?;
-    if !is_valid_prefix(prefix)
-        || body.len() != RANDOM_LEN + CHECKSUM_LEN
-        || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+    check_bytes(value.as_bytes())
+}
+
+/// [`check`] on bytes: the shape is all ASCII, so any other byte fails it.
+fn check_bytes(value: &[u8]) -> Result<(), MalformedSecret> {
+    let underscore = value
+        .iter()
+        .position(|&b| b == b'_')
+        .ok_or(MalformedSecret::Shape)?;
+    let (prefix, body) = (&value[..underscore], &value[underscore + 1..]);
+    if !is_valid_prefix_bytes(prefix)
+        || body.len() != BODY_LEN
+        || !body.iter().all(u8::is_ascii_alphanumeric)
     {
         return Err(MalformedSecret::Shape);
     }
     let (signed, checksum) = value.split_at(value.len() - CHECKSUM_LEN);
-    if checksum.as_bytes() != checksum_digits(crc32fast::hash(signed.as_bytes())) {
+    if checksum != checksum_digits(crc32fast::hash(signed)) {
         return Err(MalformedSecret::Checksum);
     }
     Ok(())
@@ -253,6 +274,21 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn bytes_are_checked_like_strings() {
+        let secret = TokenSecret::generate(&TokenPrefix::default());
+        let text = secret.expose().as_bytes();
+        assert!(TokenSecret::is_valid(text));
+        let mut typo = text.to_vec();
+        typo[5] = if typo[5] == b'a' { b'b' } else { b'a' };
+        assert!(!TokenSecret::is_valid(&typo));
+        let mut not_utf8 = text.to_vec();
+        not_utf8[5] = 0xff;
+        assert!(!TokenSecret::is_valid(&not_utf8));
+        assert!(!TokenSecret::is_valid(&text[..text.len() - 1]));
+        assert!(!TokenSecret::is_valid(b""));
     }
 
     #[test]

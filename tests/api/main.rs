@@ -29,6 +29,7 @@ mod races;
 mod replicas;
 mod request_ids;
 mod rotation_and_limits;
+mod scan_report;
 mod settings;
 mod soak;
 mod tls;

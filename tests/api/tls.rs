@@ -29,8 +29,8 @@ use tonic_reflection::pb::v1::{
 use crate::helpers::{Backend, Process, TestDb, authed, spawn_with, spec, test_settings};
 
 /// A certificate authority.
-struct Ca {
-    pem: String,
+pub(crate) struct Ca {
+    pub(crate) pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -67,14 +67,14 @@ impl Ca {
 
 /// A CA, a server certificate for localhost and 127.0.0.1 in files, and a client
 /// certificate of that CA.
-struct Pki {
-    ca: Ca,
-    server: TlsFiles,
-    client: (String, String),
+pub(crate) struct Pki {
+    pub(crate) ca: Ca,
+    pub(crate) server: TlsFiles,
+    pub(crate) client: (String, String),
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         let ca = Ca::new("token-authority test CA");
         let (cert, key) = ca.issue(
             &["localhost", "127.0.0.1"],
@@ -95,14 +95,14 @@ impl Pki {
         Self { ca, server, client }
     }
 
-    fn client_ca(&self) -> PathBuf {
+    pub(crate) fn client_ca(&self) -> PathBuf {
         self.server.cert.with_file_name("ca.pem")
     }
 }
 
 /// Connects over TLS to localhost:`port`, trusting `ca` (nothing when `None`), presenting
 /// `identity` when given.
-async fn tls_channel(
+pub(crate) async fn tls_channel(
     port: u16,
     ca: Option<&str>,
     identity: Option<&(String, String)>,
