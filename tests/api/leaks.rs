@@ -176,7 +176,11 @@ async fn a_reported_secret_stops_working_at_once_and_is_audited_without_the_secr
     };
     assert_eq!(series("other", "revoked"), Some(2.0), "{metrics}");
     assert_eq!(series("other", "unknown"), Some(3.0));
-    assert_eq!(series("report", "revoked"), Some(31.0), "every replay counts");
+    assert_eq!(
+        series("report", "revoked"),
+        Some(31.0),
+        "every replay counts"
+    );
     assert!(
         !metrics.contains("support-desk"),
         "no reporter text as a label"
