@@ -6,10 +6,12 @@ use proptest::prelude::*;
 use token_authority::{
     authz::Rules,
     domain::{
+        leak::Report,
         permission::Permission,
         restrictions::{Cidr, HostPattern},
         secret::{TokenPrefix, TokenSecret},
     },
+    leaks::github::{MAX_MATCHES, feedback, parse_matches},
 };
 
 /// Few enough cases to keep CI fast, unless PROPTEST_CASES asks for more (scripts/fuzz).
@@ -139,5 +141,42 @@ proptest! {
             quoted(&permissions),
         );
         let _ = Rules::parse(&text);
+    }
+
+    #[test]
+    fn githubs_match_bodies_never_panic_and_never_echo_a_token(
+        tokens in proptest::collection::vec("[ -~]{0,60}", 0..4),
+        junk in any::<Vec<u8>>(),
+    ) {
+        let body: Vec<serde_json::Value> = tokens
+            .iter()
+            .map(|t| serde_json::json!({"token": t, "type": "t", "url": "u", "source": "content"}))
+            .collect();
+        let body = serde_json::to_vec(&body).unwrap();
+        for bytes in [&body[..], &junk[..]] {
+            match parse_matches(bytes) {
+                Ok(matches) => {
+                    prop_assert!(matches.len() <= MAX_MATCHES);
+                    let answer = feedback(&matches, |_| true);
+                    let parsed: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+                    prop_assert_eq!(parsed.as_array().map(Vec::len), Some(matches.len()));
+                }
+                Err(message) => {
+                    for token in tokens.iter().filter(|t| t.len() > 8) {
+                        prop_assert!(!message.contains(token.as_str()), "{}", message);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leak_report_sources_and_urls_never_panic(source in any::<String>(), url in any::<String>()) {
+        if let Ok(report) = Report::parse(&source, &url) {
+            prop_assert!(report.source != "github");
+            prop_assert!(!report.url.chars().any(char::is_control));
+        }
+        let github = Report::github(&url);
+        prop_assert_eq!(github.source.as_str(), "github");
     }
 }

@@ -22,7 +22,8 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 4] = [
+    /// Every route, in label order.
+    pub const ALL: [Route; 4] = [
         Route::ForwardAuth,
         Route::Leaks,
         Route::LeaksGithub,

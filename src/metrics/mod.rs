@@ -100,14 +100,16 @@ pub enum LeakSource {
 }
 
 impl LeakSource {
-    const ALL: [LeakSource; 4] = [
+    /// Every source, in label order.
+    pub const ALL: [LeakSource; 4] = [
         LeakSource::Github,
         LeakSource::Scan,
         LeakSource::Report,
         LeakSource::Other,
     ];
 
-    fn as_str(self) -> &'static str {
+    /// The source's label value.
+    pub fn as_str(self) -> &'static str {
         match self {
             LeakSource::Github => "github",
             LeakSource::Scan => "scan",

@@ -26,7 +26,7 @@ use super::{
 
 /// The methods served here, as request paths. The Envoy ext_authz `Check` is listed so that
 /// it is named as soon as it is served.
-pub const KNOWN_METHODS: [&str; 20] = [
+pub const KNOWN_METHODS: [&str; 22] = [
     "/tokenauthority.v1.VerifyService/Verify",
     "/envoy.service.auth.v3.Authorization/Check",
     "/tokenauthority.v1.TokenService/CreateToken",
@@ -37,6 +37,8 @@ pub const KNOWN_METHODS: [&str; 20] = [
     "/tokenauthority.v1.TokenService/DeleteToken",
     "/tokenauthority.v1.TokenService/RotateToken",
     "/tokenauthority.v1.TokenService/RevokeTokens",
+    "/tokenauthority.v1.TokenService/LookupToken",
+    "/tokenauthority.v1.LeakService/ReportLeakedTokens",
     "/tokenauthority.v1.TokenTypeService/ListTokenTypes",
     "/tokenauthority.v1.TokenTypeService/GetTokenType",
     "/tokenauthority.v1.TokenTypeService/CreateTokenType",

@@ -422,9 +422,20 @@ async fn a_report_through_one_replica_is_refused_by_the_other() {
         }
         secrets.push(secret);
     }
-    // Each report is a WARN line naming the token and its owner, never the secret.
-    let mut logged = replicas.a.problems_logged();
-    logged.extend(replicas.b.problems_logged());
+    // Each report is a WARN line naming the token and its owner, never the secret. (The
+    // lines come through each process's stderr pipe: wait for them.)
+    let start = std::time::Instant::now();
+    let logged = loop {
+        let mut logged = replicas.a.problems_logged();
+        logged.extend(replicas.b.problems_logged());
+        let reported = logged
+            .iter()
+            .filter(|l| l.contains("leaked token reported"));
+        if reported.count() >= 2 || start.elapsed() > Duration::from_secs(10) {
+            break logged;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let reports: Vec<_> = logged
         .iter()
         .filter(|line| line.contains("leaked token reported"))

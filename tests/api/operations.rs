@@ -20,12 +20,13 @@ both_backends!(
     reflection_v1_and_v1alpha_describe_every_service
 );
 
-const SERVICES: [&str; 8] = [
+const SERVICES: [&str; 9] = [
     "envoy.service.auth.v3.Authorization",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
     "tokenauthority.v1.AuditService",
+    "tokenauthority.v1.LeakService",
     "tokenauthority.v1.TokenService",
     "tokenauthority.v1.TokenTypeService",
     "tokenauthority.v1.VerifyService",
