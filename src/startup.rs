@@ -47,8 +47,9 @@ use crate::{
 };
 
 /// The gRPC services whose health is reported, besides the overall "" service.
-pub const SERVICE_NAMES: [&str; 5] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     "tokenauthority.v1.TokenService",
+    "tokenauthority.v1.LeakService",
     "tokenauthority.v1.VerifyService",
     "tokenauthority.v1.TokenTypeService",
     "tokenauthority.v1.AuditService",

@@ -17,6 +17,11 @@ pub const SOURCE_LEN: usize = 64;
 pub const URL_LEN: usize = 2048;
 /// The source of a report that names none.
 pub const DEFAULT_SOURCE: &str = "report";
+/// When a previous secret reported leaked stopped working, as stored: the Unix epoch, not
+/// the report's time, so that no replica refuses it any later than another, however far
+/// behind its clock (the report's own time is in its audit event).
+pub const GRACE_ENDED: DateTime<Utc> = DateTime::UNIX_EPOCH;
+
 /// The source of GitHub's secret scanning reports, and only of those.
 pub const GITHUB: &str = "github";
 
@@ -144,7 +149,9 @@ impl Report {
         }
         event = match effect {
             Effect::Disable => event.change("enabled", false),
-            Effect::EndGrace => event.change("previous_secret_expire_time", now.to_rfc3339()),
+            Effect::EndGrace => {
+                event.change("previous_secret_expire_time", GRACE_ENDED.to_rfc3339())
+            }
             Effect::AlreadyRevoked => event,
         };
         event.client_ip = client_ip.to_owned();

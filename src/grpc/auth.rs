@@ -216,15 +216,31 @@ pub fn origin<T>(state: &AppState, request: &Request<T>) -> Origin {
             limit_key: None,
         };
     };
-    let mut values = request.metadata().get_all("x-forwarded-for").iter();
+    let values = request.metadata().get_all("x-forwarded-for");
+    origin_of(
+        peer,
+        values.iter().map(|v| v.to_str().ok()),
+        &state.trusted_proxies,
+    )
+}
+
+/// Where a call from `peer` came from, given the values of its `x-forwarded-for` headers
+/// (`None` for one that is not visible ASCII) and the proxies whose header is believed:
+/// the one rule of the gRPC port and the HTTP port's API routes.
+pub fn origin_of<'a>(
+    peer: IpAddr,
+    forwarded_for: impl Iterator<Item = Option<&'a str>>,
+    trusted: &[ipnet::IpNet],
+) -> Origin {
+    let peer = canonical_ip(peer);
     // A value that is not visible ASCII makes the whole chain unreadable, rather than
     // dropping out of it: else "<junk>, <client>" would read as no chain at all, and the
     // trusted proxy itself would pass for the client.
-    let chain: Option<Vec<&str>> = values.by_ref().map(|v| v.to_str().ok()).collect();
+    let chain: Option<Vec<&str>> = forwarded_for.collect();
     let client = match chain {
         Some(chain) if chain.is_empty() => Some(peer),
-        Some(chain) => client_address(peer, Some(&chain.join(",")), &state.trusted_proxies),
-        None if state.trusted_proxies.iter().any(|net| net.contains(&peer)) => None,
+        Some(chain) => client_address(peer, Some(&chain.join(",")), trusted),
+        None if trusted.iter().any(|net| net.contains(&peer)) => None,
         None => Some(peer),
     };
     Origin {

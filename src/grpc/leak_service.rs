@@ -7,9 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AppState, auth::origin};
 use crate::{
-    domain::leak::Report,
-    error::Error,
-    leaks::report::{self, Channel, Outcome},
+    leaks::report::{self, Outcome},
     pb::v1::{
         LeakOutcome, ReportLeakedTokensRequest, ReportLeakedTokensResponse, ReportedSecret,
         leak_service_server::LeakService,
@@ -28,7 +26,7 @@ impl LeakApi {
     }
 }
 
-/// Encodes a report's outcomes, shared with the JSON form on the HTTP port.
+/// Encodes a report's outcomes.
 pub fn encode(outcomes: Vec<Outcome>) -> ReportLeakedTokensResponse {
     let revoked = outcomes.iter().filter(|o| o.ours).count();
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
@@ -50,20 +48,6 @@ pub fn encode(outcomes: Vec<Outcome>) -> ReportLeakedTokensResponse {
     }
 }
 
-/// Checks a ReportLeakedTokens request and reports it: the one path of the gRPC and the
-/// JSON forms.
-pub async fn report_leaked_tokens(
-    state: &AppState,
-    request: &ReportLeakedTokensRequest,
-    origin: crate::grpc::auth::Origin,
-) -> Result<ReportLeakedTokensResponse, Error> {
-    report::admit(state, origin.limit_key)?;
-    let from = Report::parse(&request.source, &request.url)
-        .map_err(|(field, message)| Error::invalid(field, message))?;
-    let outcomes = report::report(state, &request.secrets, &from, Channel::Api, origin).await?;
-    Ok(encode(outcomes))
-}
-
 #[tonic::async_trait]
 impl LeakService for LeakApi {
     async fn report_leaked_tokens(
@@ -71,7 +55,16 @@ impl LeakService for LeakApi {
         request: Request<ReportLeakedTokensRequest>,
     ) -> Result<Response<ReportLeakedTokensResponse>, Status> {
         let origin = origin(&self.state, &request);
-        let answer = report_leaked_tokens(&self.state, request.get_ref(), origin).await?;
-        Ok(Response::new(answer))
+        report::admit(&self.state, origin.limit_key)?;
+        let request = request.get_ref();
+        let outcomes = report::report_from_api(
+            &self.state,
+            &request.secrets,
+            &request.source,
+            &request.url,
+            origin,
+        )
+        .await?;
+        Ok(Response::new(encode(outcomes)))
     }
 }

@@ -4,6 +4,7 @@
 //! request gets a request id, its span, and metrics by route and status; shutdown is
 //! graceful, like the gRPC port's.
 
+pub mod api;
 pub mod forward_auth;
 pub mod leaks;
 
@@ -53,6 +54,8 @@ pub struct HttpState {
     pub identity_names: [axum::http::HeaderName; 4],
     /// GitHub's secret scanning keys, which sign its leak reports.
     pub github_keys: Arc<GithubKeys>,
+    /// Request bodies being read now, at most [`api::BODIES_AT_ONCE`].
+    pub bodies: tokio::sync::Semaphore,
 }
 
 impl HttpState {
@@ -80,6 +83,7 @@ impl HttpState {
             forward_auth_trusted_proxies,
             identity_names,
             github_keys,
+            bodies: tokio::sync::Semaphore::new(api::BODIES_AT_ONCE),
         }
     }
 }

@@ -68,6 +68,40 @@ pub fn admit(state: &AppState, limit_key: Option<IpAddr>) -> Result<(), Error> {
     }
 }
 
+/// Checks the source and URL of a ReportLeakedTokens request, over gRPC or as JSON, and
+/// reports its secrets. (The front end counts the request against the per-address limit
+/// first, with [`admit`]: before it reads a body.)
+pub async fn report_from_api(
+    state: &AppState,
+    secrets: &[String],
+    source: &str,
+    url: &str,
+    origin: Origin,
+) -> Result<Vec<Outcome>, Error> {
+    check_count(secrets.len(), "secrets")?;
+    let from =
+        Report::parse(source, url).map_err(|(field, message)| Error::invalid(field, message))?;
+    report(state, secrets, &from, Channel::Api, origin).await
+}
+
+/// A reporter's text with any of our secrets in it cut down to their display hints: a
+/// URL may carry one (`?key=ta_…`), and the audit trail and the log never hold a secret.
+fn redacted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for found in crate::scan::find_secrets(text.as_bytes()) {
+        // Secrets are ASCII, so their ends are character boundaries.
+        let start = usize::try_from(found.offset).unwrap_or(text.len());
+        let end = start + found.secret.expose().len();
+        out.push_str(&text[at..start]);
+        out.push_str(&found.hint());
+        out.push('…');
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
 /// Makes every reported secret that is one of ours stop working, on every replica (the
 /// store's change feed tells the others; this replica's cache is evicted here), audits
 /// each, counts them and logs each at WARN. Answers per secret, in order. A store failure
@@ -81,6 +115,10 @@ pub async fn report<S: AsRef<str>>(
 ) -> Result<Vec<Outcome>, Error> {
     check_count(secrets.len(), "secrets")?;
     let source = metric_source(channel, report);
+    let report = &Report {
+        source: report.source.clone(),
+        url: redacted(&report.url),
+    };
     let client_ip = origin.client.map(|ip| ip.to_string()).unwrap_or_default();
     let mut seen: HashMap<SecretHash, bool> = HashMap::new();
     let mut outcomes = Vec::with_capacity(secrets.len());
@@ -157,4 +195,26 @@ async fn end(
         "leaked token reported"
     );
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::secret::{TokenPrefix, TokenSecret};
+
+    #[test]
+    fn secrets_in_a_reporters_text_are_cut_to_their_hints() {
+        let secret = TokenSecret::generate(&TokenPrefix::default());
+        let url = format!("https://paste.example.com/?k={}&x=ü", secret.expose());
+        let cut = redacted(&url);
+        assert!(!cut.contains(secret.expose()), "{cut}");
+        assert_eq!(
+            cut,
+            format!(
+                "https://paste.example.com/?k={}…&x=ü",
+                secret.display_hint()
+            )
+        );
+        assert_eq!(redacted("https://github.com/o/r"), "https://github.com/o/r");
+    }
 }

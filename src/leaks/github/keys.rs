@@ -63,20 +63,21 @@ const P256_SPKI_PREFIX: [u8; 26] = [
 /// Why a request's signature was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    /// The request lacks the header (a client error: 401).
+    /// The request lacks the header (a client error: 400).
     #[error("the {0} header is missing")]
     MissingHeader(&'static str),
-    /// The header is not of the form GitHub sends (a client error: 401).
+    /// The header is not of the form GitHub sends (a client error: 400).
     #[error("the {0} header {1}")]
     MalformedHeader(&'static str, &'static str),
-    /// No key of GitHub's current list has this identifier (a client error: 401).
+    /// No key of GitHub's list, loaded just now, has this identifier (a client error: 400).
     #[error("no GitHub secret scanning key has this identifier")]
     UnknownKey,
-    /// The signature is not the named key's over this body (a client error: 401).
+    /// The signature is not the named key's over this body (a client error: 400).
     #[error("the signature does not match the body")]
     BadSignature,
-    /// The key list could not be loaded, so the signature could not be checked; the cause
-    /// is logged (ours: 503, so that GitHub retries).
+    /// The key list could not be loaded, or the key is unknown and the list was loaded too
+    /// lately to load it again, so the signature could not be checked; a failed load's
+    /// cause is logged (ours: 503, so that GitHub retries).
     #[error("GitHub's secret scanning keys are unavailable")]
     KeysUnavailable,
 }
@@ -248,7 +249,9 @@ impl GithubKeys {
             .limited_since
             .is_some_and(|since| now.duration_since(since) < REFETCH_INTERVAL)
         {
-            return known.ok_or_else(|| self.loaded().missing());
+            // Not "unknown": the list may have gained the key since the last load (GitHub
+            // rotated it in), and GitHub retries a 503, not a 400.
+            return known.ok_or(SignatureError::KeysUnavailable);
         }
         // Counted before it runs: a request that goes away mid-load must not reset the limit.
         gate.started += 1;

@@ -69,10 +69,11 @@ impl_sql_store! {
                 }
                 Effect::EndGrace => {
                     let sql = format!(
-                        "UPDATE tokens SET previous_hash_expire_time = $1, update_time = $1, \
-                         revision = revision + 1 WHERE id = $2 RETURNING {COLUMNS}"
+                        "UPDATE tokens SET previous_hash_expire_time = $1, update_time = $2, \
+                         revision = revision + 1 WHERE id = $3 RETURNING {COLUMNS}"
                     );
                     let row = sqlx::query_as::<DB, TokenRow>(&sql)
+                        .bind(leak::GRACE_ENDED)
                         .bind(now)
                         .bind(before.id)
                         .fetch_one(&mut *tx)

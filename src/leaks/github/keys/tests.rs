@@ -321,7 +321,7 @@ async fn keys_are_fetched_on_first_use_and_an_unknown_id_refetches_once_a_minute
     assert_eq!(server.requests(), 2);
     assert_eq!(
         keys.verify("k8", &signer.sign(body), body).await,
-        Err(UnknownKey)
+        Err(KeysUnavailable)
     );
     assert_eq!(server.requests(), 2);
     keys.verify("k1", &signer.sign(body), body).await.unwrap();
