@@ -450,20 +450,22 @@ fn parse_server(value: &str) -> Result<String, String> {
     }
 }
 
+/// A scan report's source, checked as the server will check it (`github` is kept for
+/// GitHub's signed reports), so that a bad one fails before the scan, not after it.
 fn parse_source(value: &str) -> Result<String, String> {
-    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
-    if (1..=64).contains(&value.len()) && value.bytes().all(allowed) {
-        Ok(value.to_owned())
-    } else {
-        Err("must be 1 to 64 lowercase letters, digits and .-_".into())
+    if value.is_empty() {
+        return Err("must not be empty".into());
     }
+    crate::domain::leak::Report::parse(value, "")
+        .map(|report| report.source)
+        .map_err(|(_, message)| message)
 }
 
+/// A scan report's URL, checked as the server will check it.
 fn parse_report_url(value: &str) -> Result<String, String> {
-    if value.chars().count() > 2048 {
-        return Err("must be at most 2,048 characters".into());
-    }
-    Ok(value.to_owned())
+    crate::domain::leak::Report::parse("", value)
+        .map(|report| report.url)
+        .map_err(|(_, message)| message)
 }
 
 fn parse_prefix(value: &str) -> Result<TokenPrefix, String> {

@@ -236,7 +236,7 @@ fn an_unreadable_path_is_named_and_the_rest_is_scanned() {
     // A dangling symlink: unreadable even by root, which may read files of any mode.
     std::os::unix::fs::symlink("/nonexistent/target", dir.path().join("tree/broken")).unwrap();
 
-    let run = scan(dir.path(), &["missing.txt", "tree"], None);
+    let run = scan(dir.path(), &["missing.txt", "tree/broken", "tree"], None);
 
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(run.stdout, finding("tree/a.txt:1", &s) + "\n");
@@ -262,23 +262,28 @@ fn an_unreadable_path_is_named_and_the_rest_is_scanned() {
 }
 
 #[test]
-fn symlinked_folders_are_not_followed_and_symlinked_files_are() {
+fn symlinks_met_in_a_walk_are_not_followed_and_named_ones_are() {
     let dir = tempfile::tempdir().unwrap();
     let s = secret("ta");
     write(dir.path(), "tree/a/secret.txt", s.expose());
+    // Outside the tree, e.g. the CI runner's own environment: never read through a link.
+    let outside = secret("ta");
+    write(dir.path(), "home/.env", outside.expose());
     std::os::unix::fs::symlink("..", dir.path().join("tree/a/loop")).unwrap();
     std::os::unix::fs::symlink("a/secret.txt", dir.path().join("tree/link.txt")).unwrap();
+    std::os::unix::fs::symlink("../home/.env", dir.path().join("tree/env")).unwrap();
 
     let run = scan(dir.path(), &["tree"], None);
 
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(
         run.stdout.lines().collect::<Vec<_>>(),
-        [
-            finding("tree/link.txt:1", &s),
-            finding("tree/a/secret.txt:1", &s)
-        ]
+        [finding("tree/a/secret.txt:1", &s)]
     );
+    assert_shows_no_secret(&run, &[&s, &outside]);
+
+    let named = scan(dir.path(), &["tree/link.txt"], None);
+    assert_eq!(named.stdout, finding("tree/link.txt:1", &s) + "\n");
 }
 
 #[test]
@@ -288,6 +293,8 @@ fn usage_errors_exit_2_before_scanning() {
     for args in [
         &["--server", "127.0.0.1:50051", "a.txt"][..],
         &["--source", "Not Valid", "a.txt"],
+        &["--source", "github", "a.txt"],
+        &["--url", "a\nb", "a.txt"],
         &["--report", "--server", "https://localhost:1", "a.txt"],
         &["--report", "--ca-cert", "ca.pem", "a.txt"],
         &["--no-such-flag"],

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// The most secrets one ReportLeakedTokens request may carry.
-pub const MAX_PER_REQUEST: usize = 1000;
+pub const MAX_PER_REQUEST: usize = crate::domain::leak::MAX_SECRETS;
 
 /// How long connecting, and then each request, may take before the report fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

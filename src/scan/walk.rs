@@ -64,8 +64,9 @@ pub trait Sink {
 
 /// Scans the inputs on `readers` threads, reporting to `sink` in the order of the inputs. A
 /// folder is walked depth first in name order, its files before its subfolders; `.git`
-/// folders and symlinked folders (which could loop) are skipped, symlinked files are read,
-/// and other special files (FIFOs, sockets, devices) are read only when named.
+/// folders and symlinks (to folders, which could loop, and to files, which could be
+/// anywhere) are skipped, and other special files (FIFOs, sockets, devices) are read only
+/// when named; a named symlink is followed.
 pub fn scan(inputs: &[Input], readers: usize, sink: &mut impl Sink) -> Totals {
     let readers = readers.max(1);
     let (batches, queue) = mpsc::sync_channel::<(u64, Vec<Job>)>(QUEUE_LEN);
@@ -260,13 +261,11 @@ impl Walker {
                             subfolders.push(path);
                         }
                     }
-                    Ok(kind) if kind.is_symlink() => match fs::metadata(&path) {
-                        Ok(target) if target.is_file() => {
-                            self.send(Job::File(path), target.len());
-                        }
-                        Ok(_) => {}
-                        Err(error) => self.send(Job::Failed(path, error), 0),
-                    },
+                    // Not followed, to files no more than to folders: a link in a checked-out
+                    // tree may point anywhere (`/proc/self/environ`, the runner's home),
+                    // and `scan --report` would print and revoke the CI job's own secret.
+                    // A link named on the command line is read.
+                    Ok(kind) if kind.is_symlink() => {}
                     Ok(kind) if !kind.is_file() => {}
                     // A file, or of a type the folder does not tell: opening it will.
                     _ => {
