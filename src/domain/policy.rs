@@ -109,6 +109,9 @@ impl Action {
 pub enum Request<'a> {
     /// Read a token.
     GetToken(&'a Token),
+    /// Read the token a presented secret belongs to (LookupToken). Refused as if no token
+    /// had the secret, naming no id: the caller knows only the secret.
+    LookupToken(&'a Token),
     /// List tokens, of `owner` if one is named (the store shows only the caller's owner's
     /// unless it holds `*:*`).
     ListTokens {
@@ -179,7 +182,9 @@ impl Request<'_> {
     /// The action asked for.
     pub fn action(&self) -> Action {
         match self {
-            Request::GetToken(_) | Request::ListTokens { .. } => Action::ReadTokens,
+            Request::GetToken(_) | Request::LookupToken(_) | Request::ListTokens { .. } => {
+                Action::ReadTokens
+            }
             Request::Create { .. } => Action::CreateToken,
             Request::Update { .. } => Action::UpdateToken,
             Request::SetEnabled { enabled: true, .. } => Action::EnableToken,
@@ -226,6 +231,8 @@ pub fn decide(caller: &Token, request: &Request<'_>) -> Result<(), Refusal> {
     }
     match *request {
         Request::GetToken(token) => visible(caller, token),
+        Request::LookupToken(token) => visible(caller, token)
+            .map_err(|_| Refusal::NotFound(NO_TOKEN_HAS_THE_SECRET.to_owned())),
         Request::ListTokens { owner } => own_owner(caller, owner, "list"),
         Request::Revoke { owner } => own_owner(caller, owner, "revoke"),
         Request::Create { token, kind } => {
@@ -334,6 +341,9 @@ fn own_owner(caller: &Token, owner: Option<&str>, verb: &str) -> Result<(), Refu
         _ => Ok(()),
     }
 }
+
+/// LookupToken's answer for a secret no token has, and for one of another owner's tokens.
+pub const NO_TOKEN_HAS_THE_SECRET: &str = "no token has this secret";
 
 /// Tokens of another owner exist, for a caller without `*:*`, no more than unknown ones.
 fn visible(caller: &Token, token: &Token) -> Result<(), Refusal> {
@@ -580,6 +590,11 @@ mod tests {
             decide(&reader, &Request::Delete(&theirs)),
             Err(Refusal::NotFound(_))
         ));
+        assert_eq!(
+            decide(&reader, &Request::LookupToken(&theirs)),
+            Err(Refusal::NotFound(NO_TOKEN_HAS_THE_SECRET.into())),
+            "a lookup names no id"
+        );
         assert!(forbidden(decide(
             &reader,
             &Request::ListTokens { owner: Some("b") }

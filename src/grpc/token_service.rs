@@ -17,7 +17,7 @@ use crate::{
     domain::{
         audit::AuditEvent,
         fields, leak,
-        policy::{Action, Refusal, Request as Policy},
+        policy::{self, Action, Refusal, Request as Policy},
         power,
         secret::TokenSecret,
         token::{self, Token, limits, parse_owner, parse_type},
@@ -455,26 +455,23 @@ impl TokenApi {
         })
     }
 
-    /// Reads a token as the caller may see it.
     /// The token a presented secret belongs to, whatever its state; another owner's
-    /// token is as unknown as no token, so that a lookup reveals nothing beyond the scope.
+    /// token is as unknown as no token (the policy's `LookupToken`), so that a lookup
+    /// reveals nothing beyond the caller's scope.
     async fn lookup(&self, caller: &Caller, secret: &str) -> Result<LookupTokenResponse, Error> {
         if secret.is_empty() {
             return Err(Error::invalid("secret", "is required"));
         }
         let hash = TokenSecret::hash_of_presented(secret)
             .map_err(|malformed| Error::invalid("secret", malformed.to_string()))?;
-        let unknown = || Error::NotFound("no token has this secret".into());
-        let token = self.state.store.lookup(&hash).await?.ok_or_else(unknown)?;
-        if caller
-            .scope()
-            .owner()
-            .is_some_and(|owner| owner != token.owner)
-        {
-            return Err(unknown());
-        }
+        let token = self
+            .state
+            .store
+            .lookup(&hash)
+            .await?
+            .ok_or_else(|| Error::NotFound(policy::NO_TOKEN_HAS_THE_SECRET.into()))?;
         caller
-            .authorize(&self.state, &Policy::GetToken(&token))
+            .authorize(&self.state, &Policy::LookupToken(&token))
             .await?;
         let kind = match leak::Which::of(&token, &hash) {
             Some(leak::Which::Previous) => SecretKind::Previous,
@@ -486,6 +483,7 @@ impl TokenApi {
         })
     }
 
+    /// Reads a token as the caller may see it.
     async fn current(&self, caller: &Caller, id: Uuid) -> Result<Token, Error> {
         self.state
             .store
