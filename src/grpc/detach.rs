@@ -7,9 +7,9 @@
 //! sqlx leaves a connection whose `BEGIN` or `COMMIT` was cut off inside its transaction,
 //! which on SQLite holds the database's write lock and fails every later write. So the
 //! services that write (tokens, token types) run each call in a task of its own that the
-//! hang-up cannot cancel; only the answer is dropped, and so do leak reports, which
-//! disable tokens. Their reads are detached too (the layer is per service), bounded by the
-//! management and leak report rate limits. AuditService writes
+//! hang-up cannot cancel; only the answer is dropped. LeakService, which disables tokens,
+//! is wrapped alike. Their reads are detached too (the layer is per service), bounded by
+//! the management and leak report rate limits. AuditService writes
 //! nothing and keeps cancellation; Verify and Check, which write nothing but an
 //! autocommit use count, are not wrapped: they keep their hot path free of a spawn.
 

@@ -467,10 +467,12 @@ async fn a_disabled_token_changes_no_type_with_calls_in_flight(backend: Backend)
                             made.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(e) if !disabled.load(Ordering::SeqCst) => {
-                            errors
-                                .lock()
-                                .unwrap()
-                                .push(format!("{:?}: {}", e.code(), e.message()));
+                            let mut errors = errors.lock().unwrap();
+                            // The first few say why; a machine too slow to make a type
+                            // could otherwise collect them for the whole 20 s.
+                            if errors.len() < 10 {
+                                errors.push(format!("{:?}: {}", e.code(), e.message()));
+                            }
                         }
                         Err(_) => {}
                     }
