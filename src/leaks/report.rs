@@ -120,12 +120,32 @@ pub async fn report<S: AsRef<str>>(
         url: redacted(&report.url),
     };
     let client_ip = origin.client.map(|ip| ip.to_string()).unwrap_or_default();
-    let mut seen: HashMap<SecretHash, bool> = HashMap::new();
+    // Malformed ones are not ours and need no lookup; the rest are looked up in one query,
+    // so that a report of well-formed secrets no token has (anyone can make them) costs
+    // one read, not one per secret.
+    let parsed: Vec<Option<TokenSecret>> = secrets
+        .iter()
+        .map(|secret| TokenSecret::parse(secret.as_ref().trim()).ok())
+        .collect();
+    let mut hashes: Vec<SecretHash> = parsed.iter().flatten().map(TokenSecret::hash).collect();
+    hashes.sort_unstable_by_key(|hash| *hash.as_bytes());
+    hashes.dedup();
+    let found: HashMap<SecretHash, token::Token> = state
+        .store
+        .lookup_many(&hashes)
+        .await?
+        .into_iter()
+        .flat_map(|token| {
+            let previous = token.previous_hash.map(|hash| (hash, token.clone()));
+            [Some((token.secret_hash, token)), previous]
+                .into_iter()
+                .flatten()
+        })
+        .collect();
+    let mut ended: HashMap<SecretHash, bool> = HashMap::new();
     let mut outcomes = Vec::with_capacity(secrets.len());
-    for secret in secrets {
-        let secret = secret.as_ref().trim();
-        let Ok(parsed) = TokenSecret::parse(secret) else {
-            // Malformed: not ours, and nothing to look up.
+    for secret in parsed {
+        let Some(secret) = secret else {
             outcomes.push(Outcome {
                 display_hint: String::new(),
                 ours: false,
@@ -133,41 +153,40 @@ pub async fn report<S: AsRef<str>>(
             state.metrics.leak_reported(source, false);
             continue;
         };
-        let hash = parsed.hash();
-        let ours = match seen.get(&hash) {
-            Some(ours) => *ours,
-            None => {
-                let ours = end(state, &hash, report, &client_ip, origin.limit_key).await?;
-                seen.insert(hash, ours);
+        let hash = secret.hash();
+        let ours = match (ended.get(&hash), found.get(&hash)) {
+            (Some(ours), _) => *ours,
+            (None, None) => false,
+            (None, Some(token)) => {
+                let ours = end(state, &hash, token, report, &client_ip, origin.limit_key).await?;
+                ended.insert(hash, ours);
                 ours
             }
         };
         state.metrics.leak_reported(source, ours);
         outcomes.push(Outcome {
-            display_hint: parsed.display_hint(),
+            display_hint: secret.display_hint(),
             ours,
         });
     }
     Ok(outcomes)
 }
 
-/// Ends one leaked secret; whether it was ours. A read comes first, so that unknown
-/// secrets (anyone can make well-formed ones) cost no write transaction, and a secret that
-/// already works no more is audited again only a few times a minute per address (as
-/// failed authentications are), so that replaying one cannot fill the audit trail.
+/// Ends one leaked secret, which `found` (as read before the report's write) has;
+/// whether it was ours. A secret that already works no more is audited again only a few
+/// times a minute per address (as failed authentications are), so that replaying one
+/// cannot fill the audit trail.
 async fn end(
     state: &AppState,
     hash: &SecretHash,
+    found: &token::Token,
     report: &Report,
     client_ip: &str,
     limit_key: Option<IpAddr>,
 ) -> Result<bool, Error> {
     let now = token::now();
-    let Some(found) = state.store.lookup(hash).await? else {
-        return Ok(false);
-    };
     if matches!(
-        leak::effect(&found, hash, now),
+        leak::effect(found, hash, now),
         Some((_, Effect::AlreadyRevoked))
     ) && !state.failure_audit.allow(limit_key)
     {

@@ -365,6 +365,10 @@ pub trait TokenStore: Send + Sync + 'static {
     /// its current secret, or the previous one, in a rotation's grace period or past it.
     async fn lookup(&self, hash: &SecretHash) -> Result<Option<Token>, StoreError>;
 
+    /// [`TokenStore::lookup`] for many secrets at once (at most 1,000), in one query: the
+    /// tokens one of whose secrets has one of these hashes, in no particular order.
+    async fn lookup_many(&self, hashes: &[SecretHash]) -> Result<Vec<Token>, StoreError>;
+
     /// Makes a reported leaked secret stop working, in one transaction with the report's
     /// audit event (`audit` builds it): the token whose current secret it is is disabled,
     /// the grace period of the token whose previous secret it is ends at `now` (see

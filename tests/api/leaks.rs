@@ -28,6 +28,7 @@ both_backends!(
     a_reported_previous_secret_has_its_grace_ended_and_the_current_one_keeps_working,
     bad_reports_are_refused_naming_the_field_and_change_nothing,
     reports_are_rate_limited_per_address_but_verify_is_not,
+    a_full_report_finds_ours_among_a_thousand,
     lookup_finds_a_token_in_any_state_within_the_callers_owner,
 );
 
@@ -251,6 +252,38 @@ async fn bad_reports_are_refused_naming_the_field_and_change_nothing(backend: Ba
     }
     assert_eq!(app.state().await, before, "nothing changed");
     assert!(app.verify_perms(&leaked.secret, &[]).await.valid);
+}
+
+/// The most secrets a report takes, looked up in one query: ours among them, current and
+/// previous, are found wherever they are.
+async fn a_full_report_finds_ours_among_a_thousand(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let current = app.create(spec("current", &[])).await;
+    let rotated = app.create(spec("rotated", &[])).await;
+    app.tokens
+        .clone()
+        .rotate_token(authed(
+            &app.admin,
+            RotateTokenRequest {
+                id: rotated.token.as_ref().unwrap().id.clone(),
+                grace_period: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut secrets: Vec<String> = (0..998).map(|_| unknown_secret()).collect();
+    secrets.insert(500, rotated.secret.clone());
+    secrets.push(current.secret.clone());
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let answer = report(&app, &secrets, "scan", "").await.unwrap();
+    assert_eq!((answer.revoked, answer.unknown), (2, 998));
+    assert_eq!(answer.results[500].outcome(), LeakOutcome::Revoked);
+    assert_eq!(answer.results[999].outcome(), LeakOutcome::Revoked);
+    assert!(!app.verify_perms(&current.secret, &[]).await.valid);
+    assert!(!app.verify_perms(&rotated.secret, &[]).await.valid);
 }
 
 async fn reports_are_rate_limited_per_address_but_verify_is_not(backend: Backend) {

@@ -29,6 +29,31 @@ impl_sql_store! {
             row.map(Token::try_from).transpose()
         }
 
+        pub(super) async fn lookup_many(
+            &self,
+            hashes: &[SecretHash],
+        ) -> Result<Vec<Token>, StoreError> {
+            if hashes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let params: Vec<String> = (1..=hashes.len()).map(|i| format!("${i}")).collect();
+            let list = params.join(", ");
+            let sql = format!(
+                "SELECT {COLUMNS} FROM tokens WHERE secret_hash IN ({list}) \
+                 UNION ALL SELECT {COLUMNS} FROM tokens WHERE previous_secret_hash IN ({list})"
+            );
+            let mut statement = sqlx::query_as::<DB, TokenRow>(&sql);
+            for hash in hashes {
+                statement = statement.bind(&hash.as_bytes()[..]);
+            }
+            statement
+                .fetch_all(&mut *self.acquire().await?)
+                .await?
+                .into_iter()
+                .map(Token::try_from)
+                .collect()
+        }
+
         pub(super) async fn end_leaked(
             &self,
             hash: &SecretHash,

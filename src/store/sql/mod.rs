@@ -286,6 +286,10 @@ impl_sql_store! {
             self.retried(|| self.lookup(hash)).await
         }
 
+        async fn lookup_many(&self, hashes: &[SecretHash]) -> Result<Vec<Token>, StoreError> {
+            self.retried(|| self.lookup_many(hashes)).await
+        }
+
         async fn end_leaked(
             &self,
             hash: &SecretHash,
