@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     extract::{Request, State},
-    http::{Method, StatusCode},
+    http::{HeaderMap, Method, StatusCode},
     response::Response,
 };
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use super::{
 use crate::{
     domain::leak::Report,
     error::Error,
+    grpc::auth::Origin,
     leaks::{
         github::{self, SignatureError},
         report::{self, Channel, Outcome},
@@ -46,22 +47,34 @@ struct JsonReport {
     url: String,
 }
 
-/// Answers `POST /v1/leaks`.
-pub async fn report(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+/// What both leak routes do before reading a report: take only POST, count the request
+/// against the per-address limit of leak reports, and only then read the body (bounded).
+async fn accept(
+    state: &HttpState,
+    request: Request,
+    wrong_method: &str,
+    limit: usize,
+) -> Result<(Origin, HeaderMap, bytes::Bytes), Response> {
     let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() else {
-        return status_response(&tonic::Status::internal("no peer address"));
+        return Err(status_response(&tonic::Status::internal("no peer address")));
     };
     if request.method() != Method::POST {
-        return method_not_allowed("POST", "use POST with a JSON body");
+        return Err(method_not_allowed("POST", wrong_method));
     }
-    let origin = api::origin(&state, request.headers(), peer.ip());
-    if let Err(error) = report::admit(&state.app, origin.limit_key) {
-        return status_response(&error.into());
-    }
-    let body = match read_body(&state.bodies, request.into_body(), MAX_BODY).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let origin = api::origin(state, request.headers(), peer.ip());
+    report::admit(&state.app, origin.limit_key).map_err(|e| status_response(&e.into()))?;
+    let (parts, body) = request.into_parts();
+    let body = read_body(&state.bodies, body, limit).await?;
+    Ok((origin, parts.headers, body))
+}
+
+/// Answers `POST /v1/leaks`.
+pub async fn report(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    let (origin, _, body) =
+        match accept(&state, request, "use POST with a JSON body", MAX_BODY).await {
+            Ok(accepted) => accepted,
+            Err(response) => return response,
+        };
     let parsed: JsonReport = match serde_json::from_slice(&body) {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -90,19 +103,10 @@ pub async fn report(State(state): State<Arc<HttpState>>, request: Request) -> Re
 /// so that GitHub retries). A good one is reported as ReportLeakedTokens reports, each
 /// match with its URL, and answered with GitHub's feedback: `true_positive` for ours.
 pub async fn github(State(state): State<Arc<HttpState>>, request: Request) -> Response {
-    let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() else {
-        return status_response(&tonic::Status::internal("no peer address"));
-    };
-    if request.method() != Method::POST {
-        return method_not_allowed("POST", "GitHub's secret scanning POSTs its matches here");
-    }
-    let origin = api::origin(&state, request.headers(), peer.ip());
-    if let Err(error) = report::admit(&state.app, origin.limit_key) {
-        return status_response(&error.into());
-    }
-    let headers = request.headers().clone();
-    let body = match read_body(&state.bodies, request.into_body(), MAX_GITHUB_BODY).await {
-        Ok(body) => body,
+    let wrong_method = "GitHub's secret scanning POSTs its matches here";
+    let (origin, headers, body) = match accept(&state, request, wrong_method, MAX_GITHUB_BODY).await
+    {
+        Ok(accepted) => accepted,
         Err(response) => return response,
     };
     // Detached from the start: a client hanging up must not cancel a load of GitHub's

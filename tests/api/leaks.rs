@@ -9,7 +9,7 @@ use token_authority::{
     domain::secret::{TokenPrefix, TokenSecret},
     pb::v1::{
         LeakOutcome, LookupTokenRequest, ReportLeakedTokensRequest, ReportLeakedTokensResponse,
-        RotateTokenRequest, SecretKind, Token, VerifyResult,
+        RotateTokenRequest, RotateTokenResponse, SecretKind, Token, VerifyResult,
         leak_service_client::LeakServiceClient,
     },
 };
@@ -46,6 +46,22 @@ async fn report(
         })
         .await
         .map(|r| r.into_inner())
+}
+
+/// Rotates a token as the admin, its old secret working `seconds` more.
+async fn rotate_with_grace(app: &TestApp, id: String, seconds: i64) -> RotateTokenResponse {
+    app.tokens
+        .clone()
+        .rotate_token(authed(
+            &app.admin,
+            RotateTokenRequest {
+                id,
+                grace_period: Some(prost_types::Duration { seconds, nanos: 0 }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn outcomes(answer: &ReportLeakedTokensResponse) -> Vec<LeakOutcome> {
@@ -194,22 +210,7 @@ async fn a_reported_previous_secret_has_its_grace_ended_and_the_current_one_keep
     let app = spawn_app(backend).await;
     let made = app.create(spec("rotated", &["domains:read"])).await;
     let id = made.token.unwrap().id;
-    let rotated = app
-        .tokens
-        .clone()
-        .rotate_token(authed(
-            &app.admin,
-            RotateTokenRequest {
-                id,
-                grace_period: Some(prost_types::Duration {
-                    seconds: 3600,
-                    nanos: 0,
-                }),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let rotated = rotate_with_grace(&app, id, 3600).await;
     assert!(app.verify_perms(&made.secret, &[]).await.valid, "in grace");
 
     let answer = report(&app, &[&made.secret], "scan", "").await.unwrap();
@@ -260,20 +261,7 @@ async fn a_full_report_finds_ours_among_a_thousand(backend: Backend) {
     let app = spawn_app(backend).await;
     let current = app.create(spec("current", &[])).await;
     let rotated = app.create(spec("rotated", &[])).await;
-    app.tokens
-        .clone()
-        .rotate_token(authed(
-            &app.admin,
-            RotateTokenRequest {
-                id: rotated.token.as_ref().unwrap().id.clone(),
-                grace_period: Some(prost_types::Duration {
-                    seconds: 3600,
-                    nanos: 0,
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    rotate_with_grace(&app, rotated.token.as_ref().unwrap().id.clone(), 3600).await;
     let mut secrets: Vec<String> = (0..998).map(|_| unknown_secret()).collect();
     secrets.insert(500, rotated.secret.clone());
     secrets.push(current.secret.clone());
@@ -332,20 +320,7 @@ async fn lookup_finds_a_token_in_any_state_within_the_callers_owner(backend: Bac
         .await
         .unwrap();
     let rotated = app.create(of("team-a", "rotated")).await;
-    app.tokens
-        .clone()
-        .rotate_token(authed(
-            &app.admin,
-            RotateTokenRequest {
-                id: rotated.token.as_ref().unwrap().id.clone(),
-                grace_period: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    rotate_with_grace(&app, rotated.token.as_ref().unwrap().id.clone(), 1).await;
     let theirs = app.create(of("team-b", "theirs")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!app.verify_perms(&expiring.secret, &[]).await.valid);
