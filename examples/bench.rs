@@ -46,6 +46,8 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+#[path = "bench/h2load.rs"]
+mod h2load;
 #[path = "bench/http.rs"]
 mod http;
 #[path = "bench/load.rs"]
@@ -93,6 +95,16 @@ enum Scenario {
     Compare,
     /// Verify at a fixed --rate (open loop), latency from each call's due time.
     LatencyAt,
+    /// An independent client: h2load (--connections × --h2load-streams) alternating, for
+    /// --rounds rounds, no-op Verify, Verify, health Check, Check and no-op Check (the
+    /// no-ops in a child process); medians and ratios.
+    H2loadCompare,
+    /// Starts the no-op server (Verify and Check) in a child process, prints `noop <addr>
+    /// <pid>`, and keeps it until this program's stdin closes.
+    ServeNoop,
+    /// Makes the `verify` token and writes the framed requests h2load posts (verify.bin,
+    /// health.bin, check.bin) into --out-dir, for scripts/callgrind-calls.sh.
+    H2loadBodies,
 }
 
 /// Drives a running token-authority over gRPC and reports throughput and latency.
@@ -169,6 +181,14 @@ struct Args {
     /// figures against (its row is `latency-noop`).
     #[arg(long)]
     against_noop: bool,
+
+    /// Where `h2load-bodies` writes the request files.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+
+    /// Streams in flight per connection for h2load (`-m`).
+    #[arg(long, default_value_t = 16)]
+    h2load_streams: usize,
 
     /// Internal: be the child of --noop-in-child.
     #[arg(long, hide = true)]
@@ -269,6 +289,16 @@ impl Bench {
                 Scenario::CompareCheck => self.compare_check().await?,
                 Scenario::CompareForwardAuth => self.compare_forward_auth().await?,
                 Scenario::LatencyAt => self.latency_at().await?,
+                Scenario::H2loadCompare => self.h2load_compare().await?,
+                Scenario::ServeNoop => self.serve_noop().await?,
+                Scenario::H2loadBodies => {
+                    let dir = self
+                        .args
+                        .out_dir
+                        .clone()
+                        .context("h2load-bodies needs --out-dir")?;
+                    self.write_bodies(&dir).await?;
+                }
                 _ => {
                     let row = self.run(scenario, None).await?;
                     self.printer.row(&row);
@@ -310,6 +340,125 @@ impl Bench {
         self.printer.pair_summary(&rows, "check", "noop-check");
         self.printer.pair_summary(&rows, "noop-check", "verify");
         Ok(())
+    }
+
+    /// The same bytes through h2load: no-op Verify, Verify, health, Check and no-op Check,
+    /// alternately, `--rounds` times, then the medians and ratios.
+    async fn h2load_compare(&mut self) -> anyhow::Result<()> {
+        self.settle_usage().await?;
+        let noop = self.start_noop_child().await?;
+        let dir = tempfile_dir()?;
+        let bodies = self.write_bodies(&dir).await?;
+        let target = self.target.trim_end_matches('/').to_owned();
+        let noop_target = format!("http://{}", noop.addr);
+        let verify = "/tokenauthority.v1.VerifyService/Verify";
+        let check_path = "/envoy.service.auth.v3.Authorization/Check";
+        let runs: [(&'static str, &str, &str, &std::path::Path); 5] = [
+            ("h2-noop", &noop_target, verify, &bodies[0].1),
+            ("h2-verify", &target, verify, &bodies[0].1),
+            (
+                "h2-health",
+                &target,
+                "/grpc.health.v1.Health/Check",
+                &bodies[1].1,
+            ),
+            ("h2-check", &target, check_path, &bodies[2].1),
+            ("h2-noop-check", &noop_target, check_path, &bodies[2].1),
+        ];
+        let driver = h2load::H2load {
+            connections: self.args.connections,
+            streams: self.args.h2load_streams,
+            warmup: self.args.warmup,
+            duration: self.args.duration,
+            threads: self.args.client_threads.unwrap_or(1),
+        };
+        let mut rates: Vec<(&'static str, f64)> = Vec::new();
+        for round in 1..=self.args.rounds {
+            for (name, base, path, body) in runs {
+                let rate = driver.run(&format!("{base}{path}"), body).await?;
+                self.printer
+                    .note(format_args!("{name}#{round}: {rate:.1} calls/s"));
+                rates.push((name, rate));
+            }
+        }
+        noop.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        for (a, b) in [
+            ("h2-verify", "h2-noop"),
+            ("h2-health", "h2-noop"),
+            ("h2-check", "h2-noop-check"),
+        ] {
+            let of = |n: &str| -> Vec<f64> {
+                rates
+                    .iter()
+                    .filter(|(s, _)| *s == n)
+                    .map(|(_, r)| *r)
+                    .collect()
+            };
+            let (ra, rb) = (of(a), of(b));
+            let per_round: Vec<f64> = ra.iter().zip(&rb).map(|(x, y)| x / y).collect();
+            println!(
+                "{a}/{b} = {:.3}  (medians {:.1} and {:.1} calls/s over {} round(s); per round: {}; their median {:.3})",
+                report::median(ra.clone()) / report::median(rb.clone()),
+                report::median(ra),
+                report::median(rb),
+                per_round.len(),
+                per_round
+                    .iter()
+                    .map(|v| format!("{v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                report::median(per_round.clone()),
+            );
+        }
+        Ok(())
+    }
+
+    /// A no-op server in a child process answering this server's real Verify reply and
+    /// Check answer for the `verify` token.
+    async fn start_noop_child(&mut self) -> anyhow::Result<noop::Noop> {
+        let requests = self.single_requests().await?;
+        let verify_reply = self.real_reply().await?;
+        let check_answer = AuthorizationClient::new(self.control.clone())
+            .check(check_request(&requests[0].token))
+            .await
+            .map_err(|status| anyhow::anyhow!("Check: {}", load::status_text(&status)))?
+            .into_inner();
+        let wire = token_authority::pb::ext_authz_wire::CheckResponse::decode(
+            check_answer.encode_to_vec().as_slice(),
+        )?;
+        noop::Noop::start_serving(&verify_reply, Some(wire), true).await
+    }
+
+    /// `serve-noop`: the no-op child, until stdin closes.
+    async fn serve_noop(&mut self) -> anyhow::Result<()> {
+        self.settle_usage().await?;
+        let noop = self.start_noop_child().await?;
+        println!("noop {} {}", noop.addr, noop.pid().unwrap_or_default());
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)
+        })
+        .await;
+        noop.stop().await;
+        Ok(())
+    }
+
+    /// Writes the framed Verify, health Check and ext_authz Check requests into `dir`.
+    async fn write_bodies(
+        &mut self,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<[(&'static str, PathBuf); 3]> {
+        let requests = self.single_requests().await?;
+        let bodies = [
+            ("verify", dir.join("verify.bin")),
+            ("health", dir.join("health.bin")),
+            ("check", dir.join("check.bin")),
+        ];
+        h2load::write_frame(&bodies[0].1, &requests[0])?;
+        h2load::write_frame(&bodies[1].1, &HealthCheckRequest::default())?;
+        h2load::write_frame(&bodies[2].1, &check_request(&requests[0].token))?;
+        Ok(bodies)
     }
 
     /// forward-auth and noop-forward-auth alternately, `--rounds` times.
@@ -512,7 +661,10 @@ impl Bench {
             Scenario::Compare
             | Scenario::CompareCheck
             | Scenario::CompareForwardAuth
-            | Scenario::LatencyAt => {
+            | Scenario::LatencyAt
+            | Scenario::H2loadCompare
+            | Scenario::H2loadBodies
+            | Scenario::ServeNoop => {
                 unreachable!("run_all handles {scenario:?}")
             }
         }
@@ -673,6 +825,13 @@ impl Bench {
         }
         Ok(reply)
     }
+}
+
+/// A fresh directory for h2load's request bodies.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ta-h2load-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Where the no-op server runs, for the report.

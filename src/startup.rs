@@ -17,11 +17,10 @@ use crate::{
     grpc::{
         AppState,
         audit_service::AuditApi,
-        authority_layer,
+        calls::CallLayer,
         detach::Detached,
         ext_authz::{AuthorizationServer, ExtAuthzApi},
         leak_service::LeakApi,
-        request_id::RequestIdLayer,
         token_service::TokenApi,
         token_type_service::TokenTypeApi,
         verify_service::VerifyApi,
@@ -30,7 +29,7 @@ use crate::{
     invalidation,
     leaks::github::GithubKeys,
     limits::{FailureAudit, ManagementRate},
-    metrics::{self, Exporter, Metrics, RpcMetricsLayer},
+    metrics::{self, Exporter, Metrics},
     pb::{
         self,
         v1::{
@@ -396,9 +395,7 @@ impl Application {
         }
         let server = builder
             // Outermost first: time the whole call, then give it its request id and span.
-            .layer(RpcMetricsLayer::new(state.metrics.clone()))
-            .layer(RequestIdLayer)
-            .layer(authority_layer())
+            .layer(CallLayer::new(state.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -188,15 +188,37 @@ impl Noop {
     /// Starts a no-op server answering `reply`, here or in a child process (this program
     /// run again with `--serve-noop`).
     pub async fn start(reply: &v1::VerifyResponse, in_child: bool) -> anyhow::Result<Self> {
+        Self::start_serving(reply, None, in_child).await
+    }
+
+    /// Starts a no-op server answering `reply` to Verify and, if given, `check` to every
+    /// ext_authz Check, here or in a child process.
+    pub async fn start_serving(
+        reply: &v1::VerifyResponse,
+        check: Option<ext_authz_wire::CheckResponse>,
+        in_child: bool,
+    ) -> anyhow::Result<Self> {
         if !in_child {
-            let server = NoopServer::start(reply, None).await?;
+            let server = NoopServer::start(reply, check).await?;
             return Ok(Self {
                 addr: server.addr,
                 host: Host::InProcess(server),
             });
         }
         let exe = std::env::current_exe().context("cannot find this program to re-run")?;
-        let mut child = Command::new(exe)
+        // TA_BENCH_NOOP_WRAPPER runs the child under a tool (scripts/callgrind-calls.sh
+        // counts the no-op's instructions with `valgrind --tool=callgrind …`).
+        let wrapper = std::env::var("TA_BENCH_NOOP_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(tool) => {
+                let mut command = Command::new(tool);
+                command.args(words).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .arg("--serve-noop")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -210,6 +232,11 @@ impl Noop {
             .write_all(&u32::try_from(encoded.len())?.to_be_bytes())
             .await?;
         stdin.write_all(&encoded).await?;
+        let check = check.map(|c| c.encode_to_vec()).unwrap_or_default();
+        stdin
+            .write_all(&u32::try_from(check.len())?.to_be_bytes())
+            .await?;
+        stdin.write_all(&check).await?;
         stdin.flush().await?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped stdout"))
@@ -237,6 +264,14 @@ impl Noop {
         })
     }
 
+    /// The child's process id, when it runs in a child.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.host {
+            Host::InProcess(_) => None,
+            Host::Child { child, .. } => child.id(),
+        }
+    }
+
     /// Stops the server.
     pub async fn stop(self) {
         match self.host {
@@ -258,7 +293,7 @@ impl Noop {
 }
 
 /// The child side of [`Noop::start`]: reads the reply (a 4-byte big-endian length, then
-/// the encoded VerifyResponse) from stdin, serves it, prints the address on stdout, and
+/// the encoded VerifyResponse) and the Check answer (the same; length 0 for none) from stdin, serves it, prints the address on stdout, and
 /// stops when stdin closes (also when the parent dies).
 pub fn serve_child() -> anyhow::Result<()> {
     let mut stdin = std::io::stdin().lock();
@@ -268,10 +303,17 @@ pub fn serve_child() -> anyhow::Result<()> {
     stdin.read_exact(&mut encoded)?;
     let reply =
         v1::VerifyResponse::decode(encoded.as_slice()).context("the reply does not decode")?;
+    stdin.read_exact(&mut len)?;
+    let mut check = vec![0u8; u32::from_be_bytes(len) as usize];
+    stdin.read_exact(&mut check)?;
+    let check = (!check.is_empty())
+        .then(|| ext_authz_wire::CheckResponse::decode(check.as_slice()))
+        .transpose()
+        .context("the Check answer does not decode")?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let server = control.block_on(NoopServer::start(&reply, None))?;
+    let server = control.block_on(NoopServer::start(&reply, check))?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", server.addr)?;
     stdout.flush()?;

@@ -22,7 +22,6 @@ use std::{
 
 use tonic::{body::Body, server::NamedService};
 use tower::Service;
-use tracing::Instrument;
 
 /// A gRPC service whose calls are detached from their callers.
 #[derive(Clone, Debug)]
@@ -55,7 +54,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let call = tokio::spawn(self.inner.call(request).in_current_span());
+        let call = tokio::spawn(crate::telemetry::call::carried(self.inner.call(request)));
         Box::pin(async move {
             match call.await {
                 Ok(answer) => answer,

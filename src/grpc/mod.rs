@@ -2,6 +2,7 @@
 
 pub mod audit_service;
 pub mod auth;
+pub mod calls;
 pub mod codec;
 pub mod convert;
 pub mod detach;
@@ -84,7 +85,7 @@ impl AppState {
 }
 
 /// The `:authority` (host) a request was sent to, put into the request's extensions by
-/// [`authority_layer`] so that host-restricted tokens can be checked on management calls.
+/// [`calls::CallLayer`] so that host-restricted tokens can be checked on management calls.
 #[derive(Clone, Debug)]
 pub struct Authority(pub String);
 
@@ -93,21 +94,12 @@ type HttpRequest = http::Request<tonic::body::Body>;
 /// A tower layer that records each request's `:authority` as an [`Authority`].
 pub type AuthorityLayer = tower::util::MapRequestLayer<fn(HttpRequest) -> HttpRequest>;
 
-/// Returns the layer that records each request's `:authority` as an [`Authority`].
+/// Returns a layer that records each request's `:authority` as an [`Authority`], as
+/// [`calls::CallLayer`] does (for the benchmark's no-op servers, which copy the server's
+/// transport settings).
 pub fn authority_layer() -> AuthorityLayer {
     fn record(mut request: HttpRequest) -> HttpRequest {
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
-        if let Some(authority) = authority {
+        if let Some(authority) = calls::authority_of(&request) {
             request.extensions_mut().insert(Authority(authority));
         }
         request

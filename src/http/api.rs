@@ -100,8 +100,7 @@ async fn read_within(body: Body, limit: usize) -> Result<bytes::Bytes, Response>
 pub async fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Response> {
-    use tracing::Instrument;
-    match tokio::spawn(work.instrument(tracing::Span::current())).await {
+    match tokio::spawn(crate::telemetry::call::carried(work)).await {
         Ok(done) => done.map_err(|e| status_response(&e.into())),
         Err(_) => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -39,6 +39,7 @@ use crate::{
     grpc::{AppState, request_id},
     leaks::github::GithubKeys,
     metrics::http::Route,
+    telemetry::call::{self, Call, Kind, RequestId},
     tls::HANDSHAKE_TIMEOUT,
 };
 
@@ -123,22 +124,21 @@ pub fn json_error(status: StatusCode, error: &str, reason: &str) -> Response {
 }
 
 /// Gives each request its request id (the caller's `x-request-id` when usable, else a new
-/// one) and span, returns the id, and records the answer in the metrics.
+/// one), which its log lines carry ([`call::scope`]) and the answer returns, and records
+/// the answer in the metrics.
 async fn observe(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = Route::of(request.uri().path());
-    let mut id = match request.headers().get(&request_id::HEADER) {
-        Some(id) if request_id::usable(id) => id.clone(),
-        _ => request_id::generate(),
+    let id = RequestId::from_caller(request.headers().get(&request_id::HEADER));
+    let call = Call {
+        id: id.clone(),
+        kind: Kind::Http,
+        name: route.as_str(),
     };
-    id.set_sensitive(true);
-    let span = tracing::info_span!(
-        "http",
-        request_id = id.to_str().unwrap_or_default(),
-        route = route.as_str(),
-    );
-    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
-    response.headers_mut().insert(request_id::HEADER, id);
+    let mut response = call::scope(call, next.run(request)).await;
+    response
+        .headers_mut()
+        .insert(request_id::HEADER, id.header());
     state
         .app
         .metrics

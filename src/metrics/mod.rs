@@ -33,8 +33,6 @@ use crate::{
     store::TokenStore,
 };
 
-pub use rpc::RpcMetricsLayer;
-
 /// Which API gave a verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {

@@ -1,5 +1,5 @@
-//! gRPC calls counted and timed by service, method and status code, in a tower layer
-//! around every service on the port.
+//! gRPC calls counted and timed by service, method and status code, by the call layer
+//! around every service on the port (`grpc::calls`).
 //!
 //! Labels stay bounded: only the methods in [`KNOWN_METHODS`] are named, any other path
 //! counts as `unknown`, and codes are the 17 of gRPC. Each (method, code) pair has its own
@@ -17,7 +17,6 @@ use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tonic::Code;
-use tower::{Layer, Service};
 
 use super::{
     Metrics,
@@ -70,6 +69,13 @@ impl Method {
                 .position(|&known| known == path)
                 .unwrap_or(UNKNOWN),
         )
+    }
+
+    /// Returns whether the method is Verify or ext_authz Check: the hot paths, which judge
+    /// the token they carry in the request, never the caller's own credential (so they
+    /// need nothing of the transport but the bytes).
+    pub fn is_verification(self) -> bool {
+        self.0 <= 1
     }
 
     /// Returns `package.Service/Method`, or `unknown`.
@@ -144,67 +150,10 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// The tower layer that counts and times every call.
-#[derive(Clone, Debug)]
-pub struct RpcMetricsLayer {
-    metrics: Arc<Metrics>,
-}
-
-impl RpcMetricsLayer {
-    /// Builds the layer over the service's metrics.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetricsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetricsService {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// A service wrapped by [`RpcMetricsLayer`].
-#[derive(Clone, Debug)]
-pub struct RpcMetricsService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, B, ResBody> Service<http::Request<B>> for RpcMetricsService<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
-{
-    type Response = http::Response<MeteredBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let call = InFlight {
-            metrics: self.metrics.clone(),
-            method: Method::of(request.uri().path()),
-            start: Instant::now(),
-            done: false,
-        };
-        ResponseFuture {
-            inner: self.inner.call(request),
-            call: Some(call),
-        }
-    }
-}
-
 /// A call not yet recorded. Dropped unrecorded (the client went away, or the connection
 /// did), it counts as `Canceled`.
 #[derive(Debug)]
-struct InFlight {
+pub struct InFlight {
     metrics: Arc<Metrics>,
     method: Method,
     start: Instant,
@@ -212,7 +161,18 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn finish(&mut self, code: Code) {
+    /// Starts timing a call of `method`.
+    pub fn start(metrics: Arc<Metrics>, method: Method) -> Self {
+        Self {
+            metrics,
+            method,
+            start: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Records the call as answered `code` (only the first time).
+    pub fn finish(&mut self, code: Code) {
         if !self.done {
             self.done = true;
             self.metrics
@@ -231,50 +191,10 @@ impl Drop for InFlight {
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The status in a `grpc-status` header or trailer, if there is one.
-fn status_of(headers: &HeaderMap) -> Option<Code> {
+pub fn status_of(headers: &HeaderMap) -> Option<Code> {
     let value = headers.get(&GRPC_STATUS)?;
     let code = std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()?;
     Some(Code::from_i32(code))
-}
-
-pin_project! {
-    /// The response future of [`RpcMetricsService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        call: Option<InFlight>,
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<http::Response<ResBody>, E>>,
-{
-    type Output = Result<http::Response<MeteredBody<ResBody>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = match this.inner.poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(response)) => response,
-            Poll::Ready(Err(error)) => {
-                if let Some(mut call) = this.call.take() {
-                    call.finish(Code::Unknown);
-                }
-                return Poll::Ready(Err(error));
-            }
-        };
-        // A call that failed before any message ("trailers-only") carries its status in
-        // the headers; any other carries it in the trailers, at the end of the body.
-        let call = match (status_of(response.headers()), this.call.take()) {
-            (Some(code), Some(mut call)) => {
-                call.finish(code);
-                None
-            }
-            (_, call) => call,
-        };
-        Poll::Ready(Ok(response.map(|inner| MeteredBody { inner, call })))
-    }
 }
 
 pin_project! {
@@ -283,6 +203,13 @@ pin_project! {
         #[pin]
         inner: B,
         call: Option<InFlight>,
+    }
+}
+
+impl<B> MeteredBody<B> {
+    /// Wraps a response body; `call`, if still unrecorded, is recorded by the trailers.
+    pub fn new(inner: B, call: Option<InFlight>) -> Self {
+        Self { inner, call }
     }
 }
 
@@ -367,6 +294,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_verify_and_check_are_verifications() {
+        let verifications: Vec<_> = KNOWN_METHODS
+            .iter()
+            .filter(|path| Method::of(path).is_verification())
+            .collect();
+        assert_eq!(
+            verifications,
+            [
+                &"/tokenauthority.v1.VerifyService/Verify",
+                &"/envoy.service.auth.v3.Authorization/Check"
+            ]
+        );
+        assert!(!Method::of("/unknown").is_verification());
     }
 
     #[test]
