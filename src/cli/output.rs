@@ -289,22 +289,22 @@ mod tests {
             secret: "ta_secret".into(),
         };
         let text = render(&dynamic(&created), View::Summary);
-        assert!(text.contains("name:         billing-ci\n"), "{text}");
+        assert!(text.contains("name:        billing-ci\n"), "{text}");
         assert!(
-            text.contains("permissions:  domains:read, backends:write\n"),
+            text.contains("permissions: domains:read, backends:write\n"),
             "{text}"
         );
-        assert!(text.contains("bindings:     reportId=r-17\n"), "{text}");
+        assert!(text.contains("bindings:    reportId=r-17\n"), "{text}");
         assert!(
-            text.contains("rate_limit:   interval=60s, requests=10\n"),
+            text.contains("rate_limit:  interval=60s, requests=10\n"),
             "{text}"
         );
         assert!(
-            text.contains("enabled:      false\n"),
+            text.contains("enabled:     false\n"),
             "a false bool is shown"
         );
         assert!(!text.contains("description"), "empty fields are left out");
-        assert!(text.ends_with("secret:       ta_secret\n"), "{text}");
+        assert!(text.ends_with("secret:      ta_secret\n"), "{text}");
     }
 
     #[test]
