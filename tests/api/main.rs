@@ -5,6 +5,7 @@ mod helpers;
 
 mod attacks;
 mod authorization;
+mod cli;
 mod concurrent_writes;
 mod crash;
 mod deploy_files;
