@@ -168,7 +168,7 @@ async fn every_token_command_prints_what_the_server_answered(backend: Backend) {
     assert_eq!(stored.permissions, ["domains:read", "backends:write"]);
     assert_eq!(stored.bindings["reportId"], "r-17");
     assert_eq!(stored.max_uses, 100);
-    let rate = stored.rate_limit.clone().unwrap();
+    let rate = stored.rate_limit.unwrap();
     assert_eq!((rate.requests, rate.interval.unwrap().seconds), (10, 60));
     let lifetime = stored.expire_time.unwrap().seconds - stored.create_time.unwrap().seconds;
     assert!(
