@@ -6,6 +6,7 @@ mod helpers;
 mod attacks;
 mod authorization;
 mod cli;
+mod cli_readme;
 mod concurrent_writes;
 mod crash;
 mod deploy_files;
