@@ -152,3 +152,33 @@ fn read_secret(args: &SecretArgs) -> Result<String, Failure> {
     }
     Ok(secret.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use crate::config::Cli;
+
+    /// Every admin command, down to the leaves, has help with an example.
+    #[test]
+    fn every_admin_command_has_examples_in_its_help() {
+        let cli = Cli::command();
+        let mut leaves = 0;
+        for group in ["tokens", "types", "audit", "verify"] {
+            let group = cli.find_subcommand(group).expect("a command");
+            let commands: Vec<_> = match group.has_subcommands() {
+                true => group.get_subcommands().collect(),
+                false => vec![group],
+            };
+            for command in commands {
+                let help = command
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(help.contains("Example"), "{}: {help}", command.get_name());
+                leaves += 1;
+            }
+        }
+        assert_eq!(leaves, 10 + 5 + 1 + 1);
+    }
+}
