@@ -21,10 +21,10 @@ use crate::{
 )]
 pub struct Cli {
     /// Where tokens are stored.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Store")]
     pub store: StoreArgs,
     /// How to log.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Logging")]
     pub log: LogArgs,
     /// Serving options (when no subcommand is given).
     #[command(flatten)]
@@ -49,6 +49,9 @@ pub enum Command {
     /// found, 1 when any is, 2 on a usage error, when nothing could be read or when the
     /// report failed.
     Scan(ScanArgs),
+    /// The admin commands: tokens, types, audit, verify (a gRPC client of a server).
+    #[command(flatten)]
+    Admin(Box<crate::cli::Admin>),
 }
 
 /// Where tokens are stored.
@@ -411,9 +414,9 @@ pub struct ScanArgs {
     #[arg(long)]
     pub report: bool,
 
-    /// The server to report to: its gRPC address as http://host:port or https://host:port.
-    #[arg(long, env = "TA_SERVER", default_value = "http://127.0.0.1:50051", value_parser = parse_server)]
-    pub server: String,
+    /// The server to report to, and the TLS files to reach it with.
+    #[command(flatten)]
+    pub server: crate::cli::client::ServerArgs,
 
     /// Who found the secrets, recorded in the audit trail: 1 to 64 lowercase letters,
     /// digits and `.-_`.
@@ -424,30 +427,6 @@ pub struct ScanArgs {
     /// the audit trail; at most 2,048 characters.
     #[arg(long, env = "TA_SCAN_URL", default_value = "", value_parser = parse_report_url)]
     pub url: String,
-
-    /// PEM CA certificate(s) that signed an https --server's certificate.
-    #[arg(long, env = "TA_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-
-    /// PEM client certificate, for a server that requires mutual TLS.
-    #[arg(long, env = "TA_CLIENT_CERT", requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
-
-    /// PEM private key of --client-cert.
-    #[arg(long, env = "TA_CLIENT_KEY", requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
-}
-
-fn parse_server(value: &str) -> Result<String, String> {
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|_| format!("{value:?} is not a URL such as http://127.0.0.1:50051"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(value.to_owned()),
-        _ => Err(format!(
-            "{value:?} is not an http:// or https:// URL with a host"
-        )),
-    }
 }
 
 /// A scan report's source, checked as the server will check it (`github` is kept for
@@ -661,7 +640,7 @@ mod tests {
         assert_eq!(defaults.source, "scan");
         let args = scan(&["a", "-", "--report", "--server", "https://ta.example:443"]).unwrap();
         assert_eq!(args.paths, [PathBuf::from("a"), PathBuf::from("-")]);
-        assert_eq!(args.server, "https://ta.example:443");
+        assert_eq!(args.server.server, "https://ta.example:443");
         for bad in [
             &["--server", "127.0.0.1:50051"][..],
             &["--server", "ftp://host"],

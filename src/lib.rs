@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod bootstrap;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod encoded;

@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use token_authority::{
     bootstrap::{self, Mode},
     cache::CacheSettings,
+    cli,
     config::{Cli, Command, ServeArgs},
     scan,
     startup::{Application, GithubKeySource, Settings, shutdown_signal},
@@ -15,10 +16,15 @@ use token_authority::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return cli::usage_error(error),
+    };
     let command = match cli.command {
-        // The scanner's output is its own: no log lines, from it or the libraries it uses.
+        // The scanner's and the admin commands' output is their own: no log lines, from
+        // them or the libraries they use.
         Some(Command::Scan(args)) => return scan::run::run(args).await,
+        Some(Command::Admin(command)) => return cli::run(*command).await,
         command => command,
     };
     telemetry::init(cli.log.log_format);
@@ -66,7 +72,9 @@ async fn run(
             );
             Ok(())
         }
-        Some(Command::Scan(_)) => unreachable!("main runs scans before logging is set up"),
+        Some(Command::Scan(_) | Command::Admin(_)) => {
+            unreachable!("main runs scans and admin commands before logging is set up")
+        }
         None => {
             let ext_authz = serve.ext_authz.settings().map_err(anyhow::Error::msg)?;
             let app = Application::build(Settings {

@@ -180,3 +180,58 @@ proptest! {
         prop_assert_eq!(github.source.as_str(), "github");
     }
 }
+
+// The admin CLI's flag values (`--ttl 30d`, `--rate 10/1m`, `--bind k=v`, `--expires`).
+mod cli_values {
+    use proptest::prelude::*;
+    use token_authority::cli::parse;
+
+    const UNITS: [(&str, u64); 5] = [
+        ("s", 1),
+        ("m", 60),
+        ("h", 3_600),
+        ("d", 86_400),
+        ("w", 604_800),
+    ];
+
+    proptest! {
+        #![proptest_config(super::config())]
+
+        #[test]
+        fn a_number_and_a_unit_is_that_many_seconds(n in 0u64..1_000_000, unit in 0usize..5) {
+            let (suffix, seconds) = UNITS[unit];
+            let parsed = parse::duration(&format!("{n}{suffix}")).unwrap();
+            prop_assert_eq!(parsed.as_secs(), n * seconds);
+        }
+
+        #[test]
+        fn a_rate_is_requests_per_interval(n in 1i64..10_000_000, m in 1u64..1_000, unit in 0usize..5) {
+            let (suffix, seconds) = UNITS[unit];
+            let (requests, interval) = parse::rate(&format!("{n}/{m}{suffix}")).unwrap();
+            prop_assert_eq!(requests, n);
+            prop_assert_eq!(interval.seconds as u64, m * seconds);
+        }
+
+        #[test]
+        fn a_pair_splits_at_its_first_equals_sign(key in "[^=]{1,20}", value in any::<String>()) {
+            let (k, v) = parse::pair(&format!("{key}={value}")).unwrap();
+            prop_assert_eq!(k, key);
+            prop_assert_eq!(v, value);
+        }
+
+        #[test]
+        fn the_value_parsers_never_panic(text in any::<String>()) {
+            let _ = parse::duration(&text);
+            let _ = parse::proto_duration(&text);
+            let _ = parse::rate(&text);
+            let _ = parse::pair(&text);
+            let _ = parse::time(&text);
+        }
+
+        #[test]
+        fn times_round_trip_through_rfc_3339(seconds in 0i64..253_402_300_799) {
+            let text = chrono::DateTime::from_timestamp(seconds, 0).unwrap().to_rfc3339();
+            prop_assert_eq!(parse::time(&text).unwrap().seconds, seconds);
+        }
+    }
+}

@@ -1,12 +1,12 @@
 //! Reports the secrets a scan found to a server's LeakService, which revokes those that
 //! are ours (`token-authority scan --report`).
 
-use std::{collections::HashSet, path::PathBuf, time::Duration};
+use std::collections::HashSet;
 
-use anyhow::{Context, anyhow, bail};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use anyhow::{anyhow, bail};
 
 use crate::{
+    cli::client::ServerArgs,
     domain::secret::TokenSecret,
     pb::v1::{LeakOutcome, ReportLeakedTokensRequest, leak_service_client::LeakServiceClient},
 };
@@ -14,37 +14,15 @@ use crate::{
 /// The most secrets one ReportLeakedTokens request may carry.
 pub const MAX_PER_REQUEST: usize = crate::domain::leak::MAX_SECRETS;
 
-/// How long connecting, and then each request, may take before the report fails.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Where to report and what to tell the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportSettings {
-    /// The server's gRPC address, `http://…` or `https://…`.
-    pub server: String,
+    /// The server, and the TLS files to reach it with.
+    pub server: ServerArgs,
     /// Who found the secrets, for the audit trail.
     pub source: String,
     /// Where they were found, for the audit trail; may be empty.
     pub url: String,
-    /// The CA to trust for an https server.
-    pub ca_cert: Option<PathBuf>,
-    /// A client certificate and its key, for a server that requires mutual TLS.
-    pub identity: Option<(PathBuf, PathBuf)>,
-}
-
-impl ReportSettings {
-    /// Checks that the TLS files fit the server's scheme, before anything is scanned.
-    pub fn check(&self) -> Result<(), String> {
-        let https = self.server.starts_with("https://");
-        if https && self.ca_cert.is_none() {
-            return Err("an https --server needs --ca-cert (no public CAs are built in)".into());
-        }
-        if !https && (self.ca_cert.is_some() || self.identity.is_some()) {
-            return Err("--ca-cert and --client-cert need an https:// --server".into());
-        }
-        Ok(())
-    }
 }
 
 /// What became of one reported secret.
@@ -83,7 +61,7 @@ pub async fn report(
     secrets: &[TokenSecret],
     mut on_result: impl FnMut(&str, Outcome),
 ) -> anyhow::Result<()> {
-    let mut client = LeakServiceClient::new(connect(settings).await?);
+    let mut client = LeakServiceClient::new(settings.server.connect().await?);
     for batch in secrets.chunks(MAX_PER_REQUEST) {
         let request = ReportLeakedTokensRequest {
             secrets: batch.iter().map(|s| s.expose().to_owned()).collect(),
@@ -100,7 +78,7 @@ pub async fn report(
                 };
                 anyhow!(
                     "{} refused the report: {:?}: {why}",
-                    settings.server,
+                    settings.server.server,
                     status.code()
                 )
             })?
@@ -108,7 +86,7 @@ pub async fn report(
         if response.results.len() != batch.len() {
             bail!(
                 "{} answered {} results for {} secrets",
-                settings.server,
+                settings.server.server,
                 response.results.len(),
                 batch.len()
             );
@@ -122,29 +100,4 @@ pub async fn report(
         }
     }
     Ok(())
-}
-
-async fn connect(settings: &ReportSettings) -> anyhow::Result<Channel> {
-    let mut endpoint = Endpoint::from_shared(settings.server.clone())
-        .with_context(|| format!("--server {} is not a URL", settings.server))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT);
-    if let Some(ca) = &settings.ca_cert {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let Some((cert, key)) = &settings.identity {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .context("the TLS files do not make a client configuration")?;
-    }
-    endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", settings.server))
-}
-
-/// Reads a PEM file; errors name the file, never its contents.
-fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }

@@ -31,11 +31,9 @@ pub async fn run(args: ScanArgs) -> ExitCode {
         server: args.server,
         source: args.source,
         url: args.url,
-        ca_cert: args.ca_cert,
-        identity: args.client_cert.zip(args.client_key),
     };
     if args.report
-        && let Err(error) = settings.check()
+        && let Err(error) = settings.server.check()
     {
         say(error);
         return ExitCode::from(TROUBLE);
@@ -88,7 +86,7 @@ async fn send(settings: &ReportSettings, findings: &[Finding]) -> bool {
             say(format_args!(
                 "reported {} to {}: {revoked} revoked, {unknown} unknown",
                 plural(secrets.len() as u64, "secret"),
-                settings.server
+                settings.server.server
             ));
             true
         }

@@ -5,6 +5,8 @@ mod helpers;
 
 mod attacks;
 mod authorization;
+mod cli;
+mod cli_readme;
 mod concurrent_writes;
 mod crash;
 mod deploy_files;
