@@ -18,7 +18,7 @@ const CODEC: &str = "crate::grpc::codec::ProstCodec";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let descriptors = protox::compile(PROTOS, ["proto", "proto/third_party"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("tokenauthority_descriptor.bin"),
@@ -85,7 +85,10 @@ fn compile_verify_wire(out_dir: &std::path::Path) -> Result<(), Box<dyn std::err
     let wire_dir = out_dir.join("wire");
     fs::create_dir_all(wire_dir.join("tokenauthority/v1"))?;
     fs::write(wire_dir.join("tokenauthority/v1/verify.proto"), wire)?;
-    let descriptors = protox::compile(["tokenauthority/v1/verify.proto"], [&wire_dir])?;
+    let descriptors = protox::compile(
+        ["tokenauthority/v1/verify.proto"],
+        [wire_dir.as_path(), std::path::Path::new("proto/third_party")],
+    )?;
     tonic_prost_build::configure()
         .codec_path(CODEC)
         .build_server(true)
