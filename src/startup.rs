@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     authz::CheckSettings,
@@ -480,20 +481,14 @@ impl Application {
     }
 }
 
+type GrpcLayers = tower::ServiceBuilder<
+    Stack<crate::grpc::AuthorityLayer, Stack<RequestIdLayer, Stack<RpcMetricsLayer, Identity>>>,
+>;
+
 /// The layers around every gRPC service, outermost first: time the whole call, then give
 /// it its request id and span, then record its authority. The gRPC port and the HTTP
 /// port's JSON API both call the services through them.
-fn grpc_layers(
-    state: &AppState,
-) -> tower::ServiceBuilder<
-    tower::layer::util::Stack<
-        crate::grpc::AuthorityLayer,
-        tower::layer::util::Stack<
-            RequestIdLayer,
-            tower::layer::util::Stack<RpcMetricsLayer, tower::layer::util::Identity>,
-        >,
-    >,
-> {
+fn grpc_layers(state: &AppState) -> GrpcLayers {
     tower::ServiceBuilder::new()
         .layer(RpcMetricsLayer::new(state.metrics.clone()))
         .layer(RequestIdLayer)

@@ -17,6 +17,7 @@ mod forward_auth;
 mod gateways;
 mod grpcurl;
 mod hostile_input;
+mod json_api;
 mod leaks;
 mod leaks_github;
 mod lifecycle;
