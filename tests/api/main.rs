@@ -18,6 +18,7 @@ mod gateways;
 mod grpcurl;
 mod hostile_input;
 mod json_api;
+mod json_api_readme;
 mod leaks;
 mod leaks_github;
 mod lifecycle;
