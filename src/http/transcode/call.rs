@@ -20,13 +20,15 @@ pub type GrpcService =
 /// The request headers a call carries over, as a gRPC client would send them.
 const CARRIED: [header::HeaderName; 2] = [header::AUTHORIZATION, request_id::HEADER];
 
-/// Calls `grpc_path` with the encoded `message` as the HTTP request with these headers
-/// from `peer` would, and returns the encoded answer.
+/// Calls `grpc_path` with the encoded `message` as the HTTP request with these headers,
+/// sent to `authority` (its Host, or HTTP/2's `:authority`) from `peer`, would, and
+/// returns the encoded answer.
 pub async fn call(
     service: &GrpcService,
     grpc_path: &str,
     message: Vec<u8>,
     headers: &HeaderMap,
+    authority: Option<&str>,
     peer: SocketAddr,
 ) -> Result<Bytes, Status> {
     let mut frame = BytesMut::with_capacity(5 + message.len());
@@ -36,10 +38,7 @@ pub async fn call(
             .map_err(|_| Status::resource_exhausted("message too large"))?,
     );
     frame.extend_from_slice(&message);
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let host = authority.and_then(|h| h.parse::<http::uri::Authority>().ok());
     let uri = match host {
         Some(authority) => Uri::builder()
             .scheme("http")

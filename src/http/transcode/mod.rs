@@ -121,11 +121,18 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
         Ok(message) => message,
         Err(error) => return status_response(&error.into()),
     };
+    let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
     let answer = call::call(
         &api.grpc,
         &rule.grpc_path(),
         message.encode_to_vec(),
         &parts.headers,
+        authority,
         peer,
     )
     .await;
