@@ -18,11 +18,18 @@ const CODEC: &str = "crate::grpc::codec::ProstCodec";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto", "proto/third_party"])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(PROTOS)?;
+    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    // Encoded by protox itself, not through prost-types, which would drop the options'
+    // extensions: the google.api.http rules the HTTP port's JSON API is generated from.
     fs::write(
         out_dir.join("tokenauthority_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
     tonic_prost_build::configure()
         .codec_path(CODEC)
@@ -85,7 +92,13 @@ fn compile_verify_wire(out_dir: &std::path::Path) -> Result<(), Box<dyn std::err
     let wire_dir = out_dir.join("wire");
     fs::create_dir_all(wire_dir.join("tokenauthority/v1"))?;
     fs::write(wire_dir.join("tokenauthority/v1/verify.proto"), wire)?;
-    let descriptors = protox::compile(["tokenauthority/v1/verify.proto"], [&wire_dir])?;
+    let descriptors = protox::compile(
+        ["tokenauthority/v1/verify.proto"],
+        [
+            wire_dir.as_path(),
+            std::path::Path::new("proto/third_party"),
+        ],
+    )?;
     tonic_prost_build::configure()
         .codec_path(CODEC)
         .build_server(true)

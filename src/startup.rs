@@ -25,7 +25,7 @@ use crate::{
         token_type_service::TokenTypeApi,
         verify_service::VerifyApi,
     },
-    http::{self, HttpState},
+    http::{self, HttpState, transcode::Transcoder},
     invalidation,
     leaks::github::GithubKeys,
     limits::{FailureAudit, ManagementRate},
@@ -338,9 +338,42 @@ impl Application {
             }
         };
 
+        // The services, built once: the gRPC port serves them, and the HTTP port's JSON API
+        // calls them in process through the same layers.
+        let check = Arc::new(settings.ext_authz.clone());
+        let max_message = settings.max_message_size;
+        let routes = tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(Detached::new(
+                TokenServiceServer::new(TokenApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            ))
+            .add_service(Detached::new(
+                TokenTypeServiceServer::new(TokenTypeApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            ))
+            .add_service(Detached::new(
+                LeakServiceServer::new(LeakApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            ))
+            .add_service(
+                AuditServiceServer::new(AuditApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                VerifyServiceServer::new(VerifyApi::new(state.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AuthorizationServer::new(ExtAuthzApi::new(state.clone(), check.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .prepare();
+        let layers = grpc_layers(&state);
+
         // The HTTP port stops accepting when the drain ends, as the gRPC port does (or when
         // the gRPC server failed), and gets the same shutdown timeout for its requests.
-        let check = Arc::new(settings.ext_authz.clone());
         let (http_stop_tx, http_stop_rx) = watch::channel(false);
         let http_addr = http_listener
             .as_ref()
@@ -350,11 +383,20 @@ impl Application {
             None => None,
             Some(listener) => {
                 let http_tls = settings.tls.as_ref().map(TlsFiles::rustls).transpose()?;
+                let grpc = tower::util::BoxCloneSyncService::new(tower::ServiceExt::<
+                    ::http::Request<tonic::body::Body>,
+                >::map_response(
+                    tower::Layer::layer(&layers, routes.clone()),
+                    |r| r.map(tonic::body::Body::new),
+                ));
+                let api = Transcoder::new(grpc, max_message)
+                    .map_err(|e| anyhow::anyhow!("the JSON API's HTTP rules: {e}"))?;
                 let router = http::router(Arc::new(HttpState::new(
                     state.clone(),
                     check.clone(),
                     settings.forward_auth_trusted_proxies.clone(),
                     github_keys,
+                    Some(api),
                 )));
                 let (mut drained, mut failed) = (deadline_rx.clone(), http_stop_rx);
                 let stop = async move {
@@ -388,41 +430,13 @@ impl Application {
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let max_message = settings.max_message_size;
         let mut builder = Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
         let server = builder
-            // Outermost first: time the whole call, then give it its request id and span.
-            .layer(CallLayer::new(state.metrics.clone()))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(Detached::new(
-                TokenServiceServer::new(TokenApi::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            ))
-            .add_service(Detached::new(
-                TokenTypeServiceServer::new(TokenTypeApi::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            ))
-            .add_service(Detached::new(
-                LeakServiceServer::new(LeakApi::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            ))
-            .add_service(
-                AuditServiceServer::new(AuditApi::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(
-                VerifyServiceServer::new(VerifyApi::new(state.clone()))
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(
-                AuthorizationServer::new(ExtAuthzApi::new(state.clone(), check))
-                    .max_decoding_message_size(max_message),
-            )
+            .layer(layers)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stopping);
         let served = tokio::select! {
             served = server => served,
@@ -462,6 +476,13 @@ impl Application {
         tracing::info!("stopped");
         served.context("gRPC server failed")
     }
+}
+
+/// The layer around every gRPC service (its method, request id, authority and metrics:
+/// `grpc::calls`). The gRPC port and the HTTP port's JSON API both call the services
+/// through it.
+fn grpc_layers(state: &AppState) -> CallLayer {
+    CallLayer::new(state.metrics.clone())
 }
 
 /// A reflection builder that knows every service on the port, both reflection versions

@@ -235,3 +235,114 @@ mod cli_values {
         }
     }
 }
+
+/// The JSON API's rules, read once.
+fn json_api_rules() -> &'static [token_authority::http::transcode::rules::Rule] {
+    static RULES: std::sync::OnceLock<Vec<token_authority::http::transcode::rules::Rule>> =
+        std::sync::OnceLock::new();
+    RULES.get_or_init(|| {
+        let pool = token_authority::http::transcode::pool().unwrap();
+        token_authority::http::transcode::rules::read(&pool).unwrap()
+    })
+}
+
+/// A secret-shaped string: an error must never quote it back.
+const PLANTED: &str = "ta_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL";
+
+/// Request paths near the API's: its literals, ids, verbs, escapes and the planted secret.
+fn api_path() -> impl Strategy<Value = String> {
+    let segment = prop_oneof![
+        Just("v1".to_owned()),
+        Just("tokens".to_owned()),
+        Just("tokenTypes".to_owned()),
+        Just("tokens:revoke".to_owned()),
+        Just(format!("{PLANTED}:rotate")),
+        Just(PLANTED.to_owned()),
+        "[a-z0-9%:.{}-]{0,12}",
+    ];
+    prop_oneof![
+        proptest::collection::vec(segment, 0..5).prop_map(|s| format!("/{}", s.join("/"))),
+        any::<String>(),
+    ]
+}
+
+/// Query strings and JSON bodies near the API's: field names, dotted and map names,
+/// values of every type, the planted secret as a name and as a value.
+fn api_query() -> impl Strategy<Value = String> {
+    let name = prop_oneof![
+        Just("pageSize".to_owned()),
+        Just("updateMask".to_owned()),
+        Just("enabled".to_owned()),
+        Just("bindings[reportId]".to_owned()),
+        Just("token.name".to_owned()),
+        Just("rateLimit.interval".to_owned()),
+        Just(PLANTED.to_owned()),
+        "[a-zA-Z_.\\[\\]%]{0,12}",
+    ];
+    let value = prop_oneof![
+        Just(PLANTED.to_owned()),
+        Just("true".to_owned()),
+        "[a-z0-9,%+.-]{0,8}",
+    ];
+    proptest::collection::vec((name, value), 0..5).prop_map(|pairs| {
+        pairs
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    })
+}
+
+fn api_body() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just(serde_json::json!(PLANTED)),
+        Just(serde_json::json!(1)),
+        Just(serde_json::json!(true)),
+        Just(serde_json::json!(null)),
+        Just(serde_json::json!("3600s")),
+    ];
+    let key = prop_oneof![
+        Just("token".to_owned()),
+        Just("name".to_owned()),
+        Just("permissions".to_owned()),
+        Just("expireTime".to_owned()),
+        Just("bindings".to_owned()),
+        Just(PLANTED.to_owned()),
+        "[a-z_]{0,6}",
+    ];
+    let json = leaf.prop_recursive(3, 16, 4, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map(key.clone(), inner, 0..3)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    prop_oneof![json.prop_map(|v| v.to_string()), any::<String>()]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The JSON API's matcher and request builder never panic on any path, query or body,
+    /// and a refusal never quotes a secret it was given.
+    #[test]
+    fn the_json_api_never_panics_and_never_echoes_a_secret(
+        path in api_path(),
+        query in api_query(),
+        body in api_body(),
+    ) {
+        for rule in json_api_rules() {
+            let bound = rule.template.matches(&path).unwrap_or_default();
+            let built = token_authority::http::transcode::request::build(
+                rule,
+                bound,
+                Some(&query),
+                body.as_bytes(),
+            );
+            if let Err(error) = built {
+                let message = error.to_string();
+                prop_assert!(!message.contains(&PLANTED[3..]), "{}", message);
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
-//! Leak reports on the HTTP port: `POST /v1/leaks`, ReportLeakedTokens as JSON (for curl,
-//! scripts and support desks), answered as the gRPC call is, with the same checks, limit
-//! and audit; and `POST /v1/leaks/github`, GitHub's secret scanning partner endpoint.
+//! `POST /v1/leaks/github`, GitHub's secret scanning partner endpoint, on the HTTP port.
+//! Its format is GitHub's, not ours, so it is written by hand; `POST /v1/leaks`
+//! (ReportLeakedTokens as JSON) is served by the generic JSON API (`super::transcode`).
 
 use std::sync::Arc;
 
@@ -9,8 +9,6 @@ use axum::{
     http::{HeaderMap, Method, StatusCode},
     response::Response,
 };
-use serde::Deserialize;
-use serde_json::json;
 
 use super::{
     HttpState, Peer,
@@ -18,36 +16,18 @@ use super::{
 };
 use crate::{
     domain::leak::Report,
-    error::Error,
     grpc::auth::Origin,
     leaks::{
         github::{self, SignatureError},
-        report::{self, Channel, Outcome},
+        report::{self, Channel},
     },
-    pb::v1::LeakOutcome,
 };
-
-/// The largest request body a leak report may have: 1,000 secrets and a URL fit well
-/// within it.
-pub const MAX_BODY: usize = 256 * 1024;
 
 /// The largest body GitHub's secret scanning may send: 1,000 matches of a secret, its
 /// type, URL and source fit well within it.
 pub const MAX_GITHUB_BODY: usize = 1024 * 1024;
 
-/// ReportLeakedTokensRequest in protojson: lowerCamelCase names, snake_case accepted,
-/// unknown fields refused.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonReport {
-    secrets: Vec<String>,
-    #[serde(default)]
-    source: String,
-    #[serde(default)]
-    url: String,
-}
-
-/// What both leak routes do before reading a report: take only POST, count the request
+/// What GitHub's route does before reading a report: take only POST, count the request
 /// against the per-address limit of leak reports, and only then read the body (bounded).
 async fn accept(
     state: &HttpState,
@@ -66,35 +46,6 @@ async fn accept(
     let (parts, body) = request.into_parts();
     let body = read_body(&state.bodies, body, limit).await?;
     Ok((origin, parts.headers, body))
-}
-
-/// Answers `POST /v1/leaks`.
-pub async fn report(State(state): State<Arc<HttpState>>, request: Request) -> Response {
-    let (origin, _, body) =
-        match accept(&state, request, "use POST with a JSON body", MAX_BODY).await {
-            Ok(accepted) => accepted,
-            Err(response) => return response,
-        };
-    let parsed: JsonReport = match serde_json::from_slice(&body) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            let message = format!("the body is not a leak report: {}", error_kind(&error));
-            return status_response(&Error::invalid("body", message).into());
-        }
-    };
-    let reported = detached(async move {
-        let JsonReport {
-            secrets,
-            source,
-            url,
-        } = parsed;
-        report::report_from_api(&state.app, &secrets, &source, &url, origin).await
-    })
-    .await;
-    match reported {
-        Ok(outcomes) => json_response(StatusCode::OK, encode(&outcomes).to_string()),
-        Err(response) => response,
-    }
 }
 
 /// Answers `POST /v1/leaks/github`: GitHub's secret scanning partner endpoint. The raw
@@ -143,52 +94,4 @@ pub async fn github(State(state): State<Arc<HttpState>>, request: Request) -> Re
     })
     .await;
     answered.unwrap_or_else(|response| response)
-}
-
-/// What is wrong with a JSON body, without quoting any of it (serde_json's messages quote
-/// unknown field names and string values, which could be a secret).
-fn error_kind(error: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    let what = match error.classify() {
-        Category::Syntax | Category::Eof | Category::Io => "not valid JSON",
-        Category::Data => {
-            "expected {\"secrets\": [\"...\"], \"source\": \"...\", \"url\": \"...\"} and no other fields"
-        }
-    };
-    format!("{what} (line {}, column {})", error.line(), error.column())
-}
-
-/// ReportLeakedTokensResponse in protojson, every field present.
-fn encode(outcomes: &[Outcome]) -> serde_json::Value {
-    let results: Vec<serde_json::Value> = outcomes
-        .iter()
-        .map(|o| {
-            let outcome = if o.ours {
-                LeakOutcome::Revoked
-            } else {
-                LeakOutcome::Unknown
-            };
-            json!({"displayHint": o.display_hint, "outcome": outcome.as_str_name()})
-        })
-        .collect();
-    let revoked = outcomes.iter().filter(|o| o.ours).count();
-    json!({"results": results, "revoked": revoked, "unknown": outcomes.len() - revoked})
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_body_error_quotes_nothing_of_the_body() {
-        let secret = "ta_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL";
-        for body in [
-            format!("{{\"secretz\": [\"{secret}\"]}}"),
-            format!("{{\"secrets\": \"{secret}\"}}"),
-            format!("{{\"secrets\": [\"{secret}\""),
-        ] {
-            let error = serde_json::from_str::<JsonReport>(&body).err().unwrap();
-            assert!(!error_kind(&error).contains("0123456789"), "{body}");
-        }
-    }
 }

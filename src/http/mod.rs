@@ -1,12 +1,14 @@
 //! The HTTP port: HTTP/1.1 and h2c (or HTTP/2 and HTTP/1.1 over TLS, by ALPN) on one
-//! port, served by hyper with an axum router. Forward auth for gateways and leak reports
-//! live here; every
-//! request gets a request id, its span, and metrics by route and status; shutdown is
+//! port, served by hyper with an axum router. Forward auth for gateways, GitHub's leak
+//! reports and the whole gRPC API as JSON (transcoded by its google.api.http rules, with
+//! its OpenAPI document) live here; every request gets a request id, its span, and metrics by route and status; shutdown is
 //! graceful, like the gRPC port's.
 
 pub mod api;
 pub mod forward_auth;
 pub mod leaks;
+pub mod openapi;
+pub mod transcode;
 
 use std::{
     future::Future,
@@ -22,7 +24,7 @@ use axum::{
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::any,
+    routing::{any, get},
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -57,6 +59,8 @@ pub struct HttpState {
     pub github_keys: Arc<GithubKeys>,
     /// Request bodies being read now, at most [`api::BODIES_AT_ONCE`].
     pub bodies: tokio::sync::Semaphore,
+    /// The JSON API, when the gRPC services are given to the port.
+    pub api: Option<transcode::Transcoder>,
 }
 
 impl HttpState {
@@ -66,6 +70,7 @@ impl HttpState {
         check: Arc<CheckSettings>,
         forward_auth_trusted_proxies: Vec<IpNet>,
         github_keys: Arc<GithubKeys>,
+        api: Option<transcode::Transcoder>,
     ) -> Self {
         let names = &check.identity_headers;
         let name = |n: &str| {
@@ -85,6 +90,7 @@ impl HttpState {
             identity_names,
             github_keys,
             bodies: tokio::sync::Semaphore::new(api::BODIES_AT_ONCE),
+            api,
         }
     }
 }
@@ -98,14 +104,15 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/v1/forward-auth", any(forward_auth::handle))
         .route("/v1/forward-auth/{*settings}", any(forward_auth::handle))
-        .route("/v1/leaks", any(leaks::report))
         .route("/v1/leaks/github", any(leaks::github))
-        .fallback(not_found)
+        .route("/v1/openapi.json", get(transcode::openapi))
+        .fallback(transcode::handle)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-async fn not_found() -> Response {
+/// The answer to a path the port does not serve.
+pub fn not_found_response() -> Response {
     json_error(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
@@ -126,7 +133,11 @@ pub fn json_error(status: StatusCode, error: &str, reason: &str) -> Response {
 /// Gives each request its request id (the caller's `x-request-id` when usable, else a new
 /// one), which its log lines carry ([`call::scope`]) and the answer returns, and records
 /// the answer in the metrics.
-async fn observe(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
+async fn observe(
+    State(state): State<Arc<HttpState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let route = Route::of(request.uri().path());
     let id = RequestId::from_caller(request.headers().get(&request_id::HEADER));
@@ -135,10 +146,13 @@ async fn observe(State(state): State<Arc<HttpState>>, request: Request, next: Ne
         kind: Kind::Http,
         name: route.as_str(),
     };
-    let mut response = call::scope(call, next.run(request)).await;
-    response
+    let header = id.header();
+    // The JSON API hands the same id to the gRPC call it makes.
+    request
         .headers_mut()
-        .insert(request_id::HEADER, id.header());
+        .insert(request_id::HEADER, header.clone());
+    let mut response = call::scope(call, next.run(request)).await;
+    response.headers_mut().insert(request_id::HEADER, header);
     state
         .app
         .metrics

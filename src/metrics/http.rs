@@ -17,16 +17,20 @@ pub enum Route {
     Leaks,
     /// `/v1/leaks/github`: GitHub's secret scanning.
     LeaksGithub,
+    /// Any other path under `/v1/`: the JSON API (one label for every RPC: a path holds
+    /// ids; the RPC's own metrics name it).
+    Api,
     /// Any other path.
     Unknown,
 }
 
 impl Route {
     /// Every route, in label order.
-    pub const ALL: [Route; 4] = [
+    pub const ALL: [Route; 5] = [
         Route::ForwardAuth,
         Route::Leaks,
         Route::LeaksGithub,
+        Route::Api,
         Route::Unknown,
     ];
 
@@ -36,6 +40,7 @@ impl Route {
             Route::ForwardAuth => "forward_auth",
             Route::Leaks => "leaks",
             Route::LeaksGithub => "leaks_github",
+            Route::Api => "api",
             Route::Unknown => "unknown",
         }
     }
@@ -48,6 +53,7 @@ impl Route {
             _ if path == "/v1/forward-auth" || path.starts_with("/v1/forward-auth/") => {
                 Route::ForwardAuth
             }
+            _ if path.starts_with("/v1/") => Route::Api,
             _ => Route::Unknown,
         }
     }
@@ -119,6 +125,8 @@ mod tests {
         table.record(Route::of("/anything/else"), 999, Duration::ZERO);
         let used: Vec<_> = table.used().map(|(r, s, h)| (r, s, h.count())).collect();
         assert_eq!(used, [("forward_auth", "200", 1), ("unknown", "other", 1)]);
-        assert_eq!(Route::of("/v1/forward-authx"), Route::Unknown);
+        assert_eq!(Route::of("/v1/forward-authx"), Route::Api);
+        assert_eq!(Route::of("/v1/tokens/0190:rotate"), Route::Api);
+        assert_eq!(Route::of("/v1"), Route::Unknown);
     }
 }

@@ -509,7 +509,8 @@ async fn leaks_can_be_reported_as_json_with_curl() {
 
     let other = app.create(spec("other", &[])).await;
     let before = app.state().await;
-    let too_big = format!("{{\"secrets\": [\"{}\"]}}", "a".repeat(300 * 1024));
+    // Past the gRPC port's --max-message-size (4 MiB here), as over gRPC.
+    let too_big = format!("{{\"secrets\": [\"{}\"]}}", "a".repeat(5 << 20));
     for (body, want, field) in [
         (r#"{"secrets": []}"#.to_owned(), 400, "secrets"),
         (

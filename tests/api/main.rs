@@ -19,6 +19,8 @@ mod forward_auth;
 mod gateways;
 mod grpcurl;
 mod hostile_input;
+mod json_api;
+mod json_api_readme;
 mod leaks;
 mod leaks_github;
 mod lifecycle;

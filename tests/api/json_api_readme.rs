@@ -1,0 +1,116 @@
+//! The README's curl examples, run as written with a real curl through `sh`, in the
+//! README's order, against the real server: only the host, the ids and the secrets that
+//! stand as `localhost:8080`, `01a2…` and `ta_…` are put in. Every RPC's route must have
+//! one of them.
+
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestDb, spawn_with, test_settings};
+
+/// The README's curl commands, each with its continuation lines.
+fn readme_curls() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split_once("## grpcurl and curl examples")
+        .expect("the examples section")
+        .1;
+    let block = section.split_once("```sh\n").unwrap().1;
+    let block = block.split_once("\n```").unwrap().0;
+    let mut commands = Vec::new();
+    let mut lines = block.lines();
+    while let Some(line) = lines.next() {
+        if !line.starts_with("curl ") {
+            continue;
+        }
+        let mut command = line.to_owned();
+        while command.ends_with('\\') || command.matches('\'').count() % 2 == 1 {
+            command.push('\n');
+            command.push_str(lines.next().expect("a complete command"));
+        }
+        commands.push(command);
+    }
+    commands
+}
+
+/// The method and path a curl command asks for.
+fn route_of(command: &str) -> (String, String) {
+    let method = if command.contains("-X PATCH") {
+        "PATCH"
+    } else if command.contains("-X DELETE") {
+        "DELETE"
+    } else if command.contains(" -d ") {
+        "POST"
+    } else {
+        "GET"
+    };
+    let at = command.find("localhost:8080").unwrap() + "localhost:8080".len();
+    let url: String = command[at..]
+        .chars()
+        .take_while(|c| !matches!(c, '\'' | ' ' | '\n' | '?'))
+        .collect();
+    (method.to_owned(), url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_curl_examples_work() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let mut settings = test_settings(&db);
+    settings.http_addr = Some("127.0.0.1:0".parse().unwrap());
+    let app = spawn_with(db, settings, None).await;
+    let host = format!("127.0.0.1:{}", app.http_port.unwrap());
+
+    let commands = readme_curls();
+    let pool = token_authority::http::transcode::pool().unwrap();
+    for rule in token_authority::http::transcode::rules::read(&pool).unwrap() {
+        assert!(
+            commands.iter().any(|c| {
+                let (method, path) = route_of(c);
+                method == rule.method.as_str() && rule.template.matches(&path).is_some()
+            }),
+            "the README has no curl example of {} {}",
+            rule.method,
+            rule.template.as_str()
+        );
+    }
+
+    let (mut id, mut secret) = (String::new(), String::new());
+    let mut answers = Vec::new();
+    for command in &commands {
+        let run = command
+            .replace("localhost:8080", &host)
+            .replace("01a2…", &id)
+            .replace("ta_…", &secret);
+        let output = std::process::Command::new("sh")
+            .args(["-c", &run])
+            .env("AUTH", format!("authorization: Bearer {}", app.admin))
+            .output()
+            .expect("sh and curl are installed");
+        assert!(output.status.success(), "{command}: {output:?}");
+        let answer: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{command}: {e}: {output:?}"));
+        assert!(answer.get("error").is_none(), "{command}: {answer}");
+        if answer["token"]["name"] == "billing-ci" {
+            id = answer["token"]["id"].as_str().unwrap().to_owned();
+        }
+        if let Some(new) = answer["secret"].as_str()
+            && answer["token"]["name"] == "billing-ci"
+        {
+            secret = new.to_owned();
+        }
+        answers.push((command.clone(), answer));
+    }
+    let answer_to = |path: &str| {
+        &answers
+            .iter()
+            .find(|(c, _)| c.contains(path))
+            .unwrap_or_else(|| panic!("a curl of {path}"))
+            .1
+    };
+    assert_eq!(answer_to("/v1/verify")["valid"], true);
+    assert_eq!(answer_to("/v1/leaks")["revoked"], 1);
+    assert_eq!(
+        answer_to("/v1/tokens:lookup")["secretKind"],
+        "SECRET_KIND_CURRENT"
+    );
+    assert!(answer_to("/v1/openapi.json")["paths"].is_object());
+}
