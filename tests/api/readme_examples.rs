@@ -1,7 +1,8 @@
-//! The README's curl examples, run as written with a real curl through `sh`, in the
-//! README's order, against the real server: only the host, the ids and the secrets that
-//! stand as `localhost:8080`, `01a2…` and `ta_…` are put in. Every RPC's route must have
-//! one of them.
+//! The README's curl and grpcurl examples, run as written with a real curl and a real
+//! grpcurl through `sh`, in the README's order, against the real server (one per tool):
+//! only the addresses, the ids and the secrets that stand as `localhost:8080`,
+//! `localhost:50051`, `01a2…` and `ta_…` are put in. Every RPC's route must have a curl
+//! example, and every RPC a grpcurl one.
 
 use serde_json::Value;
 
@@ -9,6 +10,11 @@ use crate::helpers::{Backend, TestDb, spawn_with, test_settings};
 
 /// The README's curl commands, each with its continuation lines.
 fn readme_curls() -> Vec<String> {
+    readme_commands("curl ")
+}
+
+/// The README's commands that start with `tool`, each with its continuation lines.
+fn readme_commands(tool: &str) -> Vec<String> {
     let readme = include_str!("../../README.md");
     let section = readme
         .split_once("## grpcurl and curl examples")
@@ -19,7 +25,7 @@ fn readme_curls() -> Vec<String> {
     let mut commands = Vec::new();
     let mut lines = block.lines();
     while let Some(line) = lines.next() {
-        if !line.starts_with("curl ") {
+        if !line.starts_with(tool) {
             continue;
         }
         let mut command = line.to_owned();
@@ -113,4 +119,64 @@ async fn the_readme_curl_examples_work() {
         "SECRET_KIND_CURRENT"
     );
     assert!(answer_to("/v1/openapi.json")["paths"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_grpcurl_examples_work_as_written() {
+    let app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    let commands = readme_commands("grpcurl ");
+    let pool = token_authority::http::transcode::pool().unwrap();
+    for service in pool.services() {
+        if !service.full_name().starts_with("tokenauthority.") {
+            continue;
+        }
+        for method in service.methods() {
+            let name = format!("{}/{}", service.full_name(), method.name());
+            assert!(
+                commands.iter().any(|c| c.contains(&name)),
+                "the README has no grpcurl example of {name}"
+            );
+        }
+    }
+    let (mut id, mut secret) = (String::new(), String::new());
+    let mut answers = Vec::new();
+    for command in &commands {
+        let run = command
+            .replace("localhost:50051", app.channel_target())
+            .replace("01a2…", &id)
+            .replace("ta_…", &secret);
+        let output = std::process::Command::new("sh")
+            .args(["-c", &run])
+            .env("AUTH", format!("authorization: Bearer {}", app.admin))
+            .output()
+            .expect("sh and grpcurl are installed (scripts/test installs grpcurl)");
+        assert!(output.status.success(), "{command}: {output:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        if !text.trim_start().starts_with('{') {
+            continue; // list, describe
+        }
+        let answer: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{command}: {e}: {text}"));
+        if answer["token"]["name"] == "billing-ci" {
+            id = answer["token"]["id"].as_str().unwrap().to_owned();
+            if let Some(new) = answer["secret"].as_str() {
+                secret = new.to_owned();
+            }
+        }
+        answers.push((command.clone(), answer));
+    }
+    let answer_to = |method: &str| {
+        &answers
+            .iter()
+            .find(|(c, _)| c.contains(method))
+            .unwrap_or_else(|| panic!("a grpcurl of {method}"))
+            .1
+    };
+    assert_eq!(answer_to("VerifyService/Verify")["valid"], true);
+    assert_eq!(answer_to("LeakService/ReportLeakedTokens")["revoked"], 1);
+    assert_eq!(
+        answer_to("TokenService/LookupToken")["secretKind"],
+        "SECRET_KIND_CURRENT"
+    );
+    assert_eq!(answer_to("Health/Check")["status"], "SERVING");
 }
