@@ -221,6 +221,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_HTTP_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_metrics_addr)]
     pub http_addr: MetricsAddr,
 
+    /// Serve the whole API as JSON on the HTTP port (/v1/tokens…, /v1/verify, /v1/leaks,
+    /// /v1/openapi.json). `false` leaves the port to forward auth and GitHub's leak
+    /// reports: for a port that gateways or the internet reach.
+    #[arg(long, env = "TA_HTTP_API", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http_api: bool,
+
     /// Comma-separated networks of the proxies (nginx, Traefik, Caddy, HAProxy, Envoy) whose
     /// X-Original-*, X-Forwarded-* and X-Real-IP headers forward auth believes; from any other
     /// peer they are ignored and the peer is the client. `none` for none.

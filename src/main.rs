@@ -82,6 +82,7 @@ async fn run(
                 tls: serve.tls(),
                 metrics_addr: serve.metrics_addr.0,
                 http_addr: serve.http_addr.0,
+                http_api: serve.http_api,
                 forward_auth_trusted_proxies: serve.forward_auth_trusted_proxies.0,
                 github_keys: match serve.github_keys_file {
                     Some(path) => GithubKeySource::File(path),

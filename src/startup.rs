@@ -86,6 +86,8 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     /// Address of the HTTP port (forward auth), if any; port 0 picks a free one.
     pub http_addr: Option<SocketAddr>,
+    /// Whether the HTTP port serves the API as JSON too (`--http-api`).
+    pub http_api: bool,
     /// Proxies whose forwarded headers forward auth believes.
     pub forward_auth_trusted_proxies: Vec<ipnet::IpNet>,
     /// Where GitHub's secret scanning keys come from.
@@ -389,14 +391,17 @@ impl Application {
                     tower::Layer::layer(&layers, routes.clone()),
                     |r| r.map(tonic::body::Body::new),
                 ));
-                let api = Transcoder::new(grpc, max_message)
+                let api = settings
+                    .http_api
+                    .then(|| Transcoder::new(grpc, max_message))
+                    .transpose()
                     .map_err(|e| anyhow::anyhow!("the JSON API's HTTP rules: {e}"))?;
                 let router = http::router(Arc::new(HttpState::new(
                     state.clone(),
                     check.clone(),
                     settings.forward_auth_trusted_proxies.clone(),
                     github_keys,
-                    Some(api),
+                    api,
                 )));
                 let (mut drained, mut failed) = (deadline_rx.clone(), http_stop_rx);
                 let stop = async move {

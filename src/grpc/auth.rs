@@ -117,6 +117,24 @@ impl Caller {
     }
 }
 
+/// Put by the HTTP port's JSON API into the in-process call it makes, once it has counted
+/// the request against its address's limit with [`admit`] (or the leak reports' limit),
+/// before reading the body: so that the call is not counted twice. Only code in this
+/// process can put an extension on a request; no client can.
+#[derive(Clone, Copy, Debug)]
+pub struct Admitted;
+
+/// Counts a management request against its address's `--management-rate-limit`.
+pub fn admit(state: &AppState, limit_key: Option<std::net::IpAddr>) -> Result<(), Error> {
+    if state.management_rate.allow(limit_key) {
+        Ok(())
+    } else {
+        Err(Error::ResourceExhausted(
+            "too many management requests from this address; retry in a minute".into(),
+        ))
+    }
+}
+
 /// Authenticates the caller of a management call: a valid, current secret (not one in
 /// its rotation grace period) holding the permission `action` needs. Calls past the
 /// per-address management rate limit are refused first; failed authentications are
@@ -128,10 +146,8 @@ pub async fn authenticate<T>(
 ) -> Result<Caller, Error> {
     let Origin { client, limit_key } = origin(state, request);
     let client_ip = client;
-    if !state.management_rate.allow(limit_key) {
-        return Err(Error::ResourceExhausted(
-            "too many management requests from this address; retry in a minute".into(),
-        ));
+    if request.extensions().get::<Admitted>().is_none() {
+        admit(state, limit_key)?;
     }
     let presented = match bearer(request) {
         Ok(presented) => presented,

@@ -20,6 +20,72 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many request bodies are read at once, over every API route: with the largest body
 /// of 1 MiB, a bound on the memory that slow or stalled senders can hold.
 pub const BODIES_AT_ONCE: usize = 64;
+/// How many of those one client address (an IPv6 /64) may hold: a few slow senders cannot
+/// take every slot and lock everyone else out of the API.
+pub const BODIES_PER_ADDRESS: u32 = 8;
+/// The largest JSON request body. JSON costs far more to parse than protobuf (a 4 MiB
+/// body of empty strings took about 460 ms of CPU and 125 MiB), and it is parsed before
+/// the caller is authenticated; the largest real request (a leak report of 1,000 secrets)
+/// is under 64 KiB.
+pub const MAX_JSON_BODY: usize = 256 * 1024;
+
+/// The slots for request bodies being read: [`BODIES_AT_ONCE`] in all, at most
+/// [`BODIES_PER_ADDRESS`] per client address.
+#[derive(Debug)]
+pub struct BodySlots {
+    total: Semaphore,
+    by_address: dashmap::DashMap<IpAddr, u32>,
+}
+
+impl Default for BodySlots {
+    fn default() -> Self {
+        Self::new(BODIES_AT_ONCE)
+    }
+}
+
+/// A body slot, given back when dropped.
+struct Slot<'a> {
+    slots: &'a BodySlots,
+    key: Option<IpAddr>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl BodySlots {
+    /// Slots for `total` bodies at once.
+    pub fn new(total: usize) -> Self {
+        Self {
+            total: Semaphore::new(total),
+            by_address: dashmap::DashMap::new(),
+        }
+    }
+
+    fn take(&self, key: Option<IpAddr>) -> Option<Slot<'_>> {
+        let permit = self.total.try_acquire().ok()?;
+        if let Some(key) = key {
+            let mut held = self.by_address.entry(key).or_insert(0);
+            if *held >= BODIES_PER_ADDRESS {
+                return None;
+            }
+            *held += 1;
+        }
+        Some(Slot {
+            slots: self,
+            key,
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.slots.by_address.remove_if_mut(&key, |_, held| {
+                *held -= 1;
+                *held == 0
+            });
+        }
+    }
+}
 
 /// Where a request came from: its peer, or the client a trusted proxy
 /// (`--trusted-proxies`, as for the management API) names in `X-Forwarded-For`.
@@ -32,16 +98,17 @@ pub fn origin(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Origin {
     )
 }
 
-/// Reads a request's body: at most `limit` bytes, within [`BODY_TIMEOUT`], while fewer
-/// than [`BODIES_AT_ONCE`] others are being read. A larger body is answered 413 after
-/// reading (and dropping) up to four times the limit for at most a second more, so that
-/// the client, still sending, reads the answer instead of a reset connection.
+/// Reads a request's body: at most `limit` bytes, within [`BODY_TIMEOUT`], while a body
+/// slot is free for the client address `key` ([`BodySlots`]). A larger body is answered
+/// 413 after reading (and dropping) up to four times the limit for at most a second more,
+/// so that the client, still sending, reads the answer instead of a reset connection.
 pub async fn read_body(
-    bodies: &Semaphore,
+    bodies: &BodySlots,
+    key: Option<IpAddr>,
     body: Body,
     limit: usize,
 ) -> Result<bytes::Bytes, Response> {
-    let Ok(_permit) = bodies.try_acquire() else {
+    let Some(_slot) = bodies.take(key) else {
         return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
@@ -159,10 +226,37 @@ pub fn status_response(status: &tonic::Status) -> Response {
 }
 
 /// An error answer: `{"error": {"code": <HTTP status>, "status": <gRPC code name>, "message"}}`.
+/// Any secret of ours in the message is cut down to its display hint, whatever put it
+/// there: no message is meant to quote one, and this is the last place to make sure.
 pub fn error(http: StatusCode, status: &str, message: &str) -> Response {
+    let message = redacted(message);
     let body =
         serde_json::json!({"error": {"code": http.as_u16(), "status": status, "message": message}});
     json_response(http, body.to_string())
+}
+
+/// `text` with every secret it holds (a well-formed one: prefix, body and checksum) replaced
+/// by its display hint and `…`.
+pub fn redacted(text: &str) -> std::borrow::Cow<'_, str> {
+    let found = crate::scan::find_secrets(text.as_bytes());
+    if found.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for finding in found {
+        let start = usize::try_from(finding.offset).unwrap_or(text.len());
+        let end = start + finding.secret.expose().len();
+        if start < at || end > text.len() {
+            continue;
+        }
+        out.push_str(&text[at..start]);
+        out.push_str(&finding.hint());
+        out.push('…');
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// `InvalidArgument` → `INVALID_ARGUMENT`.
@@ -180,6 +274,17 @@ fn screaming_snake(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_messages_never_carry_a_secret() {
+        let prefix = crate::domain::secret::TokenPrefix::default();
+        let secret = crate::domain::secret::TokenSecret::generate(&prefix);
+        let text = format!("bad value \"{}\" here", secret.expose());
+        let shown = redacted(&text);
+        assert!(!shown.contains(secret.expose()), "{shown}");
+        assert!(shown.contains(&secret.display_hint()), "{shown}");
+        assert_eq!(redacted("nothing to hide"), "nothing to hide");
+    }
 
     #[test]
     fn statuses_map_as_grpc_gateway_maps_them() {
@@ -206,15 +311,33 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_past_the_limit_or_past_the_concurrency_are_refused() {
-        let bodies = Semaphore::new(1);
-        let small = read_body(&bodies, Body::from("{}"), 10).await.unwrap();
+        let bodies = BodySlots::new(BODIES_PER_ADDRESS as usize + 2);
+        let small = read_body(&bodies, None, Body::from("{}"), 10)
+            .await
+            .unwrap();
         assert_eq!(&small[..], b"{}");
-        let large = read_body(&bodies, Body::from(vec![b'x'; 11]), 10)
+        let large = read_body(&bodies, None, Body::from(vec![b'x'; 11]), 10)
             .await
             .unwrap_err();
         assert_eq!(large.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        let _held = bodies.try_acquire().unwrap();
-        let busy = read_body(&bodies, Body::from("{}"), 10).await.unwrap_err();
+        // One address holding its share cannot take more; another still can.
+        let (one, two) = (Some([10, 0, 0, 1].into()), Some([10, 0, 0, 2].into()));
+        let held: Vec<_> = (0..BODIES_PER_ADDRESS)
+            .map(|_| bodies.take(one).unwrap())
+            .collect();
+        let busy = read_body(&bodies, one, Body::from("{}"), 10)
+            .await
+            .unwrap_err();
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(read_body(&bodies, two, Body::from("{}"), 10).await.is_ok());
+        // And every slot taken refuses everyone.
+        let _more = [bodies.take(two).unwrap(), bodies.take(None).unwrap()];
+        let full = read_body(&bodies, two, Body::from("{}"), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        assert!(bodies.by_address.get(&one.unwrap()).is_none(), "given back");
+        assert!(read_body(&bodies, one, Body::from("{}"), 10).await.is_ok());
     }
 }

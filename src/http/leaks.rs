@@ -44,7 +44,7 @@ async fn accept(
     let origin = api::origin(state, request.headers(), peer.ip());
     report::admit(&state.app, origin.limit_key).map_err(|e| status_response(&e.into()))?;
     let (parts, body) = request.into_parts();
-    let body = read_body(&state.bodies, body, limit).await?;
+    let body = read_body(&state.bodies, origin.limit_key, body, limit).await?;
     Ok((origin, parts.headers, body))
 }
 

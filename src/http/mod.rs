@@ -58,7 +58,7 @@ pub struct HttpState {
     /// GitHub's secret scanning keys, which sign its leak reports.
     pub github_keys: Arc<GithubKeys>,
     /// Request bodies being read now, at most [`api::BODIES_AT_ONCE`].
-    pub bodies: tokio::sync::Semaphore,
+    pub bodies: api::BodySlots,
     /// The JSON API, when the gRPC services are given to the port.
     pub api: Option<transcode::Transcoder>,
 }
@@ -89,7 +89,7 @@ impl HttpState {
             forward_auth_trusted_proxies,
             identity_names,
             github_keys,
-            bodies: tokio::sync::Semaphore::new(api::BODIES_AT_ONCE),
+            bodies: api::BodySlots::default(),
             api,
         }
     }

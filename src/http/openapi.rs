@@ -62,6 +62,10 @@ fn operation(rule: &Rule, schemas: &mut Schemas) -> Value {
     let mut operation = Map::new();
     operation.insert("operationId".into(), rule.rpc.full_name().into());
     operation.insert("tags".into(), json!([rule.rpc.parent_service().name()]));
+    if rule.access() != crate::http::transcode::rules::Access::Management {
+        // Verify and leak reports take no credential.
+        operation.insert("security".into(), json!([]));
+    }
     match &rule.body {
         BodyRule::All => {
             operation.insert("requestBody".into(), body(schemas.message(&input)));

@@ -110,6 +110,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         tls: None,
         metrics_addr: None,
         http_addr: None,
+        http_api: true,
         forward_auth_trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
         // No test reaches GitHub: those that need keys serve their own.
         github_keys: token_authority::startup::GithubKeySource::Url(

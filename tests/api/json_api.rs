@@ -13,6 +13,8 @@ crate::both_backends!(
     a_weaker_token_is_refused_as_over_grpc,
     the_audit_names_the_http_peer_and_a_forged_forwarded_for_is_not_believed,
     the_management_rate_limit_holds_over_http,
+    an_unauthenticated_flood_is_limited_before_its_bodies_are_parsed,
+    no_error_quotes_a_secret_however_it_is_sent,
 );
 
 /// A server with the HTTP port on.
@@ -646,4 +648,110 @@ async fn the_openapi_document_lists_every_annotated_rpc() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["token.id", "updateMask"]);
+    // Verify and leak reports take no credential; everything else a bearer token.
+    assert_eq!(
+        document["paths"]["/v1/verify"]["post"]["security"],
+        json!([])
+    );
+    assert_eq!(
+        document["paths"]["/v1/leaks"]["post"]["security"],
+        json!([])
+    );
+    assert!(
+        document["paths"]["/v1/tokens"]["post"]
+            .get("security")
+            .is_none()
+    );
+    assert_eq!(document["security"], json!([{"bearer": []}]));
+}
+
+/// The management rate limit counts each HTTP request once, and before its body is read
+/// or parsed: a caller without a credential sending bodies is stopped at the limit, not
+/// after the server has parsed them. Bodies are capped far below the gRPC message limit.
+async fn an_unauthenticated_flood_is_limited_before_its_bodies_are_parsed(backend: Backend) {
+    let app = start(backend, |s| s.management_rate_limit = 3).await;
+    let admin = app.admin.clone();
+    // Exactly three per minute: each request counted once, not once here and once by the
+    // call it makes.
+    for _ in 0..3 {
+        ok(curl(&app, Some(&admin), &[], "/v1/tokens", None));
+    }
+    assert_eq!(
+        curl(&app, Some(&admin), &[], "/v1/tokens", None).status,
+        429
+    );
+    // From another address (curl --interface 127.0.0.2), with no credential: bodies that
+    // would not even parse are counted first, and the fourth is refused unread.
+    let other = ["--interface", "127.0.0.2"];
+    let junk = json!({"token": {"permissions": ["", "", ""]}, "nope": 1});
+    for _ in 0..3 {
+        let answer = curl(&app, None, &other, "/v1/tokens", Some(&junk));
+        assert_eq!(answer.status, 400, "{}", answer.json);
+    }
+    let refused = curl(&app, None, &other, "/v1/tokens", Some(&junk));
+    assert_eq!(refused.status, 429, "{}", refused.json);
+    assert_eq!(refused.json["error"]["status"], "RESOURCE_EXHAUSTED");
+    // Verify is never limited by it.
+    let verify = json!({"token": "ta_x"});
+    for _ in 0..5 {
+        assert_eq!(
+            curl(&app, None, &other, "/v1/verify", Some(&verify)).status,
+            200
+        );
+    }
+    // A JSON body past 256 KiB is refused whatever --max-message-size allows.
+    let big = json!({"token": "x".repeat(300 * 1024)});
+    let large = curl(&app, None, &[], "/v1/verify", Some(&big));
+    assert_eq!(large.status, 413, "{}", large.json);
+}
+
+/// A secret sent where it does not belong (a string for a list, with its quotes; a key;
+/// a value of the wrong type) is refused 400 without being quoted back, however the
+/// deserializer words its error.
+async fn no_error_quotes_a_secret_however_it_is_sent(backend: Backend) {
+    let app = start(backend, |_| {}).await;
+    let admin = app.admin.clone();
+    let token = app.create(spec("pasted", &["domains:read"])).await;
+    let secret = token.secret.clone();
+    let quoted = format!("\"{secret}\"");
+    for (path, auth, body) in [
+        ("/v1/leaks", None, json!({"secrets": quoted})),
+        ("/v1/leaks", None, json!({ format!("x'{secret}"): 1 })),
+        ("/v1/leaks", None, json!({ format!("x\"{secret}"): 1 })),
+        ("/v1/verify", None, json!({"token": [secret]})),
+        ("/v1/verify", None, json!({"clientIp": {"a": &secret}})),
+        (
+            "/v1/tokens",
+            Some(admin.as_str()),
+            json!({"token": {"name": {"x": &quoted}}}),
+        ),
+        ("/v1/tokens", Some(admin.as_str()), json!({"ttl": &secret})),
+    ] {
+        let answer = curl(&app, auth, &[], path, Some(&body));
+        assert_eq!(answer.status, 400, "{path} {body}: {}", answer.json);
+        let text = answer.json.to_string();
+        assert!(!text.contains(&secret[3..20]), "{path}: {text}");
+    }
+    // The token is untouched by all of it.
+    let verify = json!({"token": secret});
+    assert_eq!(
+        curl(&app, None, &[], "/v1/verify", Some(&verify)).json["valid"],
+        true
+    );
+}
+
+/// `--http-api false` leaves the HTTP port to forward auth and GitHub's reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_can_be_switched_off() {
+    let app = start(Backend::Sqlite, |s| s.http_api = false).await;
+    let admin = app.admin.clone();
+    for path in ["/v1/tokens", "/v1/openapi.json", "/v1/verify"] {
+        assert_eq!(
+            curl(&app, Some(&admin), &[], path, None).status,
+            404,
+            "{path}"
+        );
+    }
+    let forward = curl(&app, Some(&admin), &[], "/v1/forward-auth", None);
+    assert_ne!(forward.status, 404, "forward auth stays");
 }

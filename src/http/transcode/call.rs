@@ -22,7 +22,8 @@ const CARRIED: [header::HeaderName; 2] = [header::AUTHORIZATION, request_id::HEA
 
 /// Calls `grpc_path` with the encoded `message` as the HTTP request with these headers,
 /// sent to `authority` (its Host, or HTTP/2's `:authority`) from `peer`, would, and
-/// returns the encoded answer.
+/// returns the encoded answer. `admitted`: the request was counted against its address's
+/// rate limit already (`grpc::auth::Admitted`).
 pub async fn call(
     service: &GrpcService,
     grpc_path: &str,
@@ -30,6 +31,7 @@ pub async fn call(
     headers: &HeaderMap,
     authority: Option<&str>,
     peer: SocketAddr,
+    admitted: bool,
 ) -> Result<Bytes, Status> {
     let mut frame = BytesMut::with_capacity(5 + message.len());
     frame.put_u8(0);
@@ -74,6 +76,9 @@ pub async fn call(
         local_addr: None,
         remote_addr: Some(peer),
     });
+    if admitted {
+        request.extensions_mut().insert(crate::grpc::auth::Admitted);
+    }
     // In a task of its own: a panic in a service is an internal error, not a lost
     // connection.
     let service = service.clone();

@@ -48,7 +48,7 @@ impl Transcoder {
         Ok(Self {
             rules,
             grpc,
-            max_body,
+            max_body: max_body.min(api::MAX_JSON_BODY),
             openapi,
         })
     }
@@ -99,6 +99,20 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
         return status_response(&tonic::Status::internal("no peer address"));
     };
     let (parts, body) = request.into_parts();
+    // Counted against the address's limit before the body is read or parsed (the call
+    // then counts it no more): parsing JSON costs CPU, and it comes before authentication.
+    let origin = api::origin(&state, &parts.headers, peer.ip());
+    let admission = match rule.access() {
+        rules::Access::Open => None,
+        rules::Access::LeakReport => {
+            Some(crate::leaks::report::admit(&state.app, origin.limit_key))
+        }
+        rules::Access::Management => Some(crate::grpc::auth::admit(&state.app, origin.limit_key)),
+    };
+    if let Some(Err(refused)) = admission {
+        return status_response(&refused.into());
+    }
+    let admitted = admission.is_some();
     let body = match rule.body {
         rules::BodyRule::None => {
             let sent = parts
@@ -112,7 +126,7 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
             }
             bytes::Bytes::new()
         }
-        _ => match read_body(&state.bodies, body, api.max_body).await {
+        _ => match read_body(&state.bodies, origin.limit_key, body, api.max_body).await {
             Ok(body) => body,
             Err(response) => return response,
         },
@@ -121,19 +135,16 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
         Ok(message) => message,
         Err(error) => return status_response(&error.into()),
     };
-    let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-        parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    });
+    let http_request = http::Request::from_parts(parts, ());
+    let authority = crate::grpc::calls::authority_of(&http_request);
     let answer = call::call(
         &api.grpc,
         &rule.grpc_path(),
         message.encode_to_vec(),
-        &parts.headers,
-        authority,
+        http_request.headers(),
+        authority.as_deref(),
         peer,
+        admitted,
     )
     .await;
     match answer.and_then(|bytes| encode(rule, bytes)) {

@@ -103,7 +103,7 @@ fn decode(input: &prost_reflect::MessageDescriptor, json: Value) -> Result<Dynam
             } else {
                 format!("body.{path}")
             };
-            Err(Error::invalid(field, unquoted(&error.to_string())))
+            Err(Error::invalid(field, described(&error.to_string())))
         }
     }
 }
@@ -127,31 +127,39 @@ fn shown_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
-/// A deserializer's message with its quoted values removed: `"…"` strings always (they are
-/// values), `'…'` and `` `…` `` (field and enum names) unless they are short plain names.
-fn unquoted(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(start) = rest.find(['"', '\'', '`']) {
-        let quote = rest[start..].chars().next().unwrap_or('"');
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        let Some(end) = after.find(quote) else {
-            rest = "";
-            break;
-        };
-        let inner = &after[..end];
-        out.push(quote);
-        out.push_str(if quote != '"' && query::plain(inner) {
-            inner
-        } else {
-            "…"
+/// What was wrong, from a deserializer's message, in fixed words: a message quotes the
+/// input (a value, an unknown key), and a value may be a secret, so none of it is passed
+/// on. Only what the deserializer expected (type names, the schema's field and enum
+/// names) is kept, and only when it is plain text.
+fn described(message: &str) -> String {
+    let expected = message
+        .rsplit_once(", expected ")
+        .map(|(_, e)| e.trim_end_matches(|c: char| c == '.' || c.is_whitespace()))
+        .filter(|e| {
+            // Type and field names: short words, nothing the length of a secret.
+            e.len() <= 200
+                && e.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " ,_-.`()".contains(c))
+                && e.split(|c: char| !c.is_ascii_alphanumeric())
+                    .all(|w| w.len() < 24)
         });
-        out.push(quote);
-        rest = &after[end + 1..];
+    let what = if message.starts_with("invalid type") {
+        "wrong type"
+    } else if message.starts_with("unknown field") || message.starts_with("unrecognized field") {
+        "unknown field"
+    } else if message.starts_with("duplicate field") {
+        "field given twice"
+    } else if message.contains("recursion limit") {
+        "nested too deeply"
+    } else if message.starts_with("missing field") {
+        "missing field"
+    } else {
+        "invalid value"
+    };
+    match expected {
+        Some(expected) if what != "unknown field" => format!("{what}, expected {expected}"),
+        _ => what.to_owned(),
     }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -159,19 +167,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_keep_names_and_drop_values() {
-        let secret = "ta_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL";
-        let message = format!("invalid type: string \"{secret}\", expected a list");
+    fn messages_quote_nothing_of_the_input() {
+        let secret = "ta_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLM";
+        for message in [
+            format!("invalid type: string \"\\\"{secret}\\\"\", expected a list"),
+            format!("unrecognized field name 'x'{secret}'"),
+            format!("unknown field `{secret}`, expected one of `token`, `ttl`"),
+            format!("invalid value: {secret}"),
+            format!("invalid value: x, expected {secret}"),
+            secret.to_owned(),
+        ] {
+            let shown = described(&message);
+            assert!(!shown.contains("ta_0123"), "{message} -> {shown}");
+        }
         assert_eq!(
-            unquoted(&message),
-            "invalid type: string \"…\", expected a list"
+            described("invalid type: string \"x\", expected a list"),
+            "wrong type, expected a list"
         );
-        let message = format!("unknown field `{secret}`, expected `secrets`");
-        assert_eq!(unquoted(&message), "unknown field `…`, expected `secrets`");
         assert_eq!(
-            unquoted("unrecognized enum value 'NOPE'"),
-            "unrecognized enum value 'NOPE'"
+            described("unknown field `x`, expected `a`"),
+            "unknown field"
         );
-        assert_eq!(unquoted("dangling \"ta_abc"), "dangling ");
+        assert_eq!(described("recursion limit exceeded"), "nested too deeply");
     }
 }

@@ -37,7 +37,27 @@ pub struct Rule {
     pub rpc: MethodDescriptor,
 }
 
+/// Who may call an RPC, and so which per-address limit counts its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a credential, without a limit: Verify judges the token it carries.
+    Open,
+    /// Anyone, without a credential, within `--leak-report-rate-limit`.
+    LeakReport,
+    /// A token holding the permission, within `--management-rate-limit`.
+    Management,
+}
+
 impl Rule {
+    /// Who may call the RPC.
+    pub fn access(&self) -> Access {
+        match self.rpc.parent_service().full_name() {
+            "tokenauthority.v1.VerifyService" => Access::Open,
+            "tokenauthority.v1.LeakService" => Access::LeakReport,
+            _ => Access::Management,
+        }
+    }
+
     /// The gRPC path of the RPC, `/package.Service/Method`.
     pub fn grpc_path(&self) -> String {
         format!(
