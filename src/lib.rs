@@ -22,3 +22,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod usage;
 pub mod verifier;
+pub mod verify;
