@@ -95,6 +95,7 @@ impl From<Error> for Status {
                  made; read it back before retrying"
                     .to_owned()
             }
+            Error::Store(over @ StoreError::OverBudget) => over.to_string(),
             other => other.to_string(),
         };
         Status::new(code, message)

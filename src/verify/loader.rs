@@ -84,6 +84,10 @@ pub struct Loader {
     shared: AtomicU64,
     queries: AtomicU64,
     secrets: AtomicU64,
+    /// Tests hold a batch here, after its query and before its answers, to make a change
+    /// land in between.
+    #[cfg(test)]
+    hold: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Loader {
@@ -104,6 +108,8 @@ impl Loader {
             shared: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             secrets: AtomicU64::new(0),
+            #[cfg(test)]
+            hold: None,
         }
     }
 
@@ -203,6 +209,10 @@ impl Loader {
                 .store
                 .find_many(&hashes, crate::domain::token::now())
                 .await;
+            #[cfg(test)]
+            if let Some(hold) = &self.hold {
+                hold.acquire().await.expect("open").forget();
+            }
             let answers = found.map(|tokens| self.answers(&hashes, tokens, epoch));
             let (batch, next) = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -299,4 +309,154 @@ pub fn as_presented(mut token: Token, presented: &SecretHash) -> Token {
         };
     }
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        cache::CacheSettings,
+        domain::{
+            audit::AuditEvent,
+            secret::{TokenPrefix, TokenSecret},
+        },
+        store::StoreOptions,
+    };
+
+    /// A real SQLite store holding one enabled token; its secret, and a second connection.
+    async fn store_with_token(
+        dir: &tempfile::TempDir,
+    ) -> (Arc<dyn TokenStore>, SecretHash, sqlx::SqlitePool) {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = crate::store::connect(&StoreOptions {
+            url: url.clone(),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            feed_heartbeat: Duration::from_secs(1),
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let secret = TokenSecret::generate(&TokenPrefix::default());
+        let now = crate::domain::token::now();
+        let token = Token::new("o".into(), &secret, None, now);
+        let audit = AuditEvent::new("create", AuditEvent::token_target(token.id), None, now);
+        store.insert_admin(&token, false, &audit).await.unwrap();
+        let other = sqlx::SqlitePool::connect(&url).await.unwrap();
+        (store, secret.hash(), other)
+    }
+
+    fn trusted_cache() -> Arc<TokenCache> {
+        let settings = CacheSettings {
+            max_entries: 100,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+        };
+        Arc::new(TokenCache::new(settings, true))
+    }
+
+    fn enabled(found: &Found) -> bool {
+        use crate::domain::verify::Subject;
+        found.as_ref().is_some_and(|t| t.enabled())
+    }
+
+    /// The freshness rule: a batch read before a revocation, still in flight when the
+    /// revocation is heard, answers neither a caller who came after it nor the cache; with
+    /// the change feed down, a caller never joins a batch sent before it came.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lookup_after_an_invalidation_never_gets_a_read_from_before_it() {
+        for trusted in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, hash, other) = store_with_token(&dir).await;
+            let cache = trusted_cache();
+            cache.set_trusted(trusted);
+            let hold = Arc::new(tokio::sync::Semaphore::new(0));
+            let mut loader = Loader::new(store, cache.clone(), LoaderSettings { in_flight: 1 });
+            loader.hold = Some(hold.clone());
+            let loader = Arc::new(loader);
+
+            // The first lookup reads the token enabled, and is held before it answers.
+            let before = tokio::spawn({
+                let loader = loader.clone();
+                async move { loader.load(hash).await.unwrap() }
+            });
+            while loader.counts().queries == 0 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The token is revoked while that batch is in flight: heard, when the change
+            // feed is up; unheard when it is down (another replica's change).
+            sqlx::query("UPDATE tokens SET enabled = FALSE")
+                .execute(&other)
+                .await
+                .unwrap();
+            if trusted {
+                cache.invalidate(&hash);
+            }
+            let after = tokio::spawn({
+                let loader = loader.clone();
+                async move { loader.load(hash).await.unwrap() }
+            });
+            while loader.counts().lookups < 2 {
+                tokio::task::yield_now().await;
+            }
+            hold.add_permits(2);
+            assert!(
+                enabled(&before.await.unwrap()),
+                "it began before the revocation"
+            );
+            assert!(
+                !enabled(&after.await.unwrap()),
+                "trusted {trusted}: read afresh"
+            );
+            assert_eq!(loader.counts().queries, 2);
+            assert!(
+                !matches!(cache.get(&hash), Some(Entry::Found(t)) if enabled(&Some(t.clone()))),
+                "the stale read is not cached"
+            );
+        }
+    }
+
+    /// Misses of the same secret in one epoch share a lookup; distinct ones share a query.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_misses_share_one_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, hash, _other) = store_with_token(&dir).await;
+        let cache = trusted_cache();
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut loader = Loader::new(store, cache, LoaderSettings { in_flight: 1 });
+        loader.hold = Some(hold.clone());
+        let loader = Arc::new(loader);
+        let unknown: Vec<SecretHash> = (0..20u8).map(|i| SecretHash([i; 32])).collect();
+        let mut tasks = Vec::new();
+        for hash in std::iter::repeat_n(hash, 10).chain(unknown.iter().copied()) {
+            let loader = loader.clone();
+            tasks.push(tokio::spawn(
+                async move { loader.load(hash).await.unwrap() },
+            ));
+        }
+        while loader.counts().lookups < 30 {
+            tokio::task::yield_now().await;
+        }
+        hold.add_permits(100);
+        let found: Vec<Found> = futures_join(tasks).await;
+        assert_eq!(found.iter().filter(|f| enabled(f)).count(), 10);
+        let counts = loader.counts();
+        assert!(
+            counts.queries <= 2,
+            "{counts:?}: the first, then all the rest"
+        );
+        assert_eq!(counts.shared, 9, "{counts:?}");
+        assert_eq!(counts.secrets, 21, "{counts:?}");
+    }
+
+    async fn futures_join(tasks: Vec<tokio::task::JoinHandle<Found>>) -> Vec<Found> {
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap());
+        }
+        out
+    }
 }

@@ -21,6 +21,7 @@ mod leaks;
 mod leaks_github;
 mod lifecycle;
 mod listener;
+mod lookups;
 mod metrics;
 mod operations;
 mod persistence;
