@@ -182,8 +182,9 @@ pub struct ServeArgs {
     pub cache_negative_ttl: Duration,
 
     /// The most store queries of Verify's cache misses in flight at once; misses arriving
-    /// meanwhile wait for the next query, which takes up to 128 of them.
-    #[arg(long, env = "TA_VERIFY_QUERIES_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// meanwhile wait for the next query, which takes up to 128 of them. One measured
+    /// best on a 2-core machine (more queries, each smaller, cost more CPU per Verify).
+    #[arg(long, env = "TA_VERIFY_QUERIES_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub verify_queries_in_flight: u32,
 
     /// Store lookups of unknown secrets (cache misses that find no token) per second per

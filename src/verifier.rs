@@ -73,7 +73,7 @@ pub struct LookupSettings {
 impl Default for LookupSettings {
     fn default() -> Self {
         Self {
-            loader: LoaderSettings { in_flight: 2 },
+            loader: LoaderSettings { in_flight: 1 },
             unknown_per_address: 50,
             unknown_overall: 1000,
         }
