@@ -56,6 +56,8 @@ mod load;
 mod noop;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/store.rs"]
+mod store;
 
 use load::{Caller, Measured};
 use report::{Printer, Row};
@@ -105,6 +107,16 @@ enum Scenario {
     /// Makes the `verify` token and writes the framed requests h2load posts (verify.bin,
     /// health.bin, check.bin) into --out-dir, for scripts/callgrind-calls.sh.
     H2loadBodies,
+    /// Makes --tokens tokens straight in Postgres (--database-url), their secrets written
+    /// to --secrets-file; run before the server starts, for `cold`.
+    Seed,
+    /// Verifies each secret of --secrets-file once (a cold cache: every Verify a miss).
+    Cold,
+    /// `verify` alone, then `verify` while --flood-concurrency tasks on
+    /// --flood-connections other connections send Verify of new unknown secrets, for
+    /// --rounds rounds; the flood's row counts its store lookups (NOT_FOUND) as calls and
+    /// its over-budget refusals as errors.
+    CompareFlood,
 }
 
 /// Drives a running token-authority over gRPC and reports throughput and latency.
@@ -160,6 +172,22 @@ struct Args {
     /// closed-loop throughput and uses half of it.
     #[arg(long)]
     rate: Option<f64>,
+
+    /// Postgres database of `seed`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// Secrets file of `seed` and `cold`.
+    #[arg(long, default_value = "cold.secrets")]
+    secrets_file: PathBuf,
+
+    /// Flooding tasks of `compare-flood`.
+    #[arg(long, default_value_t = 64)]
+    flood_concurrency: usize,
+
+    /// Connections of `compare-flood`'s flood (besides --connections).
+    #[arg(long, default_value_t = 4)]
+    flood_connections: usize,
 
     /// Also print each result as one JSON object per line.
     #[arg(long)]
@@ -258,9 +286,14 @@ impl Bench {
             .map(|s| format!("Bearer {s}").parse::<MetadataValue<Ascii>>())
             .transpose()
             .context("the admin secret is not a valid header value")?;
-        let control = connect(&target)
-            .await
-            .with_context(|| format!("cannot connect to {target}; is the server running?"))?;
+        // `seed` runs before the server starts.
+        let control = if args.scenarios.iter().all(|s| *s == Scenario::Seed) {
+            Endpoint::from_shared(target.clone())?.connect_lazy()
+        } else {
+            connect(&target)
+                .await
+                .with_context(|| format!("cannot connect to {target}; is the server running?"))?
+        };
         let printer = Printer::new(args.json);
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         printer.note(format_args!(
@@ -299,6 +332,20 @@ impl Bench {
                         .context("h2load-bodies needs --out-dir")?;
                     self.write_bodies(&dir).await?;
                 }
+                Scenario::CompareFlood => self.compare_flood().await?,
+                Scenario::Seed => {
+                    let url = self
+                        .args
+                        .database_url
+                        .as_deref()
+                        .context("seed needs --database-url")?;
+                    store::seed(url, self.args.tokens, &self.args.secrets_file).await?;
+                    self.printer.note(format_args!(
+                        "seed: {} tokens made, secrets in {}",
+                        self.args.tokens,
+                        self.args.secrets_file.display()
+                    ));
+                }
                 _ => {
                     let row = self.run(scenario, None).await?;
                     self.printer.row(&row);
@@ -323,6 +370,40 @@ impl Bench {
         }
         self.printer
             .compare_summary(&rows, self.args.rounds, noop_host(&self.args));
+        Ok(())
+    }
+
+    /// verify alone and verify beside a flood of unknown secrets, alternately.
+    async fn compare_flood(&mut self) -> anyhow::Result<()> {
+        let requests = self.single_requests().await?;
+        let mut rows = Vec::new();
+        for round in 1..=self.args.rounds {
+            let row = self.run(Scenario::Verify, Some(round)).await?;
+            self.printer.row(&row);
+            rows.push(row);
+            let channels = connect_many(&self.target, self.args.connections).await?;
+            let flood_channels =
+                connect_many(&self.target, self.args.flood_connections.max(1)).await?;
+            let verify = self.closed(self.verify_callers(&channels, &requests));
+            let flood_callers = (0..self.args.flood_concurrency)
+                .map(|task| Caller::Flood {
+                    client: VerifyServiceClient::new(
+                        flood_channels[task % flood_channels.len()].clone(),
+                    ),
+                })
+                .collect();
+            let flood = load::closed_loop(flood_callers, self.args.warmup, self.args.duration);
+            let (verified, flooded) = tokio::join!(verify, flood);
+            let row = self.row("verify-flooded", Some(round), verified, None);
+            self.printer.row(&row);
+            rows.push(row);
+            let mut row = self.row("flood", Some(round), flooded, None);
+            row.concurrency = self.args.flood_concurrency;
+            row.connections = self.args.flood_connections;
+            self.printer.row(&row);
+            rows.push(row);
+        }
+        self.printer.pair_summary(&rows, "verify-flooded", "verify");
         Ok(())
     }
 
@@ -658,13 +739,21 @@ impl Bench {
                 }
                 Ok(self.row(name, round, measured, None))
             }
+            Scenario::Cold => {
+                let channels = connect_many(&self.target, self.args.connections).await?;
+                let measured =
+                    store::cold(&channels, &self.args.secrets_file, self.args.concurrency).await?;
+                Ok(self.row("cold", round, measured, None))
+            }
             Scenario::Compare
             | Scenario::CompareCheck
             | Scenario::CompareForwardAuth
             | Scenario::LatencyAt
             | Scenario::H2loadCompare
             | Scenario::H2loadBodies
-            | Scenario::ServeNoop => {
+            | Scenario::ServeNoop
+            | Scenario::CompareFlood
+            | Scenario::Seed => {
                 unreachable!("run_all handles {scenario:?}")
             }
         }

@@ -184,6 +184,23 @@ pub struct ServeArgs {
     #[arg(long, env = "TA_CACHE_NEGATIVE_TTL", default_value = "1m", value_parser = parse_positive_duration)]
     pub cache_negative_ttl: Duration,
 
+    /// The most store queries of Verify's cache misses in flight at once; misses arriving
+    /// meanwhile wait for the next query, which takes up to 128 of them. One measured
+    /// best on a 2-core machine (more queries, each smaller, cost more CPU per Verify).
+    #[arg(long, env = "TA_VERIFY_QUERIES_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub verify_queries_in_flight: u32,
+
+    /// Store lookups of unknown secrets (cache misses that find no token) per second per
+    /// client address, burst twice that; past it, a cache miss from that address fails
+    /// RESOURCE_EXHAUSTED (HTTP 429), never with a verdict. 0 for no limit.
+    #[arg(long, env = "TA_UNKNOWN_LOOKUPS_PER_ADDRESS", default_value_t = 50)]
+    pub unknown_lookups_per_address: u32,
+
+    /// Store lookups of unknown secrets per second from every address together, burst
+    /// twice that; past it, cache misses fail as above. 0 for no limit.
+    #[arg(long, env = "TA_UNKNOWN_LOOKUPS_OVERALL", default_value_t = 1000)]
+    pub unknown_lookups_overall: u32,
+
     /// After the drain, how long in-flight calls and open connections get to finish before
     /// the process exits anyway.
     #[arg(long, env = "TA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]

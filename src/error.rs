@@ -77,6 +77,7 @@ impl From<Error> for Status {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Store(StoreError::NameTaken | StoreError::TypeTaken) => Code::AlreadyExists,
             Error::Store(StoreError::Contended(_)) => Code::Aborted,
+            Error::Store(StoreError::OverBudget) => Code::ResourceExhausted,
             Error::Store(cause) => {
                 tracing::error!(error = %cause, "store operation failed");
                 Code::Unavailable
@@ -94,6 +95,7 @@ impl From<Error> for Status {
                  made; read it back before retrying"
                     .to_owned()
             }
+            Error::Store(over @ StoreError::OverBudget) => over.to_string(),
             other => other.to_string(),
         };
         Status::new(code, message)

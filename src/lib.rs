@@ -23,3 +23,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod usage;
 pub mod verifier;
+pub mod verify;

@@ -12,6 +12,8 @@ use token_authority::{
     startup::{Application, GithubKeySource, Settings, shutdown_signal},
     store::{self, StoreOptions},
     telemetry,
+    verifier::LookupSettings,
+    verify::loader::LoaderSettings,
 };
 
 #[tokio::main]
@@ -101,6 +103,13 @@ async fn run(
                     max_entries: serve.cache_max_entries,
                     ttl: serve.cache_ttl,
                     negative_ttl: serve.cache_negative_ttl,
+                },
+                lookups: LookupSettings {
+                    loader: LoaderSettings {
+                        in_flight: serve.verify_queries_in_flight as usize,
+                    },
+                    unknown_per_address: serve.unknown_lookups_per_address,
+                    unknown_overall: serve.unknown_lookups_overall,
                 },
                 ext_authz,
                 management_rate_limit: serve.management_rate_limit,

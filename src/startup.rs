@@ -42,7 +42,7 @@ use crate::{
     store::{self, StoreOptions, TokenStore},
     tls::TlsFiles,
     usage::{self, UsageRecorder},
-    verifier::Verifier,
+    verifier::{LookupSettings, Verifier},
 };
 
 /// The gRPC services whose health is reported, besides the overall "" service.
@@ -112,6 +112,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// The Verify cache.
     pub cache: CacheSettings,
+    /// How Verify's cache misses reach the store.
+    pub lookups: LookupSettings,
     /// How Envoy ext_authz Check requests are read and answered.
     pub ext_authz: CheckSettings,
     /// Management requests per minute per client address; 0 for no limit.
@@ -207,7 +209,12 @@ impl Application {
         let state = Arc::new(AppState {
             store: store.clone(),
             cache: cache.clone(),
-            verifier: Verifier::new(store.clone(), cache, usage.clone()),
+            verifier: Arc::new(Verifier::new(
+                store.clone(),
+                cache,
+                usage.clone(),
+                settings.lookups,
+            )),
             prefix: settings.token_prefix.clone(),
             management_rate: ManagementRate::new(settings.management_rate_limit),
             leak_report_rate: ManagementRate::new(settings.leak_report_rate_limit),
@@ -296,7 +303,12 @@ impl Application {
             .map(TcpListener::local_addr)
             .transpose()?;
         let metrics_server = metrics_listener.map(|listener| {
-            let exporter = Exporter::new(state.metrics.clone(), state.cache.clone(), store.clone());
+            let exporter = Exporter::new(
+                state.metrics.clone(),
+                state.cache.clone(),
+                store.clone(),
+                state.verifier.clone(),
+            );
             tokio::spawn(metrics::serve(listener, Arc::new(exporter)))
         });
         let flusher = usage::spawn_flusher(

@@ -5,13 +5,20 @@
 //! it is rare, and it needs the whole token to judge what the caller may grant. A use is
 //! spent (rate limit, `max_uses`, usage record) only when the use is allowed.
 
-use std::sync::Arc;
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use chrono::{DateTime, Utc};
 
 use crate::{
     cache::{Entry, TokenCache},
     domain::{
+        restrictions::limit_key,
         secret::{SecretHash, TokenSecret},
         token::{Token, limits, now},
         verify::{Outcome, Subject, Usage, evaluate},
@@ -20,6 +27,10 @@ use crate::{
     limits::TokenRates,
     store::{StoreError, TokenStore},
     usage::UsageRecorder,
+    verify::{
+        budget::{MissBudget, Rate, Refused},
+        loader::{Loader, LoaderCounts, LoaderSettings},
+    },
 };
 
 /// The answer to one verification; `T` is the form in which the token comes back.
@@ -48,12 +59,50 @@ impl<T> Verdict<T> {
     }
 }
 
+/// How Verify reaches the store on a cache miss.
+#[derive(Clone, Copy, Debug)]
+pub struct LookupSettings {
+    /// How misses are batched.
+    pub loader: LoaderSettings,
+    /// Lookups of unknown secrets per second per client address (0: no limit).
+    pub unknown_per_address: u32,
+    /// Lookups of unknown secrets per second from every address together (0: no limit).
+    pub unknown_overall: u32,
+}
+
+impl Default for LookupSettings {
+    fn default() -> Self {
+        Self {
+            loader: LoaderSettings { in_flight: 1 },
+            unknown_per_address: 50,
+            unknown_overall: 1000,
+        }
+    }
+}
+
+/// What Verify's store lookups did since the start, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LookupCounts {
+    /// The loader's counts.
+    pub loader: LoaderCounts,
+    /// Lookups that found no token (and spent the budget).
+    pub unknown: u64,
+    /// Lookups refused because the client address spent its budget.
+    pub refused_address: u64,
+    /// Lookups refused because every address together spent the overall budget.
+    pub refused_overall: u64,
+}
+
 /// Verifies presented secrets against the cache and the store.
 pub struct Verifier {
     store: Arc<dyn TokenStore>,
     cache: Arc<TokenCache>,
+    loader: Arc<Loader>,
+    budget: MissBudget,
     usage: Arc<UsageRecorder>,
     rates: TokenRates,
+    unknown: AtomicU64,
+    refused: [AtomicU64; 2],
 }
 
 impl Verifier {
@@ -62,40 +111,78 @@ impl Verifier {
         store: Arc<dyn TokenStore>,
         cache: Arc<TokenCache>,
         usage: Arc<UsageRecorder>,
+        lookups: LookupSettings,
     ) -> Self {
         Self {
+            loader: Arc::new(Loader::new(store.clone(), cache.clone(), lookups.loader)),
+            budget: MissBudget::new(
+                Rate::per_second(lookups.unknown_per_address),
+                Rate::per_second(lookups.unknown_overall),
+            ),
             store,
             cache,
             usage,
             rates: TokenRates::default(),
+            unknown: AtomicU64::new(0),
+            refused: Default::default(),
         }
     }
 
     /// Verifies a presented secret for a use, through the cache. Malformed secrets are
-    /// answered without a lookup; only store failures are errors.
+    /// answered without a lookup; only store failures, and a client over its budget of
+    /// lookups of unknown secrets ([`StoreError::OverBudget`]), are errors. `caller` is
+    /// the address the request came from; the budget counts the end client the request
+    /// names (`usage.client_ip`), else the caller.
     pub async fn verify(
         &self,
         presented: &str,
         usage: &Usage,
+        caller: Option<IpAddr>,
     ) -> Result<Verdict<EncodedToken>, StoreError> {
         let hash = match parse(presented) {
             Ok(hash) => hash,
             Err(verdict) => return Ok(verdict),
         };
-        let now = now();
         let token = match self.cache.get(&hash) {
             Some(Entry::Found(token)) => Some(token),
             Some(Entry::Missing) => None,
-            None => {
-                let epoch = self.cache.epoch();
-                let found = self.store.find_by_hash(&hash, now).await?;
-                let token = found.map(|t| Arc::new(EncodedToken::new(&as_presented(t, &hash))));
-                let entry = token.clone().map_or(Entry::Missing, Entry::Found);
-                self.cache.fill(hash, entry, epoch);
-                token
-            }
+            None => self.load(hash, usage.client_ip.or(caller)).await?,
         };
-        self.judge(token, usage, now).await
+        self.judge(token, usage, now()).await
+    }
+
+    /// Looks a missed secret up in the store, within the client's budget.
+    async fn load(
+        &self,
+        hash: SecretHash,
+        client: Option<IpAddr>,
+    ) -> Result<Option<Arc<EncodedToken>>, StoreError> {
+        let reserved = self
+            .budget
+            .reserve(client.map(limit_key))
+            .map_err(|refused| {
+                self.refused[(refused == Refused::Overall) as usize]
+                    .fetch_add(1, Ordering::Relaxed);
+                StoreError::OverBudget
+            })?;
+        let found = self.loader.load(hash).await;
+        match &found {
+            Ok(None) => {
+                self.unknown.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => self.budget.found(reserved),
+        }
+        found
+    }
+
+    /// What Verify's store lookups did since the start.
+    pub fn lookup_counts(&self) -> LookupCounts {
+        LookupCounts {
+            loader: self.loader.counts(),
+            unknown: self.unknown.load(Ordering::Relaxed),
+            refused_address: self.refused[0].load(Ordering::Relaxed),
+            refused_overall: self.refused[1].load(Ordering::Relaxed),
+        }
     }
 
     /// Authenticates a management caller's secret against the store (never the cache):
@@ -192,22 +279,11 @@ impl Verifier {
         self.usage.record(id, now, usage.client_ip);
     }
 
-    /// Drops rate-limit state of tokens not used lately.
+    /// Drops rate-limit and lookup-budget state of tokens and addresses not seen lately.
     pub fn shrink_rates(&self) {
         self.rates.shrink();
+        self.budget.shrink();
     }
-}
-
-/// A token as the presented secret may use it: a previous secret, during a rotation's
-/// grace period, works only until that period ends.
-fn as_presented(mut token: Token, presented: &SecretHash) -> Token {
-    if token.secret_hash != *presented {
-        token.expire_time = match (token.expire_time, token.previous_hash_expire_time) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
-    token
 }
 
 /// Checks a presented secret and returns its hash, or answers MALFORMED.

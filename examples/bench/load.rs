@@ -32,7 +32,7 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
-fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+pub fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
     let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     histogram.saturating_record(us.max(1));
 }
@@ -61,6 +61,11 @@ pub enum Caller {
     Http {
         sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
         request: Arc<hyper::Request<http_body_util::Empty<bytes::Bytes>>>,
+    },
+    /// VerifyService/Verify of a new well-formed unknown secret each call (a flood); see
+    /// `store::flood_call`.
+    Flood {
+        client: VerifyServiceClient<Channel>,
     },
     /// TokenService/CreateToken of a new token named `<prefix>-<n>` each call.
     Create {
@@ -124,6 +129,7 @@ impl Caller {
                 }
             }
             Caller::Http { sender, request } => super::http::call(sender, request).await,
+            Caller::Flood { client } => super::store::flood_call(client).await,
             Caller::Create {
                 client,
                 authorization,

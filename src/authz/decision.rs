@@ -32,6 +32,9 @@ pub struct HttpRequest<'a> {
     pub headers: &'a Headers<'a>,
     /// The client's address, as the front end worked it out from what it may believe.
     pub client_ip: Option<IpAddr>,
+    /// The gateway's own address (the budget of lookups of unknown secrets counts it
+    /// when the client is unknown).
+    pub peer: Option<IpAddr>,
     /// What the gateway's configuration says of the route.
     pub route: &'a Route,
 }
@@ -107,6 +110,18 @@ impl Denial {
             error: "rate_limited",
             result: result_name(Outcome::RateLimited),
             reason,
+            scope: String::new(),
+        }
+    }
+
+    /// A client over its budget of lookups of unknown secrets: 429, and no verdict on the
+    /// token (it may be a real one).
+    pub fn over_budget() -> Self {
+        Self {
+            status: 429,
+            error: "rate_limited",
+            result: "LOOKUPS_EXHAUSTED",
+            reason: StoreError::OverBudget.to_string(),
             scope: String::new(),
         }
     }
@@ -208,7 +223,14 @@ pub async fn authorize(
         unsatisfiable,
         bound_key_required: !requirement.ignore_bindings,
     };
-    let verdict = verifier.verify(credential.presented, &usage).await?;
+    let verdict = match verifier
+        .verify(credential.presented, &usage, request.peer)
+        .await
+    {
+        Ok(verdict) => verdict,
+        Err(StoreError::OverBudget) => return Ok((Decision::Deny(Denial::over_budget()), None)),
+        Err(error) => return Err(error),
+    };
     let decision = match (&verdict.outcome, &verdict.token) {
         (Outcome::Ok, Some(token)) => Decision::Allow {
             token: token.clone(),

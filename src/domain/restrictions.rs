@@ -53,6 +53,17 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// The key per-address limits count an address under: IPv4 as it is, IPv6 by its /64.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// Maps IPv4-mapped IPv6 addresses to IPv4.
 pub fn canonical_ip(addr: IpAddr) -> IpAddr {
     match addr {

@@ -18,7 +18,7 @@ use crate::{
     domain::{
         audit::AuditEvent,
         policy::{self, Action, Refusal},
-        restrictions::{canonical_ip, client_address},
+        restrictions::{canonical_ip, client_address, limit_key},
         token::{Token, now},
         verify::{Outcome, Usage},
     },
@@ -262,17 +262,6 @@ pub fn origin_of<'a>(
     Origin {
         client,
         limit_key: Some(limit_key(client.unwrap_or(peer))),
-    }
-}
-
-/// The key per-address limits count an address under: IPv4 as it is, IPv6 by its /64.
-pub fn limit_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
     }
 }
 

@@ -57,6 +57,9 @@ impl Authorization for ExtAuthzApi {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|addr| crate::domain::restrictions::canonical_ip(addr.ip()));
         let request = request.into_inner();
         let attributes = request
             .attributes
@@ -95,6 +98,7 @@ impl Authorization for ExtAuthzApi {
                 headers.get("x-forwarded-for"),
                 &settings.trusted_proxies,
             ),
+            peer,
             route: &route,
         };
         let (decision, verdict) = authz::authorize(&self.state.verifier, settings, &described)

@@ -29,7 +29,7 @@ pub struct AppState {
     /// Where tokens live.
     pub store: Arc<dyn TokenStore>,
     /// The verification path.
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     /// The Verify cache, evicted here on every change made through this replica.
     pub cache: Arc<TokenCache>,
     /// The prefix of new secrets.

@@ -85,6 +85,7 @@ impl VerifyService for VerifyApi {
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
+        let caller = super::auth::origin(&self.state, &request).client;
         let request = request.into_inner();
         if request.token.is_empty() {
             return Err(Error::invalid("token", "is required").into());
@@ -93,7 +94,7 @@ impl VerifyService for VerifyApi {
         let verdict = self
             .state
             .verifier
-            .verify(&request.token, &usage)
+            .verify(&request.token, &usage, caller)
             .await
             .map_err(Error::from)?;
         self.state

@@ -309,6 +309,7 @@ pub async fn handle(State(state): State<Arc<HttpState>>, request: Request) -> Re
         host: original.host.as_deref(),
         headers: &headers,
         client_ip: original.client,
+        peer: Some(peer),
         route: &settings.route,
     };
     let judged = authz::authorize(&state.app.verifier, &state.check, &described).await;

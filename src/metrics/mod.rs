@@ -31,6 +31,7 @@ use crate::{
     cache::{CacheCounts, TokenCache},
     domain::verify::Outcome,
     store::TokenStore,
+    verifier::{LookupCounts, Verifier},
 };
 
 /// Which API gave a verdict.
@@ -183,12 +184,18 @@ impl Exporter {
     pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
     /// Builds an exporter of the recorded metrics and of the cache's and store's state.
-    pub fn new(metrics: Arc<Metrics>, cache: Arc<TokenCache>, store: Arc<dyn TokenStore>) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        cache: Arc<TokenCache>,
+        store: Arc<dyn TokenStore>,
+        verifier: Arc<Verifier>,
+    ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Scrape {
             metrics,
             cache,
             store,
+            verifier,
         }));
         Self { registry }
     }
@@ -221,6 +228,7 @@ struct Scrape {
     metrics: Arc<Metrics>,
     cache: Arc<TokenCache>,
     store: Arc<dyn TokenStore>,
+    verifier: Arc<Verifier>,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -237,6 +245,7 @@ impl Collector for Scrape {
         encode_verdicts(e, &self.metrics)?;
         encode_leaks(e, &self.metrics)?;
         encode_cache(e, self.cache.counts())?;
+        encode_lookups(e, self.verifier.lookup_counts())?;
         encode_listener(e, &self.metrics)?;
         encode_pool(e, self.store.as_ref())
     }
@@ -335,6 +344,52 @@ fn encode_leaks(e: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
         ),
         MetricType::Counter,
         all,
+    )
+}
+
+/// Verify's store lookups on cache misses: batched, shared, and held to a budget.
+fn encode_lookups(e: &mut DescriptorEncoder, lookups: LookupCounts) -> fmt::Result {
+    let loader = lookups.loader;
+    for (name, help, value) in [
+        (
+            "token_authority_verify_store_lookups",
+            "Verify cache misses looked up in the store (Verify, Check and forward auth)",
+            loader.lookups,
+        ),
+        (
+            "token_authority_verify_store_lookups_shared",
+            "Of those, answered by a lookup of the same secret another miss had started",
+            loader.shared,
+        ),
+        (
+            "token_authority_verify_store_queries",
+            "Store queries those lookups were batched into",
+            loader.queries,
+        ),
+        (
+            "token_authority_verify_store_secrets",
+            "Distinct secrets those queries looked up",
+            loader.secrets,
+        ),
+        (
+            "token_authority_verify_unknown_lookups",
+            "Lookups that found no token, each spending the client's budget of unknown secrets",
+            lookups.unknown,
+        ),
+    ] {
+        sample(e, (name, help), MetricType::Counter, value)?;
+    }
+    samples(
+        e,
+        (
+            "token_authority_verify_lookups_refused",
+            "Cache misses refused (RESOURCE_EXHAUSTED, HTTP 429) because the budget of lookups of unknown secrets was spent, by whose: the client address's or every address's",
+        ),
+        MetricType::Counter,
+        [
+            ([("budget", "address")], lookups.refused_address),
+            ([("budget", "overall")], lookups.refused_overall),
+        ],
     )
 }
 

@@ -13,7 +13,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-pub use sql::{LostConnections, SqlStore};
+pub use sql::{FIND_MANY_MAX, LostConnections, SqlStore};
 
 use crate::{
     domain::{
@@ -42,6 +42,10 @@ pub enum StoreError {
     /// nothing was changed, and trying again is safe.
     #[error("{0}")]
     Contended(&'static str),
+    /// Not a store failure: the client spent its budget of lookups of unknown secrets
+    /// (see `verify::budget`); the lookup was not made.
+    #[error("too many lookups of unknown tokens from this client address; try again later")]
+    OverBudget,
     /// The change feed's connection was lost.
     #[error("change feed connection lost")]
     FeedLost,
@@ -360,6 +364,15 @@ pub trait TokenStore: Send + Sync + 'static {
         hash: &SecretHash,
         now: DateTime<Utc>,
     ) -> Result<Option<Token>, StoreError>;
+
+    /// [`TokenStore::find_by_hash`] for many secrets at once, in one query per
+    /// [`FIND_MANY_MAX`] of them: the tokens whose current secret, or previous one in its
+    /// grace period at `now`, has one of these hashes, in no particular order.
+    async fn find_many(
+        &self,
+        hashes: &[SecretHash],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Token>, StoreError>;
 
     /// Returns the token one of whose secrets has this hash, whatever the token's state:
     /// its current secret, or the previous one, in a rotation's grace period or past it.

@@ -135,6 +135,12 @@ pub fn test_settings(db: &TestDb) -> Settings {
             ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(3600),
         },
+        // Tests verify many made-up secrets from one address; the budget has its own tests.
+        lookups: token_authority::verifier::LookupSettings {
+            unknown_per_address: 0,
+            unknown_overall: 0,
+            ..Default::default()
+        },
         ext_authz: token_authority::authz::CheckSettings::default(),
         // Tests make many calls from one address; the limit has its own test.
         management_rate_limit: 0,

@@ -24,6 +24,7 @@ mod leaks;
 mod leaks_github;
 mod lifecycle;
 mod listener;
+mod lookups;
 mod metrics;
 mod operations;
 mod persistence;

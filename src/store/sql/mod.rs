@@ -79,6 +79,7 @@ macro_rules! impl_sql_store {
 
 mod audit;
 mod feed;
+mod find_many;
 mod leaks;
 mod query;
 mod retry;
@@ -87,6 +88,7 @@ mod tokens;
 mod types;
 mod usage;
 
+pub use find_many::FIND_MANY_MAX;
 pub use retry::LostConnections;
 use retry::commit;
 
@@ -94,7 +96,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// What differs between the backends: their name and their migrations.
-pub trait Backend: Database {
+pub trait Backend: Database + find_many::FindMany {
     /// `postgres` or `sqlite`.
     const BACKEND_NAME: &'static str;
 
@@ -280,6 +282,14 @@ impl_sql_store! {
             now: DateTime<Utc>,
         ) -> Result<Option<Token>, StoreError> {
             self.retried(|| self.find_by_hash(hash, now)).await
+        }
+
+        async fn find_many(
+            &self,
+            hashes: &[SecretHash],
+            now: DateTime<Utc>,
+        ) -> Result<Vec<Token>, StoreError> {
+            self.retried(|| self.find_many(hashes, now)).await
         }
 
         async fn lookup(&self, hash: &SecretHash) -> Result<Option<Token>, StoreError> {
