@@ -2,9 +2,11 @@
 //! caller's credential, and what a failed call tells the user. Shared by the admin
 //! commands and `token-authority scan --report`.
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
+
+use super::text::one_line;
 use tonic::{
     Code, Status,
     metadata::{AsciiMetadataValue, MetadataValue},
@@ -18,7 +20,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The server to talk to, and the TLS files to reach it with.
 #[derive(Clone, Debug, Args, PartialEq, Eq)]
 pub struct ServerArgs {
-    /// The server's gRPC address: http://host:port, or https://host:port with --ca-cert.
+    /// The server's gRPC address: https://host:port with --ca-cert, or http://host:port to
+    /// this machine (localhost, 127.0.0.0/8, ::1; elsewhere only with --insecure-plaintext).
     #[arg(long, env = "TA_SERVER", default_value = "http://127.0.0.1:50051", value_parser = parse_server, global = true)]
     pub server: String,
 
@@ -33,6 +36,12 @@ pub struct ServerArgs {
     /// PEM private key of --client-cert.
     #[arg(long, env = "TA_CLIENT_KEY", requires = "client_cert", global = true)]
     pub client_key: Option<PathBuf>,
+
+    /// Allow an http:// --server that is not loopback, although the credential (and any
+    /// secret sent) then crosses the network in cleartext. Without it such a --server is
+    /// refused before anything is sent.
+    #[arg(long, global = true)]
+    pub insecure_plaintext: bool,
 }
 
 /// Why no connection was made.
@@ -55,7 +64,8 @@ impl fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 impl ServerArgs {
-    /// Checks that the TLS files fit the server's scheme, before anything else is done.
+    /// Checks that the TLS files fit the server's scheme, and that cleartext goes to this
+    /// machine only (or `--insecure-plaintext` says so), before anything else is done.
     pub fn check(&self) -> Result<(), String> {
         let https = self.server.starts_with("https://");
         if https && self.ca_cert.is_none() {
@@ -63,6 +73,13 @@ impl ServerArgs {
         }
         if !https && (self.ca_cert.is_some() || self.client_cert.is_some()) {
             return Err("--ca-cert and --client-cert need an https:// --server".into());
+        }
+        if !https && !self.insecure_plaintext && !loopback(&self.server) {
+            return Err(format!(
+                "--server {}: http:// to a host that is not loopback would send secrets in \
+                 cleartext; use https:// with --ca-cert, or pass --insecure-plaintext",
+                self.server
+            ));
         }
         Ok(())
     }
@@ -98,6 +115,23 @@ impl ServerArgs {
             ConnectError::Unreachable(format!("cannot connect to {}{cause}", self.server))
         })
     }
+}
+
+/// Returns whether the URL's host is this machine: `localhost`, 127.0.0.0/8 or ::1.
+fn loopback(server: &str) -> bool {
+    let Some(host) = server.parse::<http::Uri>().ok().and_then(|uri| {
+        uri.host().map(|host| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        })
+    }) else {
+        return false;
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Reads a PEM file; errors name the file, never its contents.
@@ -163,14 +197,14 @@ impl Failure {
 
 impl From<Status> for Failure {
     /// The server's message (which names the field, e.g. `token.permissions[2]: …`) on one
-    /// line, and the exit status of its code.
+    /// line, sanitized, and the exit status of its code.
     fn from(status: Status) -> Self {
-        let message = match status.message().trim() {
-            "" => status.code().description(),
+        let message = match one_line(status.message()) {
+            empty if empty.is_empty() => status.code().description().to_owned(),
             message => message,
         };
         Self {
-            line: message.split_whitespace().collect::<Vec<_>>().join(" "),
+            line: message,
             code: exit_code(status.code()),
         }
     }
@@ -266,6 +300,8 @@ mod tests {
             (bare.line.as_str(), bare.code),
             ("Some requested entity was not found", 4)
         );
+        let hostile = Failure::from(Status::not_found("a\u{1b}]0;owned\u{7}\u{202e}b\u{200d}"));
+        assert_eq!(hostile.line, "a\u{FFFD}]0;owned\u{FFFD}\u{FFFD}b\u{FFFD}");
     }
 
     #[test]
@@ -275,12 +311,55 @@ mod tests {
             ca_cert: ca.then(|| "ca.pem".into()),
             client_cert: None,
             client_key: None,
+            insecure_plaintext: false,
         };
         assert!(args("https://h:1", false).check().is_err());
-        assert!(args("http://h:1", true).check().is_err());
+        assert!(args("http://127.0.0.1:1", true).check().is_err());
         assert!(args("https://h:1", true).check().is_ok());
-        assert!(args("http://h:1", false).check().is_ok());
+        assert!(args("http://127.0.0.1:1", false).check().is_ok());
         assert!(parse_server("127.0.0.1:50051").is_err());
         assert!(parse_server("ftp://host").is_err());
+    }
+
+    #[test]
+    fn cleartext_goes_to_loopback_only_unless_insecure_plaintext() {
+        let args = |server: &str, insecure_plaintext: bool| ServerArgs {
+            server: server.into(),
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            insecure_plaintext,
+        };
+        for local in [
+            "http://127.0.0.1:50051",
+            "http://127.10.0.3:1",
+            "http://localhost:50051",
+            "http://LOCALHOST",
+            "http://[::1]:50051",
+            "http://[::ffff:127.0.0.1]:1",
+        ] {
+            assert_eq!(args(local, false).check(), Ok(()), "{local}");
+        }
+        for remote in [
+            "http://remote-host:50051",
+            "http://10.0.0.1:50051",
+            "http://0.0.0.0:50051",
+            "http://[::]:50051",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example",
+            "http://[2001:db8::1]:1",
+        ] {
+            let refused = args(remote, false).check().unwrap_err();
+            assert!(
+                refused.starts_with("--server ") && !refused.contains('\n'),
+                "{refused}"
+            );
+            assert_eq!(args(remote, true).check(), Ok(()), "{remote}");
+        }
+        let tls = ServerArgs {
+            ca_cert: Some("ca.pem".into()),
+            ..args("https://remote-host:1", false)
+        };
+        assert_eq!(tls.check(), Ok(()));
     }
 }

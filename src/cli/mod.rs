@@ -7,6 +7,7 @@ pub mod args;
 pub mod client;
 pub mod output;
 pub mod parse;
+pub mod text;
 mod tokens;
 mod types;
 
@@ -36,9 +37,10 @@ pub async fn run(command: Admin) -> ExitCode {
     }
 }
 
-/// Prints a failure as one line on stderr and returns its exit status.
+/// Prints a failure as one line on stderr, sanitized (it may quote the server or the
+/// network), and returns its exit status.
 pub fn fail(failure: &Failure) -> ExitCode {
-    let _ = writeln!(io::stderr(), "error: {}", failure.line);
+    let _ = writeln!(io::stderr(), "error: {}", text::one_line(&failure.line));
     ExitCode::from(failure.code)
 }
 

@@ -14,7 +14,7 @@ use prost_reflect::{
 };
 use serde_json::Value;
 
-use super::client::Failure;
+use super::{client::Failure, text::one_line};
 use crate::pb;
 
 /// How to print a response.
@@ -129,7 +129,7 @@ pub fn print<M: Named>(message: &M, output: Output, view: View) -> Result<(), Fa
                 .get_field_by_name("next_page_token")
                 .and_then(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
             {
-                let _ = writeln!(io::stderr(), "more: pass --page-token {next}");
+                let _ = writeln!(io::stderr(), "more: pass --page-token {}", one_line(&next));
             }
         }
     }
@@ -210,10 +210,8 @@ fn cell(value: &Value) -> String {
             .join(", "),
         other => other.to_string(),
     };
-    // No control character reaches the terminal (a description may hold anything).
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    // No control or format character reaches the terminal (a value may hold anything).
+    one_line(&text)
 }
 
 /// An aligned table with a header of upper-cased column names; empty cells are `-`.
@@ -333,7 +331,12 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_do_not_reach_the_terminal() {
-        assert_eq!(cell(&Value::String("a\u{1b}[2Jb\n".into())), "a [2Jb ");
+    fn control_and_format_characters_do_not_reach_the_terminal() {
+        assert_eq!(
+            cell(&Value::String("a\u{1b}[2Jb\u{202e}c\n".into())),
+            "a\u{FFFD}[2Jb\u{FFFD}c"
+        );
+        let map = serde_json::json!({"k\u{1b}": "v\u{2066}"});
+        assert_eq!(cell(&map), "k\u{FFFD}=v\u{FFFD}");
     }
 }

@@ -72,8 +72,8 @@ pub async fn report(
             .report_leaked_tokens(request)
             .await
             .map_err(|status| {
-                let why = match status.message() {
-                    "" => status.code().description(),
+                let why = match crate::cli::text::one_line(status.message()) {
+                    empty if empty.is_empty() => status.code().description().to_owned(),
                     message => message,
                 };
                 anyhow!(

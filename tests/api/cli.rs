@@ -116,6 +116,7 @@ both_backends!(
     the_secret_is_printed_once_and_alone_with_output_secret,
     type_audit_and_verify_commands_work,
     each_kind_of_failure_has_its_exit_status_and_changes_nothing,
+    what_the_server_stores_reaches_the_terminal_without_escapes_or_bidi,
 );
 
 async fn every_token_command_prints_what_the_server_answered(backend: Backend) {
@@ -650,4 +651,106 @@ async fn the_cli_reaches_an_https_server_with_its_ca() {
     )
     .await;
     assert_ne!(plain.code, 0, "{}", plain.stderr);
+}
+
+async fn what_the_server_stores_reaches_the_terminal_without_escapes_or_bidi(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Anyone who may create a token can put these in what the admin later reads: a bidi
+    // override and a zero-width joiner in the name and description (the server refuses
+    // control characters there), ESC and BEL sequences in the metadata.
+    let hostile = ['\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{200d}'];
+    let metadata = prost_types::Struct {
+        fields: [(
+            "note\u{1b}[8m".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(
+                    "x\u{1b}[2J\u{1b}]0;owned\u{7}".into(),
+                )),
+            },
+        )]
+        .into(),
+    };
+    let created = app
+        .create(token_authority::pb::v1::Token {
+            description: "safe\u{202e}txt.exe\u{200d}\u{2066}".into(),
+            metadata: Some(metadata),
+            ..spec("evil\u{202e}gpj.exe\u{200d}", &[])
+        })
+        .await;
+    let id = created.token.unwrap().id;
+    app.create(spec("second", &[])).await;
+
+    let get = ta(&app, &["tokens", "get", &id]).await;
+    assert_eq!(field(get.ok(), "name"), Some("evil\u{FFFD}gpj.exe\u{FFFD}"));
+    let list = ta(&app, &["tokens", "list", "--page-size", "2"]).await;
+    assert!(
+        list.ok().contains("evil\u{FFFD}gpj.exe\u{FFFD}"),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        list.stderr.starts_with("more: pass --page-token "),
+        "{}",
+        list.stderr
+    );
+    for run in [
+        get,
+        list,
+        ta(&app, &["tokens", "disable", &id]).await,
+        ta(&app, &["tokens", "rotate", &id]).await,
+        ta(&app, &["tokens", "rotate", &id, "-o", "secret"]).await,
+        ta(&app, &["audit", "list"]).await,
+    ] {
+        run.ok();
+        for c in hostile {
+            assert!(
+                !run.stdout.contains(c) && !run.stderr.contains(c),
+                "{c:?} reached the terminal: {:?}\n{:?}",
+                run.stdout,
+                run.stderr
+            );
+        }
+    }
+    // -o json stays the exact value, which JSON's escaping makes safe for ESC and BEL.
+    let json = ta(&app, &["tokens", "get", &id, "-o", "json"]).await.json();
+    assert_eq!(json["name"], "evil\u{202e}gpj.exe\u{200d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_to_a_host_that_is_not_loopback_is_refused_before_anything_is_sent() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let port = app.target.rsplit(':').next().unwrap();
+    // 0.0.0.0 is not a loopback address, yet on Linux it reaches the test's server: were
+    // the command not refused, the token would be created, the credential sent.
+    let remote = format!("http://0.0.0.0:{port}");
+    let before = app.snapshot().await;
+    let create = ["tokens", "create", "sent-in-cleartext"];
+
+    let refused = run_at(&remote, Some(&app.admin), "", &create).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stdout.is_empty(), "{}", refused.stdout);
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.starts_with("error: --server ")
+            && refused.stderr.contains("--insecure-plaintext"),
+        "{}",
+        refused.stderr
+    );
+    let verify = run_at(&remote, None, &app.admin, &["verify"]).await;
+    assert_eq!(
+        verify.code, 2,
+        "verify sends a secret too: {}",
+        verify.stderr
+    );
+    assert_eq!(app.snapshot().await, before, "nothing was sent");
+
+    // Loopback by name or address stays allowed; elsewhere, --insecure-plaintext allows it.
+    let local = format!("http://localhost:{port}");
+    run_at(&local, Some(&app.admin), "", &["tokens", "list"])
+        .await
+        .ok();
+    let mut insecure = create.to_vec();
+    insecure.push("--insecure-plaintext");
+    run_at(&remote, Some(&app.admin), "", &insecure).await.ok();
+    assert_eq!(app.snapshot().await.len(), before.len() + 1);
 }

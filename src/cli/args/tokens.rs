@@ -1,48 +1,9 @@
-//! The admin CLI's commands and flags (clap). Flags are in the terms people think in
-//! (`--permission domains:read`, `--ttl 30d`, `--rate 10/1m`, `--bind reportId=r-17`);
-//! their values are parsed here, so a bad one is a usage error before any call.
-
-use std::path::PathBuf;
+//! The flags of `token-authority tokens …`.
 
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 
-use super::{client::ServerArgs, output::Output, parse};
-
-/// The commands that manage a running server.
-#[derive(Debug, Subcommand)]
-pub enum Admin {
-    /// Create, list, change, rotate, disable and delete tokens on a server.
-    Tokens(Tokens),
-    /// Manage token types and their templates.
-    Types(Types),
-    /// Read the audit trail.
-    Audit(Audit),
-    /// Ask a server whether a secret (read from stdin or --secret-file) is valid for a use.
-    ///
-    /// Exits 0 when it is valid, 1 when it is not (the answer says why).
-    #[command(after_help = "Examples:\n  \
-        printf %s \"$SECRET\" | token-authority verify --permission domains:read\n  \
-        token-authority verify --secret-file ./app.secret --client-ip 10.1.2.3 \\\n    \
-        --host api.example.com --bind reportId=r-17 -o json")]
-    Verify(VerifyArgs),
-}
-
-/// Where the server is, who the caller is, and how to print: on every admin command.
-#[derive(Debug, Args)]
-#[command(next_help_heading = "Connection")]
-pub struct ClientArgs {
-    #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// A file holding the caller's secret; without it the secret comes from TA_TOKEN.
-    /// (There is no flag for the secret itself: every user of the machine sees flags.)
-    #[arg(long, env = "TA_TOKEN_FILE", global = true)]
-    pub token_file: Option<PathBuf>,
-
-    /// How to print the answer.
-    #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
-    pub output: Output,
-}
+use super::{ClientArgs, Id, Page, SecretArgs};
+use crate::cli::parse;
 
 /// `token-authority tokens …`
 #[derive(Debug, Args)]
@@ -112,13 +73,6 @@ pub enum TokenCommand {
     #[command(after_help = "Example:\n  \
         printf %s \"$FOUND_IN_A_LOG\" | token-authority tokens lookup")]
     Lookup(SecretArgs),
-}
-
-/// A token's or type's id.
-#[derive(Debug, Args)]
-pub struct Id {
-    /// The id.
-    pub id: String,
 }
 
 /// The fields of a token that both create and update set.
@@ -254,17 +208,6 @@ pub struct ListArgs {
     pub page: Page,
 }
 
-/// Paging of a list.
-#[derive(Debug, Args)]
-pub struct Page {
-    /// At most this many per page (1 to 1000; the server's default is 50).
-    #[arg(long, value_name = "N")]
-    pub page_size: Option<i32>,
-    /// The page after the one that printed this token.
-    #[arg(long, value_name = "TOKEN")]
-    pub page_token: Option<String>,
-}
-
 /// `tokens rotate`
 #[derive(Debug, Args)]
 pub struct RotateArgs {
@@ -291,148 +234,4 @@ pub struct RevokeArgs {
     /// Also the caller's own token, if it matches.
     #[arg(long)]
     pub include_caller: bool,
-}
-
-/// Where a secret to check comes from: never a flag's value.
-#[derive(Debug, Args)]
-pub struct SecretArgs {
-    /// A file holding the secret; without it, the secret is read from stdin.
-    #[arg(long, value_name = "PATH")]
-    pub secret_file: Option<PathBuf>,
-}
-
-/// `token-authority verify`
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[command(flatten)]
-    pub secret: SecretArgs,
-    /// A permission the use needs (repeat, or separate with commas).
-    #[arg(long = "permission", value_name = "PERMISSION", value_delimiter = ',')]
-    pub permissions: Vec<String>,
-    /// The address of the client that presented the secret.
-    #[arg(long, value_name = "IP")]
-    pub client_ip: Option<String>,
-    /// The host the secret was presented at.
-    #[arg(long)]
-    pub host: Option<String>,
-    /// A resource the use touches, key=value (repeat).
-    #[arg(long = "bind", value_name = "KEY=VALUE", value_parser = parse::pair)]
-    pub bindings: Vec<(String, String)>,
-}
-
-/// `token-authority types …`
-#[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  \
-    token-authority types list\n  \
-    token-authority types create service --display-name 'Service Token' \\\n    \
-    --required-field description --max-lifetime 365d --writable\n  \
-    token-authority types update service --max-lifetime 90d")]
-pub struct Types {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[command(subcommand)]
-    pub command: TypeCommand,
-}
-
-/// A token type command.
-#[derive(Debug, Subcommand)]
-pub enum TypeCommand {
-    /// List the token types (ListTokenTypes).
-    #[command(after_help = "Example:\n  token-authority types list")]
-    List,
-    /// Show one type and its template (GetTokenType).
-    #[command(after_help = "Example:\n  token-authority types get assistant")]
-    Get(Id),
-    /// Create a type (CreateTokenType).
-    #[command(after_help = "Example:\n  \
-        token-authority types create service --display-name 'Service Token' \\\n    \
-        --description machine-to-machine --required-field description --max-lifetime 365d --writable")]
-    Create(TypeArgs),
-    /// Change the fields given (UpdateTokenType). Template flags change the template the
-    /// server has, read first, and write it back whole.
-    #[command(
-        after_help = "Example:\n  token-authority types update service --max-lifetime 90d --writable=false"
-    )]
-    Update(TypeArgs),
-    /// Delete a type no token uses (DeleteTokenType).
-    #[command(after_help = "Example:\n  token-authority types delete service")]
-    Delete(Id),
-}
-
-/// A type's fields.
-#[derive(Debug, Args)]
-pub struct TypeArgs {
-    /// The type's id, as tokens name it.
-    pub id: String,
-    /// A name for people.
-    #[arg(long)]
-    pub display_name: Option<String>,
-    /// Free text for people.
-    #[arg(long)]
-    pub description: Option<String>,
-    /// A field every token of the type must set (repeat, or separate with commas).
-    #[arg(long = "required-field", value_name = "FIELD", value_delimiter = ',')]
-    pub required_fields: Vec<String>,
-    /// If given, the only optional fields a token of the type may set (repeat).
-    #[arg(long = "allowed-field", value_name = "FIELD", value_delimiter = ',')]
-    pub allowed_fields: Vec<String>,
-    /// A binding key every token of the type must be bound on (repeat).
-    #[arg(long = "required-binding", value_name = "KEY", value_delimiter = ',')]
-    pub required_bindings: Vec<String>,
-    /// A permission a new token gets when it names none (repeat).
-    #[arg(
-        long = "default-permission",
-        value_name = "PERMISSION",
-        value_delimiter = ','
-    )]
-    pub default_permissions: Vec<String>,
-    /// The longest lifetime of a token of the type, e.g. 365d.
-    #[arg(long, value_name = "DURATION", value_parser = parse::proto_duration)]
-    pub max_lifetime: Option<prost_types::Duration>,
-    /// Whether tokens of the type may be writable (`--writable=false` to forbid).
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub writable: Option<bool>,
-}
-
-/// `token-authority audit …`
-#[derive(Debug, Args)]
-pub struct Audit {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[command(subcommand)]
-    pub command: AuditCommand,
-}
-
-/// An audit command.
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// List audit events, newest first (ListAuditEvents).
-    #[command(after_help = "Examples:\n  \
-        token-authority audit list --target token/01a2…\n  \
-        token-authority audit list --actor 01a2… --since 2026-12-01T00:00:00Z")]
-    List(AuditListArgs),
-}
-
-/// `audit list`
-#[derive(Debug, Args)]
-pub struct AuditListArgs {
-    /// Only events about this target, e.g. token/<id>, type/<id>, owner/<owner>.
-    #[arg(long)]
-    pub target: Option<String>,
-    /// Only events by this acting token (its id).
-    #[arg(long, value_name = "ID")]
-    pub actor: Option<String>,
-    /// Only events of this action, e.g. create, rotate, disable.
-    #[arg(long)]
-    pub action: Option<String>,
-    /// Only events at or after this time (RFC 3339).
-    #[arg(long, value_name = "TIME", value_parser = parse::time)]
-    pub since: Option<prost_types::Timestamp>,
-    /// Only events before this time (RFC 3339).
-    #[arg(long, value_name = "TIME", value_parser = parse::time)]
-    pub until: Option<prost_types::Timestamp>,
-    #[command(flatten)]
-    pub page: Page,
 }
