@@ -13,6 +13,9 @@ use std::{
     time::Instant,
 };
 
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, authorization_client::AuthorizationClient,
+};
 use hyper::StatusCode;
 use token_authority::{
     domain::secret::TokenSecret,
@@ -245,6 +248,7 @@ async fn a_flooding_client_spends_only_its_budget(backend: Backend) {
     let real = app.create(spec("real", &[])).await.secret;
     let uncached = app.create(spec("uncached", &[])).await.secret;
     let gated = app.create(spec("gated", &["reports:read"])).await.secret;
+    let checked = app.create(spec("checked", &["reports:read"])).await.secret;
     let answer = app.verify(verify_from(&real, "10.0.0.2")).await;
     assert!(answer.valid, "cached now");
     let secrets_before = metric(&app, "token_authority_verify_store_secrets_total").await;
@@ -361,17 +365,72 @@ async fn a_flooding_client_spends_only_its_budget(backend: Backend) {
         StatusCode::OK,
         "another client behind the same gateway: {body}"
     );
+
+    // Envoy's Check counts the source address Envoy names, and denies with 429: an
+    // answer, not a gRPC error that `failure_mode_allow` could let through.
+    let mut client = AuthorizationClient::new(app.channel.clone());
+    let mut codes = HashMap::new();
+    for _ in 0..30 {
+        let auth = format!("Bearer {}", unknown_secret());
+        let request = check_request("10.0.0.20", &auth);
+        let answer = client.check(request).await.expect("an answer").into_inner();
+        *codes.entry(answer.status.map(|s| s.code)).or_insert(0) += 1;
+    }
+    let exhausted = Some(Code::ResourceExhausted as i32);
+    let unauthenticated = Some(Code::Unauthenticated as i32);
+    assert!(codes.contains_key(&exhausted), "{codes:?}");
+    assert!(
+        codes
+            .keys()
+            .all(|c| *c == exhausted || *c == unauthenticated),
+        "{codes:?}"
+    );
+    let auth = format!("Bearer {checked}");
+    let answer = client
+        .check(check_request("10.0.0.21", &auth))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(
+        answer.status.map(|s| s.code),
+        Some(0),
+        "another client of the same Envoy"
+    );
+}
+
+fn check_request(source: &str, authorization: &str) -> CheckRequest {
+    crate::ext_authz::request_from(
+        source,
+        "GET",
+        "/reports/1",
+        &[("authorization", authorization)],
+        &[],
+    )
 }
 
 async fn unknown_secrets_evict_no_cached_token(backend: Backend) {
-    let app = start(backend, 16, unlimited()).await;
+    // Room for many more tokens than 10 (the cache is sharded, each shard a share of it),
+    // and four times as many unknown secrets as there is room for negative entries.
+    let app = start(backend, 500, unlimited()).await;
     let mut real = Vec::new();
     for i in 0..10 {
-        let secret = app.create(spec(&format!("r{i}"), &[])).await.secret;
-        assert!(app.verify_perms(&secret, &[]).await.valid);
-        real.push(secret);
+        real.push(app.create(spec(&format!("r{i}"), &[])).await.secret);
     }
-    for _ in 0..200 {
+    // On Postgres each creation is also heard on the change feed, and evicts the secret's
+    // entry when it arrives: let those arrive before the tokens are cached.
+    if backend == Backend::Postgres {
+        let heard = "token_authority_invalidations_received_total";
+        for _ in 0..5000 {
+            if metric(&app, heard).await >= 10.0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    for secret in &real {
+        assert!(app.verify_perms(secret, &[]).await.valid);
+    }
+    for _ in 0..2000 {
         let answer = app.verify_perms(&unknown_secret(), &[]).await;
         assert_eq!(answer.result(), VerifyResult::NotFound);
     }
@@ -380,6 +439,14 @@ async fn unknown_secrets_evict_no_cached_token(backend: Backend) {
         sample(&text, "token_authority_cache_entries{entry=\"token\"}"),
         Some(10.0),
         "{text}"
+    );
+    let evicted = sample(
+        &text,
+        "token_authority_cache_evictions_total{reason=\"capacity\"}",
+    );
+    assert!(
+        evicted.unwrap() >= 1000.0,
+        "negative entries were evicted, by each other: {text}"
     );
     let lookups = metric(&app, "token_authority_verify_store_lookups_total").await;
     for secret in &real {

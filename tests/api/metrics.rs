@@ -327,6 +327,7 @@ async fn no_secret_or_caller_chosen_value_becomes_a_label() {
         .chain(["idle", "in_use"])
         .chain(token_authority::metrics::LeakSource::ALL.map(|s| s.as_str()))
         .chain(["revoked", "unknown"])
+        .chain(["address", "overall"])
         .chain(token_authority::metrics::http::Route::ALL.map(|r| r.as_str()))
         .chain(token_authority::domain::verify::Outcome::ALL.map(|o| o.as_str()))
         .collect();
