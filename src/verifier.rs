@@ -132,7 +132,8 @@ impl Verifier {
     /// answered without a lookup; only store failures, and a client over its budget of
     /// lookups of unknown secrets ([`StoreError::OverBudget`]), are errors. `caller` is
     /// the address the request came from; the budget counts the end client the request
-    /// names (`usage.client_ip`), else the caller.
+    /// names (`usage.client_ip`), else the caller, and a caller naming clients (see
+    /// `verify::budget`).
     pub async fn verify(
         &self,
         presented: &str,
@@ -146,20 +147,22 @@ impl Verifier {
         let token = match self.cache.get(&hash) {
             Some(Entry::Found(token)) => Some(token),
             Some(Entry::Missing) => None,
-            None => self.load(hash, usage.client_ip.or(caller)).await?,
+            None => self.load(hash, usage.client_ip, caller).await?,
         };
         self.judge(token, usage, now()).await
     }
 
-    /// Looks a missed secret up in the store, within the client's budget.
+    /// Looks a missed secret up in the store, within the budget of the client and of the
+    /// caller naming it.
     async fn load(
         &self,
         hash: SecretHash,
         client: Option<IpAddr>,
+        caller: Option<IpAddr>,
     ) -> Result<Option<Arc<EncodedToken>>, StoreError> {
         let reserved = self
             .budget
-            .reserve(client.map(limit_key))
+            .reserve(client.map(limit_key), caller.map(limit_key))
             .map_err(|refused| {
                 self.refused[(refused == Refused::Overall) as usize]
                     .fetch_add(1, Ordering::Relaxed);

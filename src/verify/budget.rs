@@ -7,11 +7,16 @@
 //! real tokens on a cold cache is never held back. An empty bucket refuses the lookup:
 //! the caller gets RESOURCE_EXHAUSTED (HTTP 429), never a verdict, so no real token is ever
 //! called invalid for it; cached tokens, and remembered unknown secrets, still answer.
-//! The address is the end client's when the request names it (Check's source address or
-//! the gateway's `x-forwarded-for`, forward auth's client, Verify's `client_ip`), else the
-//! caller's own; IPv6 by its /64. A caller that names made-up addresses gets a bucket per
-//! address, and reaches only the bucket of all addresses: the store never sees more than
-//! its rate of unknown secrets.
+//! Buckets are kept per end client, per caller, and for all together:
+//! - the end client is the address the request names (Check's source address or the
+//!   gateway's `x-forwarded-for`, forward auth's client, Verify's `client_ip`), else the
+//!   caller's own; IPv6 by its /64: one flooding client behind a gateway spends its own
+//!   bucket, not its neighbours';
+//! - the caller is the transport peer (the gateway, the service calling Verify), whose
+//!   bucket holds [`CALLER_SHARE`] times a client's when it names clients: anyone may call
+//!   Verify or Check and name made-up addresses, and this caps what one caller gets by
+//!   doing so, leaving the rest of the overall bucket to everyone else;
+//! - the bucket of all addresses bounds what the store sees, whatever the addresses.
 
 use std::{
     net::IpAddr,
@@ -39,6 +44,9 @@ impl Rate {
         }
     }
 }
+
+/// How many clients' worth of lookups a caller that names its clients may spend.
+pub const CALLER_SHARE: u32 = 10;
 
 /// A token bucket that can give back what it lent.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +87,7 @@ impl Bucket {
 /// Why a lookup was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// This client address spent its lookups of unknown secrets.
+    /// This client address (or the caller naming it) spent its lookups of unknown secrets.
     Address,
     /// Every address together did.
     Overall,
@@ -90,82 +98,142 @@ pub enum Refused {
 #[derive(Debug)]
 #[must_use]
 pub struct Reserved {
-    address: Option<IpAddr>,
+    client: Option<IpAddr>,
+    caller: Option<IpAddr>,
     overall: bool,
 }
 
-/// Lookups of unknown secrets per client address and overall.
+/// One kind of bucket: a rate and a bucket per address.
+struct Buckets {
+    rate: Rate,
+    by_address: DashMap<IpAddr, Bucket>,
+}
+
+impl Buckets {
+    fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            by_address: DashMap::new(),
+        }
+    }
+
+    fn limited(&self) -> bool {
+        self.rate.per_second > 0.0
+    }
+
+    fn take(&self, ip: IpAddr, now: Instant) -> bool {
+        let rate = self.rate;
+        self.by_address
+            .entry(ip)
+            .or_insert_with(|| Bucket::full(rate, now))
+            .take(rate, now)
+    }
+
+    fn give_back(&self, ip: IpAddr) {
+        if let Some(mut bucket) = self.by_address.get_mut(&ip) {
+            bucket.give_back(self.rate);
+        }
+    }
+
+    fn shrink(&self, now: Instant) {
+        let idle = Duration::from_secs(60);
+        self.by_address.retain(|_, bucket| {
+            let mut b = *bucket;
+            b.refill(self.rate, now);
+            b.held < self.rate.burst || now.saturating_duration_since(bucket.at) < idle
+        });
+    }
+}
+
+/// Lookups of unknown secrets per client address, per caller and overall.
 pub struct MissBudget {
-    per_address: Rate,
+    clients: Buckets,
+    callers: Buckets,
     overall_rate: Rate,
-    addresses: DashMap<IpAddr, Bucket>,
     overall: Mutex<Bucket>,
 }
 
 impl MissBudget {
-    /// A budget of `per_address` and `overall` lookups of unknown secrets (0: no limit).
+    /// A budget of `per_address` (a caller naming clients: [`CALLER_SHARE`] times that)
+    /// and `overall` lookups of unknown secrets (0: no limit).
     pub fn new(per_address: Rate, overall: Rate) -> Self {
+        let share = f64::from(CALLER_SHARE);
+        let per_caller = Rate {
+            per_second: per_address.per_second * share,
+            burst: per_address.burst * share,
+        };
         Self {
-            per_address,
+            clients: Buckets::new(per_address),
+            callers: Buckets::new(per_caller),
             overall_rate: overall,
-            addresses: DashMap::new(),
             overall: Mutex::new(Bucket::full(overall, Instant::now())),
         }
     }
 
-    /// Reserves one lookup for a client address (`None`: unknown, counted overall only).
-    pub fn reserve(&self, address: Option<IpAddr>) -> Result<Reserved, Refused> {
+    /// Reserves one lookup for the end client `client` named by `caller` (either may be
+    /// unknown; a caller naming no one, or itself, is its own client).
+    pub fn reserve(
+        &self,
+        client: Option<IpAddr>,
+        caller: Option<IpAddr>,
+    ) -> Result<Reserved, Refused> {
         let now = Instant::now();
-        let address = address.filter(|_| self.per_address.per_second > 0.0);
-        if let Some(ip) = address {
-            let mut bucket = self
-                .addresses
-                .entry(ip)
-                .or_insert_with(|| Bucket::full(self.per_address, now));
-            if !bucket.take(self.per_address, now) {
-                return Err(Refused::Address);
+        let client = client.or(caller).filter(|_| self.clients.limited());
+        let caller = caller
+            .filter(|c| Some(*c) != client)
+            .filter(|_| self.callers.limited());
+        if let Some(ip) = client
+            && !self.clients.take(ip, now)
+        {
+            return Err(Refused::Address);
+        }
+        if let Some(ip) = caller
+            && !self.callers.take(ip, now)
+        {
+            if let Some(ip) = client {
+                self.clients.give_back(ip);
             }
+            return Err(Refused::Address);
         }
         let overall = self.overall_rate.per_second > 0.0;
         if overall {
             let mut bucket = self.overall.lock().unwrap_or_else(|e| e.into_inner());
             if !bucket.take(self.overall_rate, now) {
                 drop(bucket);
-                if let Some(ip) = address {
-                    self.give_back(ip);
-                }
+                self.give_back(client, caller);
                 return Err(Refused::Overall);
             }
         }
-        Ok(Reserved { address, overall })
+        Ok(Reserved {
+            client,
+            caller,
+            overall,
+        })
     }
 
     /// Gives a reserved lookup back: it found a token (or never reached the store).
     pub fn found(&self, reserved: Reserved) {
-        if let Some(ip) = reserved.address {
-            self.give_back(ip);
-        }
+        self.give_back(reserved.client, reserved.caller);
         if reserved.overall {
             let mut bucket = self.overall.lock().unwrap_or_else(|e| e.into_inner());
             bucket.give_back(self.overall_rate);
         }
     }
 
-    fn give_back(&self, ip: IpAddr) {
-        if let Some(mut bucket) = self.addresses.get_mut(&ip) {
-            bucket.give_back(self.per_address);
+    fn give_back(&self, client: Option<IpAddr>, caller: Option<IpAddr>) {
+        if let Some(ip) = client {
+            self.clients.give_back(ip);
+        }
+        if let Some(ip) = caller {
+            self.callers.give_back(ip);
         }
     }
 
     /// Forgets addresses whose bucket has been full for a while (they spent nothing lately).
     pub fn shrink(&self) {
         let now = Instant::now();
-        let idle = Duration::from_secs(60);
-        self.addresses.retain(|_, bucket| {
-            let mut b = *bucket;
-            b.refill(self.per_address, now);
-            b.held < self.per_address.burst || now.saturating_duration_since(bucket.at) < idle
-        });
+        self.clients.shrink(now);
+        self.callers.shrink(now);
     }
 }
 
@@ -181,28 +249,63 @@ mod tests {
     fn an_address_spends_its_burst_on_unknown_secrets_only() {
         let budget = MissBudget::new(Rate::per_second(1), Rate::per_second(0));
         for _ in 0..100 {
-            let reserved = budget.reserve(ip(1)).expect("found tokens cost nothing");
+            let reserved = budget
+                .reserve(ip(1), None)
+                .expect("found tokens cost nothing");
             budget.found(reserved);
         }
-        assert!(budget.reserve(ip(1)).is_ok());
-        assert!(budget.reserve(ip(1)).is_ok());
-        assert_eq!(budget.reserve(ip(1)).unwrap_err(), Refused::Address);
-        assert!(budget.reserve(ip(2)).is_ok(), "each address has its own");
+        assert!(budget.reserve(ip(1), None).is_ok());
+        assert!(budget.reserve(ip(1), None).is_ok());
+        assert_eq!(budget.reserve(ip(1), None).unwrap_err(), Refused::Address);
+        assert!(
+            budget.reserve(ip(2), None).is_ok(),
+            "each address has its own"
+        );
     }
 
     #[test]
     fn every_address_together_has_a_bound() {
         let budget = MissBudget::new(Rate::per_second(100), Rate::per_second(2));
         let spent = (0..=255u8)
-            .filter(|i| budget.reserve(ip(*i)).is_ok())
+            .filter(|i| budget.reserve(ip(*i), None).is_ok())
             .count();
         assert_eq!(spent, 4, "the overall burst");
-        assert_eq!(budget.reserve(ip(1)).unwrap_err(), Refused::Overall);
+        assert_eq!(budget.reserve(ip(1), None).unwrap_err(), Refused::Overall);
+    }
+
+    #[test]
+    fn a_caller_naming_made_up_clients_gets_its_share_and_no_more() {
+        let budget = MissBudget::new(Rate::per_second(1), Rate::per_second(0));
+        let gateway = ip(200);
+        // A client of its own (burst 2 each), as many made-up ones as it likes: the
+        // caller's bucket (10 times a client's) ends it.
+        let spent = (0..=199u8)
+            .filter(|i| budget.reserve(ip(*i), gateway).is_ok())
+            .count();
+        assert_eq!(spent, 2 * CALLER_SHARE as usize);
+        // Another caller, and a client calling for itself, are untouched.
+        assert!(budget.reserve(ip(1), ip(201)).is_ok());
+        assert!(budget.reserve(ip(202), ip(202)).is_ok());
+        // One flooding client behind a gateway spends its own bucket, not its neighbours'.
+        let budget = MissBudget::new(Rate::per_second(1), Rate::per_second(0));
+        assert!(budget.reserve(ip(1), gateway).is_ok());
+        assert!(budget.reserve(ip(1), gateway).is_ok());
+        assert_eq!(
+            budget.reserve(ip(1), gateway).unwrap_err(),
+            Refused::Address
+        );
+        assert!(budget.reserve(ip(2), gateway).is_ok());
+        // What found a token is given back to every bucket it was taken from.
+        let budget = MissBudget::new(Rate::per_second(1), Rate::per_second(1));
+        for _ in 0..100 {
+            let reserved = budget.reserve(ip(3), gateway).unwrap();
+            budget.found(reserved);
+        }
     }
 
     #[test]
     fn no_limit_refuses_nothing() {
         let budget = MissBudget::new(Rate::per_second(0), Rate::per_second(0));
-        assert!((0..10_000).all(|_| budget.reserve(ip(1)).is_ok()));
+        assert!((0..10_000).all(|_| budget.reserve(ip(1), None).is_ok()));
     }
 }
