@@ -182,16 +182,18 @@ impl MissBudget {
         let caller = caller
             .filter(|c| Some(*c) != client)
             .filter(|_| self.callers.limited());
-        if let Some(ip) = client
-            && !self.clients.take(ip, now)
-        {
-            return Err(Refused::Address);
-        }
+        // The caller's bucket first: a caller past its share adds no bucket for the client
+        // it names (else made-up addresses would grow the map without bound).
         if let Some(ip) = caller
             && !self.callers.take(ip, now)
         {
-            if let Some(ip) = client {
-                self.clients.give_back(ip);
+            return Err(Refused::Address);
+        }
+        if let Some(ip) = client
+            && !self.clients.take(ip, now)
+        {
+            if let Some(ip) = caller {
+                self.callers.give_back(ip);
             }
             return Err(Refused::Address);
         }
@@ -283,6 +285,10 @@ mod tests {
             .filter(|i| budget.reserve(ip(*i), gateway).is_ok())
             .count();
         assert_eq!(spent, 2 * CALLER_SHARE as usize);
+        // Refused callers add no bucket for the clients they name.
+        let buckets = budget.clients.by_address.len();
+        assert!(budget.reserve(ip(250), gateway).is_err());
+        assert_eq!(budget.clients.by_address.len(), buckets);
         // Another caller, and a client calling for itself, are untouched.
         assert!(budget.reserve(ip(1), ip(201)).is_ok());
         assert!(budget.reserve(ip(202), ip(202)).is_ok());

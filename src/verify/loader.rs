@@ -88,6 +88,9 @@ pub struct Loader {
     /// land in between.
     #[cfg(test)]
     hold: Option<Arc<tokio::sync::Semaphore>>,
+    /// Tests make the next batch's run panic after its query.
+    #[cfg(test)]
+    panic_once: std::sync::atomic::AtomicBool,
 }
 
 impl Loader {
@@ -110,6 +113,8 @@ impl Loader {
             secrets: AtomicU64::new(0),
             #[cfg(test)]
             hold: None,
+            #[cfg(test)]
+            panic_once: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -155,7 +160,7 @@ impl Loader {
         if let Some(batch) = launch {
             let loader = self.clone();
             // Its own task: the batch completes for every waiter even if this caller goes.
-            tokio::spawn(async move { loader.run(batch).await });
+            tokio::spawn(loader.run(batch));
         }
         match receiver.await {
             Ok(answer) => answer,
@@ -192,8 +197,16 @@ impl Loader {
     }
 
     /// Runs a batch, answers its waiters, and goes on with the next batch while there is one.
-    async fn run(&self, mut id: u64) {
+    async fn run(self: Arc<Self>, mut id: u64) {
         loop {
+            // Should anything below panic, the guard frees the batch's query slot (its
+            // waiters get an error) and starts the next batch: else the slot would stay taken
+            // and every later miss would wait for ever.
+            let mut guard = Flying {
+                loader: self.clone(),
+                id,
+                armed: true,
+            };
             let (hashes, epoch) = {
                 let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 let batch = state.flying.iter().find(|b| b.id == id).expect("in flight");
@@ -213,6 +226,10 @@ impl Loader {
             if let Some(hold) = &self.hold {
                 hold.acquire().await.expect("open").forget();
             }
+            #[cfg(test)]
+            if self.panic_once.swap(false, Ordering::Relaxed) {
+                panic!("a batch's run panics (test)");
+            }
             let answers = found.map(|tokens| self.answers(&hashes, tokens, epoch));
             let (batch, next) = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,6 +239,7 @@ impl Loader {
                     .position(|b| b.id == id)
                     .expect("in flight");
                 let batch = state.flying.swap_remove(at);
+                guard.armed = false;
                 (batch, self.take_batch(&mut state))
             };
             answer(batch, answers);
@@ -269,6 +287,34 @@ impl Loader {
             shared: load(&self.shared),
             queries: load(&self.queries),
             secrets: load(&self.secrets),
+        }
+    }
+}
+
+/// A batch in flight, freed by [`Drop`] if its run ends without answering it (a panic).
+struct Flying {
+    loader: Arc<Loader>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Flying {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let next = {
+            let mut state = self.loader.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = state.flying.iter().position(|b| b.id == self.id) {
+                // Dropping its waiters' senders answers them "cancelled; try again".
+                state.flying.swap_remove(at);
+            }
+            self.loader.take_batch(&mut state)
+        };
+        if let Some(next) = next
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(self.loader.clone().run(next));
         }
     }
 }
@@ -420,6 +466,26 @@ mod tests {
     }
 
     /// Misses of the same secret in one epoch share a lookup; distinct ones share a query.
+    /// A run that panics frees its query slot: its callers get an error (never a verdict)
+    /// and the next misses are answered, instead of waiting for ever behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_panics_frees_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, hash, _other) = store_with_token(&dir).await;
+        let loader = Loader::new(store, trusted_cache(), LoaderSettings { in_flight: 1 });
+        loader.panic_once.store(true, Ordering::Relaxed);
+        let loader = Arc::new(loader);
+        let first = tokio::time::timeout(Duration::from_secs(10), loader.load(hash))
+            .await
+            .expect("the panicked batch's caller is answered");
+        assert!(first.is_err(), "an error, never a verdict");
+        let found = tokio::time::timeout(Duration::from_secs(10), loader.load(hash))
+            .await
+            .expect("the slot was freed")
+            .unwrap();
+        assert!(found.is_some());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_misses_share_one_query() {
         let dir = tempfile::tempdir().unwrap();
