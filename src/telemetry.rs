@@ -104,22 +104,12 @@ mod tests {
             runtime.block_on(call::scope(call, async { f() }));
         };
         let caller = |id: &'static str| RequestId::Caller(http::HeaderValue::from_static(id));
-        in_call(
-            Call {
-                id: caller("r-1"),
-                kind: Kind::Rpc,
-                name: "a.B/C",
-            },
-            &|| tracing::info!(action = "create", "in rpc"),
-        );
-        in_call(
-            Call {
-                id: caller("say\"hi\""),
-                kind: Kind::Http,
-                name: "leaks",
-            },
-            &|| tracing::info!("in http"),
-        );
+        in_call(Call::new(caller("r-1"), Kind::Rpc, "a.B/C"), &|| {
+            tracing::info!(action = "create", "in rpc")
+        });
+        in_call(Call::new(caller("say\"hi\""), Kind::Http, "leaks"), &|| {
+            tracing::info!("in http")
+        });
     }
 
     #[test]

@@ -130,15 +130,15 @@ impl Verifier {
 
     /// Verifies a presented secret for a use, through the cache. Malformed secrets are
     /// answered without a lookup; only store failures, and a client over its budget of
-    /// lookups of unknown secrets ([`StoreError::OverBudget`]), are errors. `caller` is
-    /// the address the request came from; the budget counts the end client the request
-    /// names (`usage.client_ip`), else the caller, and a caller naming clients (see
-    /// `verify::budget`).
+    /// lookups of unknown secrets ([`StoreError::OverBudget`]), are errors. `caller` gives
+    /// the address the request came from, asked only on a cache miss; the budget counts
+    /// the end client the request names (`usage.client_ip`), else the caller, and a caller
+    /// naming clients (see `verify::budget`).
     pub async fn verify(
         &self,
         presented: &str,
         usage: &Usage,
-        caller: Option<IpAddr>,
+        caller: impl FnOnce() -> Option<IpAddr>,
     ) -> Result<Verdict<EncodedToken>, StoreError> {
         let hash = match parse(presented) {
             Ok(hash) => hash,
@@ -147,7 +147,7 @@ impl Verifier {
         let token = match self.cache.get(&hash) {
             Some(Entry::Found(token)) => Some(token),
             Some(Entry::Missing) => None,
-            None => self.load(hash, usage.client_ip, caller).await?,
+            None => self.load(hash, usage.client_ip, caller()).await?,
         };
         self.judge(token, usage, now()).await
     }

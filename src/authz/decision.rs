@@ -224,7 +224,7 @@ pub async fn authorize(
         bound_key_required: !requirement.ignore_bindings,
     };
     let verdict = match verifier
-        .verify(credential.presented, &usage, request.peer)
+        .verify(credential.presented, &usage, || request.peer)
         .await
     {
         Ok(verdict) => verdict,

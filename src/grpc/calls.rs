@@ -4,9 +4,10 @@
 //! - its method, looked up once among `metrics::rpc::KNOWN_METHODS`;
 //! - its `:authority`, as an [`Authority`] (host-restricted tokens on management calls;
 //!   not for Verify and Check, which never authenticate their caller);
-//! - its request id (the caller's `x-request-id` when usable, else a counter), returned in
-//!   the response's metadata and carried by its log lines ([`call::scope`], a task-local:
-//!   no tracing span is built per call);
+//! - its request id (the caller's `x-request-id` when usable, else a counter), carried by
+//!   its log lines ([`call::scope`], a task-local: no tracing span is built per call) and
+//!   returned in the response's metadata when the caller sent it, on every management call,
+//!   and on a Verify or Check that logged a line ([`Call::answer_header`]);
 //! - its latency and status in the metrics, recorded when the status is known (the
 //!   headers of a trailers-only answer, else the trailers) or as `Canceled` if dropped.
 //!
@@ -86,17 +87,13 @@ where
             request.extensions_mut().insert(Authority(authority));
         }
         let id = RequestId::from_caller(request.headers().get(&request_id::HEADER));
-        let call = Call {
-            id: id.clone(),
-            kind: Kind::Rpc,
-            name: method.name(),
-        };
+        let call = Call::new(id, Kind::Rpc, method.name());
         // (The service's `call` only builds the handler's future; the handler runs, and
         // logs, when polled inside the scope.)
         let future = call::scope(call, self.inner.call(request));
         ResponseFuture {
             inner: future,
-            id: Some(id),
+            management: !method.is_verification(),
             call: Some(in_flight),
         }
     }
@@ -122,7 +119,8 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: tokio::task::futures::TaskLocalFuture<Call, F>,
-        id: Option<RequestId>,
+        // Whether the answer always carries the request id (see `Call::answer_header`).
+        management: bool,
         call: Option<InFlight>,
     }
 }
@@ -134,8 +132,8 @@ where
     type Output = Result<http::Response<MeteredBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = match this.inner.poll(cx) {
+        let mut this = self.project();
+        let mut response = match this.inner.as_mut().poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(response)) => response,
             Poll::Ready(Err(error)) => {
@@ -145,10 +143,13 @@ where
                 return Poll::Ready(Err(error));
             }
         };
-        if let Some(id) = this.id.take() {
-            response
-                .headers_mut()
-                .insert(request_id::HEADER, id.header());
+        // The handler is done: the call is back, with whether a line logged its id.
+        if let Some(header) = this
+            .inner
+            .take_value()
+            .and_then(|call| call.answer_header(*this.management))
+        {
+            response.headers_mut().insert(request_id::HEADER, header);
         }
         // A call that failed before any message ("trailers-only") carries its status in
         // the headers; any other carries it in the trailers, at the end of the body.

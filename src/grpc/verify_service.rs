@@ -85,16 +85,18 @@ impl VerifyService for VerifyApi {
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
-        let caller = super::auth::origin(&self.state, &request).client;
-        let request = request.into_inner();
-        if request.token.is_empty() {
+        let message = request.get_ref();
+        if message.token.is_empty() {
             return Err(Error::invalid("token", "is required").into());
         }
-        let usage = parse_usage(&request)?;
+        let usage = parse_usage(message)?;
+        // Where the call came from matters only to a store lookup's budget: worked out on a
+        // cache miss only.
+        let caller = || super::auth::origin(&self.state, &request).client;
         let verdict = self
             .state
             .verifier
-            .verify(&request.token, &usage, caller)
+            .verify(&message.token, &usage, caller)
             .await
             .map_err(Error::from)?;
         self.state

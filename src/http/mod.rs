@@ -141,11 +141,7 @@ async fn observe(
     let start = Instant::now();
     let route = Route::of(request.uri().path());
     let id = RequestId::from_caller(request.headers().get(&request_id::HEADER));
-    let call = Call {
-        id: id.clone(),
-        kind: Kind::Http,
-        name: route.as_str(),
-    };
+    let call = Call::new(id.clone(), Kind::Http, route.as_str());
     let header = id.header();
     // The JSON API hands the same id to the gRPC call it makes.
     request

@@ -5,10 +5,12 @@
 //! every call, at info level whether or not anything logs (about 5,500 instructions per
 //! cached Verify, measured with callgrind). The task-local costs a pointer swap per poll;
 //! the log formatter ([`super::format`]) reads it only when a line is written. A request
-//! id the caller did not send is one counter increment, formatted only for the response
-//! header or a log line.
+//! id the caller did not send is one counter increment, formatted only for a log line
+//! and for the answer's header, which carries it only when there is something to find
+//! under it ([`Call::answer_header`]).
 
 use std::{
+    cell::Cell,
     fmt,
     future::Future,
     sync::{
@@ -33,6 +35,41 @@ pub struct Call {
     pub kind: Kind,
     /// The method (`package.Service/Method`) or route name.
     pub name: &'static str,
+    /// Whether a log line has carried the id (set by the formatter, in the call's own
+    /// task; a copy [`carried`] into another task has its own).
+    logged: Cell<bool>,
+}
+
+impl Call {
+    /// A call that has logged nothing yet.
+    pub fn new(id: RequestId, kind: Kind, name: &'static str) -> Self {
+        Self {
+            id,
+            kind,
+            name,
+            logged: Cell::new(false),
+        }
+    }
+
+    /// Notes that a log line carried the id.
+    pub fn mark_logged(&self) {
+        self.logged.set(true);
+    }
+
+    /// The id as the answer's `x-request-id`, if the answer should carry it: the caller's
+    /// own always (it is theirs to correlate); a made one when `always` (calls whose id is
+    /// recorded with what they did: the management calls) or when a log line carried it.
+    /// So every id an answer shows leads to something, and a cached Verify or Check that
+    /// logged nothing sends no header: a made id is unique per call, so HPACK cannot index
+    /// it, and its 32 Huffman-coded digits were the largest per-call cost the server had
+    /// beyond the no-op's (callgrind: about 1,600 instructions and 35 bytes a reply).
+    pub fn answer_header(&self, always: bool) -> Option<HeaderValue> {
+        match self.id {
+            RequestId::Caller(_) => Some(self.id.header()),
+            RequestId::Made(_) if always || self.logged.get() => Some(self.id.header()),
+            RequestId::Made(_) => None,
+        }
+    }
 }
 
 /// Which port a call came in on, named as its log field.
@@ -155,6 +192,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_answer_carries_a_made_id_only_when_it_leads_somewhere() {
+        let made = Call::new(RequestId::Made(3), Kind::Rpc, "x.Y/Z");
+        assert_eq!(made.answer_header(false), None, "nothing logged it");
+        assert_eq!(
+            made.answer_header(true).unwrap(),
+            RequestId::Made(3).header(),
+            "a management call's id is recorded"
+        );
+        made.mark_logged();
+        assert_eq!(
+            made.answer_header(false).unwrap(),
+            RequestId::Made(3).header()
+        );
+        let theirs = HeaderValue::from_static("deploy-42");
+        let caller = Call::new(RequestId::Caller(theirs.clone()), Kind::Rpc, "x.Y/Z");
+        assert_eq!(caller.answer_header(false).unwrap(), theirs);
+    }
+
+    #[test]
     fn made_ids_are_distinct_hex_of_one_prefix() {
         let (a, b) = (RequestId::next().to_string(), RequestId::next().to_string());
         assert_ne!(a, b);
@@ -181,11 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_call_follows_its_work_into_a_task_only_when_carried() {
-        let call = Call {
-            id: RequestId::Made(1),
-            kind: Kind::Rpc,
-            name: "x.Y/Z",
-        };
+        let call = Call::new(RequestId::Made(1), Kind::Rpc, "x.Y/Z");
         scope(call, async {
             assert_eq!(with_current(|c| c.name), Some("x.Y/Z"));
             let carried = tokio::spawn(carried(async { with_current(|c| c.name) }));

@@ -46,6 +46,7 @@ where
                 write!(writer, "{now} ")?;
                 write_level(&mut writer, level)?;
                 call::with_current(|call| {
+                    call.mark_logged();
                     let (name, key) = call.kind.names();
                     write!(
                         writer,
@@ -81,6 +82,7 @@ where
                     write!(writer, ",{inner}")?;
                 }
                 call::with_current(|call| {
+                    call.mark_logged();
                     let (_, key) = call.kind.names();
                     writer.write_str(",\"span\":{\"request_id\":")?;
                     write_json_string(&mut writer, &call.id.to_string())?;

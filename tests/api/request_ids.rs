@@ -1,10 +1,14 @@
 //! A request id per call, through the real binary: the caller's `x-request-id` or a new
-//! one, on the call's log lines and in its response, refused calls included.
+//! one, on the call's log lines and in its response (management calls, refused ones
+//! included; Verify and Check when the caller sent one or a line logged it).
 
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context, authorization_client::AuthorizationClient,
+};
 use serde_json::Value;
 use token_authority::pb::v1::{
-    CreateTokenRequest, GetTokenRequest, SetTokenEnabledRequest,
-    token_service_client::TokenServiceClient,
+    CreateTokenRequest, GetTokenRequest, SetTokenEnabledRequest, VerifyRequest,
+    token_service_client::TokenServiceClient, verify_service_client::VerifyServiceClient,
 };
 use tonic::{Code, Request, metadata::MetadataMap};
 
@@ -111,4 +115,153 @@ async fn each_call_has_a_request_id_on_its_log_lines_and_in_its_response() {
     for secret in [&created.secret, &admin] {
         assert!(!stderr.contains(&secret[3..]), "a secret in the log");
     }
+}
+
+/// The answer's x-request-id, if it has one.
+fn answer_id(metadata: &MetadataMap) -> Option<String> {
+    metadata
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// Starts the binary logging JSON at `log_level`, makes a token allowed `domains:read`, and
+/// returns the server, the token's secret and a Verify and a Check client.
+async fn verification_server(
+    cwd: &std::path::Path,
+    log_level: &str,
+) -> (
+    Process,
+    String,
+    VerifyServiceClient<tonic::transport::Channel>,
+    AuthorizationClient<tonic::transport::Channel>,
+) {
+    let admin_file = cwd.join("admin.secret");
+    let server = Process::start(
+        cwd,
+        &["--bootstrap-token-file", admin_file.to_str().unwrap()],
+        &[("RUST_LOG", log_level)],
+    );
+    let admin = std::fs::read_to_string(&admin_file).unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let secret = TokenServiceClient::new(channel.clone())
+        .create_token(authed(
+            admin.trim(),
+            CreateTokenRequest {
+                token: Some(spec("hot", &["domains:read"])),
+                ttl: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    (
+        server,
+        secret,
+        VerifyServiceClient::new(channel.clone()),
+        AuthorizationClient::new(channel),
+    )
+}
+
+fn check_of(secret: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/domains/1".into(),
+                    host: "api.example".into(),
+                    headers: [("authorization".to_owned(), format!("Bearer {secret}"))].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_check_answer_an_id_only_when_it_leads_to_something() {
+    // Arrange: info logging, as production runs; a cached token (the first Verify fills
+    // the cache).
+    let cwd = tempfile::tempdir().unwrap();
+    let (server, secret, mut verify, mut check) = verification_server(cwd.path(), "info").await;
+    let verify_request = || VerifyRequest {
+        token: secret.clone(),
+        required_permissions: vec!["domains:read".into()],
+        ..Default::default()
+    };
+
+    // Act: Verify twice and Check once without an id, then each with the caller's id.
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let answer = verify.verify(verify_request()).await.unwrap();
+        assert!(answer.get_ref().valid);
+        made.push(answer_id(answer.metadata()));
+    }
+    let checked = check.check(check_of(&secret)).await.unwrap();
+    assert_eq!(checked.get_ref().status.as_ref().unwrap().code, 0);
+    made.push(answer_id(checked.metadata()));
+    let mut theirs = Request::new(verify_request());
+    theirs
+        .metadata_mut()
+        .insert("x-request-id", "svc-7.verify".parse().unwrap());
+    let echoed = answer_id(verify.verify(theirs).await.unwrap().metadata());
+    let mut theirs = Request::new(check_of(&secret));
+    theirs
+        .metadata_mut()
+        .insert("x-request-id", "edge-9".parse().unwrap());
+    let echoed_check = answer_id(check.check(theirs).await.unwrap().metadata());
+    let (stopped, _, stderr) = server.terminate().await;
+
+    // Assert: nothing logged those calls, so no made id is sent (it would lead nowhere);
+    // the caller's own comes back.
+    assert!(stopped);
+    assert_eq!(made, vec![None, None, None], "{stderr}");
+    assert_eq!(echoed.as_deref(), Some("svc-7.verify"));
+    assert_eq!(echoed_check.as_deref(), Some("edge-9"));
+    for rpc in ["VerifyService/Verify", "Authorization/Check"] {
+        assert!(!stderr.contains(rpc), "no line of a {rpc}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_that_logs_answers_the_id_its_lines_carry() {
+    // Arrange: debug logging for the service, so every Verify writes its `verified` line.
+    let cwd = tempfile::tempdir().unwrap();
+    let (server, secret, mut verify, _) =
+        verification_server(cwd.path(), "info,token_authority=debug").await;
+
+    // Act
+    let answer = verify
+        .verify(VerifyRequest {
+            token: secret.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = answer_id(answer.metadata()).expect("a Verify that logged answers its id");
+    let (stopped, _, stderr) = server.terminate().await;
+
+    // Assert: the id is made, and the `verified` line carries it.
+    assert!(stopped);
+    assert!(is_generated(&id), "{id}");
+    let verified: Vec<Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "verified")
+        .collect();
+    assert_eq!(verified.len(), 1, "{stderr}");
+    assert_eq!(verified[0]["span"]["request_id"], id.as_str());
+    assert_eq!(
+        verified[0]["span"]["rpc"],
+        "tokenauthority.v1.VerifyService/Verify"
+    );
+    assert!(!stderr.contains(&secret[3..]), "a secret in the log");
 }
