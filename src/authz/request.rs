@@ -9,12 +9,24 @@ use super::settings::CheckSettings;
 use crate::domain::restrictions::{client_address, parse_ip};
 
 /// A request's headers as Envoy sends them (the `headers` map, or `header_map` when Envoy
-/// is configured to send raw headers). Names are matched case-insensitively.
-pub struct Headers<'a>(Vec<(&'a str, &'a str)>);
+/// is configured to send raw headers). Names are matched case-insensitively. Kept as the
+/// bytes of the request: only the values read are checked to be UTF-8 (a Check reads
+/// three or four of Envoy's dozen headers), and a value that is not reads as empty.
+pub struct Headers<'a>(Vec<(&'a [u8], &'a [u8])>);
 
 impl<'a> Headers<'a> {
     /// Wraps a request's header names and values.
     pub fn new(pairs: Vec<(&'a str, &'a str)>) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                .collect(),
+        )
+    }
+
+    /// Wraps a request's header names and values, as bytes not yet known to be text.
+    pub fn from_bytes(pairs: Vec<(&'a [u8], &'a [u8])>) -> Self {
         Self(pairs)
     }
 
@@ -22,8 +34,8 @@ impl<'a> Headers<'a> {
     pub fn get(&self, name: &str) -> Option<&'a str> {
         self.0
             .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| *value)
+            .find(|(key, _)| key.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| std::str::from_utf8(value).unwrap_or_default())
     }
 }
 
@@ -95,6 +107,19 @@ mod tests {
         );
         assert!(!shown.contains("ta_secret_value"), "{shown}");
         assert!(shown.contains("authorization"), "{shown}");
+    }
+
+    #[test]
+    fn header_names_match_in_any_case_and_a_value_not_utf8_reads_as_empty() {
+        let headers = Headers::from_bytes(vec![
+            (b"X-Api-Key", b"ta_y"),
+            (b"x-bad", b"\xff\xfe"),
+            (b"\xff", b"ta_z"),
+        ]);
+        assert_eq!(headers.get("x-api-key"), Some("ta_y"));
+        assert_eq!(headers.get("X-BAD"), Some(""));
+        assert_eq!(headers.get(""), None);
+        assert_eq!(headers.get("x-missing"), None);
     }
 
     #[test]

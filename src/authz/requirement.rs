@@ -145,17 +145,22 @@ fn default_permission(
     method: &str,
     segments: &[String],
 ) -> Result<Permission, Unmapped> {
-    let action = match method.to_ascii_uppercase().as_str() {
-        "GET" | "HEAD" => "read",
-        "POST" => "create",
-        "PUT" | "PATCH" => "write",
-        "DELETE" => "delete",
-        other => {
-            return Err(Unmapped(format!(
-                "no permission is mapped for method {}; add a rule",
-                truncate(other)
-            )));
-        }
+    const ACTIONS: [(&str, &str); 6] = [
+        ("GET", "read"),
+        ("HEAD", "read"),
+        ("POST", "create"),
+        ("PUT", "write"),
+        ("PATCH", "write"),
+        ("DELETE", "delete"),
+    ];
+    let Some(&(_, action)) = ACTIONS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(method))
+    else {
+        return Err(Unmapped(format!(
+            "no permission is mapped for method {}; add a rule",
+            truncate(&method.to_ascii_uppercase())
+        )));
     };
     let rest = match segments.len() >= prefix.len()
         && segments
@@ -169,8 +174,16 @@ fn default_permission(
     let Some(resource) = rest.first() else {
         return Err(Unmapped("no resource in the path; add a rule".into()));
     };
-    Permission::parse(&format!("{}:{action}", resource.to_ascii_lowercase()))
-        .map_err(|_| Unmapped("the path does not name a resource; add a rule".into()))
+    let lowercase;
+    let resource = match resource.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => {
+            lowercase = resource.to_ascii_lowercase();
+            &lowercase
+        }
+        false => resource.as_str(),
+    };
+    Permission::from_sides(resource, action)
+        .ok_or_else(|| Unmapped("the path does not name a resource; add a rule".into()))
 }
 
 /// Parses a comma-separated permission list; an empty list asks only for a valid token.
@@ -207,13 +220,23 @@ pub(super) fn segments(target: &str) -> Result<Vec<String>, String> {
         }
         // An escaped slash or backslash: judged as one segment here, it may be two (or a
         // dot segment, `..%2f`) to an upstream that decodes it before resolving the path.
-        let lower = segment.to_ascii_lowercase();
-        if lower.contains("%2f") || lower.contains("%5c") || segment.contains('\\') {
+        if has_escape(&segment, b'2', b'f')
+            || has_escape(&segment, b'5', b'c')
+            || segment.contains('\\')
+        {
             return Err("the path has an escaped slash or backslash".into());
         }
         out.push(segment);
     }
     Ok(out)
+}
+
+/// Whether `segment` holds the escape `%<high><low>`, the hex letter `low` in either case.
+fn has_escape(segment: &str, high: u8, low: u8) -> bool {
+    segment
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == high && w[2].eq_ignore_ascii_case(&low))
 }
 
 /// Decodes `%XX` escapes of unreserved characters (letters, digits, `-._~`); every other

@@ -73,6 +73,15 @@ impl Permission {
         })
     }
 
+    /// Builds `resource:action` from its two sides, each checked as [`Permission::parse`]
+    /// checks it; `None` if either is not valid. (No `resource:action` text is made.)
+    pub fn from_sides(resource: &str, action: &str) -> Option<Self> {
+        Some(Self {
+            resource: Segment::parse(resource)?,
+            action: Segment::parse(action)?,
+        })
+    }
+
     /// The permission that grants everything: `*:*`.
     pub fn all() -> Self {
         Self {

@@ -127,10 +127,10 @@ impl Authorization for ExtAuthzApi {
 /// The request's headers: the `headers` map, or `header_map`'s entries when Envoy is
 /// configured to send raw headers.
 fn headers(http: &HttpRequest) -> Headers<'_> {
-    let mut pairs: Vec<(&str, &str)> = http
+    let mut pairs: Vec<(&[u8], &[u8])> = http
         .headers
         .iter()
-        .map(|e| (text(&e.key), text(&e.value)))
+        .map(|e| (&e.key[..], &e.value[..]))
         .collect();
     if let Some(map) = &http.header_map {
         pairs.extend(map.headers.iter().map(|h| {
@@ -139,10 +139,10 @@ fn headers(http: &HttpRequest) -> Headers<'_> {
             } else {
                 &h.raw_value
             };
-            (text(&h.key), text(value))
+            (&h.key[..], &value[..])
         }));
     }
-    Headers::new(pairs)
+    Headers::from_bytes(pairs)
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
