@@ -12,15 +12,22 @@ pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 pub const MAX_LEN: usize = 128;
 
 /// Returns whether a caller's request id may be used: 1 to [`MAX_LEN`] visible ASCII
-/// characters, so that it cannot break a log line or a header.
+/// characters, so that it cannot break a log line or a header, holding no well-formed
+/// secret of ours (the leak scanner's rule): an id is written to every line of its call,
+/// so a client that put a bearer token there (a misplaced header, a templated id) must not
+/// have it logged. Such an id is replaced by one made here.
 pub fn usable(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
-    !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(u8::is_ascii_graphic)
+    !bytes.is_empty()
+        && bytes.len() <= MAX_LEN
+        && bytes.iter().all(u8::is_ascii_graphic)
+        && crate::scan::find_secrets(bytes).is_empty()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::secret::{TokenPrefix, TokenSecret};
 
     #[test]
     fn callers_ids_are_used_only_when_short_and_printable() {
@@ -35,5 +42,25 @@ mod tests {
         assert!(!usable(
             &HeaderValue::from_str(&"a".repeat(MAX_LEN + 1)).unwrap()
         ));
+    }
+
+    #[test]
+    fn an_id_holding_a_secret_is_not_used() {
+        let secret = TokenSecret::generate(&TokenPrefix::default());
+        for id in [
+            secret.expose().to_owned(),
+            format!("req-{}", secret.expose()),
+            format!("{}.retry", secret.expose()),
+        ] {
+            assert!(
+                !usable(&HeaderValue::from_str(&id).unwrap()),
+                "kept an id with a secret"
+            );
+        }
+        // Something shaped like one but not one of ours (its checksum is wrong) is kept.
+        let mut forged = secret.expose().to_owned();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(usable(&HeaderValue::from_str(&forged).unwrap()));
     }
 }

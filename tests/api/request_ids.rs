@@ -247,7 +247,18 @@ async fn a_verify_that_logs_answers_the_id_its_lines_carry() {
         .await
         .unwrap();
     let id = answer_id(answer.metadata()).expect("a Verify that logged answers its id");
+    // A client that put its bearer token in x-request-id too.
+    let mut misplaced = Request::new(VerifyRequest {
+        token: secret.clone(),
+        ..Default::default()
+    });
+    misplaced
+        .metadata_mut()
+        .insert("x-request-id", format!("req-{secret}").parse().unwrap());
+    let replaced = verify.verify(misplaced).await.unwrap();
+    let replaced = answer_id(replaced.metadata()).expect("it logged, so it answers an id");
     let (stopped, _, stderr) = server.terminate().await;
+    assert!(is_generated(&replaced) && replaced != id, "{replaced}");
 
     // Assert: the id is made, and the `verified` line carries it.
     assert!(stopped);
@@ -257,7 +268,8 @@ async fn a_verify_that_logs_answers_the_id_its_lines_carry() {
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|line| line["message"] == "verified")
         .collect();
-    assert_eq!(verified.len(), 1, "{stderr}");
+    assert_eq!(verified.len(), 2, "{stderr}");
+    assert_eq!(verified[1]["span"]["request_id"], replaced.as_str());
     assert_eq!(verified[0]["span"]["request_id"], id.as_str());
     assert_eq!(
         verified[0]["span"]["rpc"],
