@@ -57,6 +57,63 @@ fn route_of(command: &str) -> (String, String) {
     (method.to_owned(), url)
 }
 
+/// The JSON answer of each command run, in order.
+struct Answers(Vec<(String, Value)>);
+
+impl Answers {
+    /// The answer of the first command naming `part` (a path or a method).
+    fn to(&self, part: &str) -> &Value {
+        &self
+            .0
+            .iter()
+            .find(|(c, _)| c.contains(part))
+            .unwrap_or_else(|| panic!("no example of {part}"))
+            .1
+    }
+}
+
+/// Runs README example commands in order, as written but for the address (`address.0`
+/// becomes `address.1`) and the placeholders of the `billing-ci` token's id (`01a2…`) and
+/// secret (`ta_…`), filled in from the answers that show them. Each must succeed and
+/// print a JSON answer that is not an error; with `others_allowed`, a command may print
+/// something else instead (grpcurl's `list` and `describe`), and is not kept.
+fn run_in_order(
+    commands: &[String],
+    address: (&str, &str),
+    admin: &str,
+    others_allowed: bool,
+) -> Answers {
+    let (mut id, mut secret) = (String::new(), String::new());
+    let mut answers = Vec::new();
+    for command in commands {
+        let run = command
+            .replace(address.0, address.1)
+            .replace("01a2…", &id)
+            .replace("ta_…", &secret);
+        let output = std::process::Command::new("sh")
+            .args(["-c", &run])
+            .env("AUTH", format!("authorization: Bearer {admin}"))
+            .output()
+            .expect("sh, curl and grpcurl are installed (scripts/test installs grpcurl)");
+        assert!(output.status.success(), "{command}: {output:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        if others_allowed && !text.trim_start().starts_with('{') {
+            continue;
+        }
+        let answer: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{command}: {e}: {text}"));
+        assert!(answer.get("error").is_none(), "{command}: {answer}");
+        if answer["token"]["name"] == "billing-ci" {
+            id = answer["token"]["id"].as_str().unwrap().to_owned();
+            if let Some(new) = answer["secret"].as_str() {
+                secret = new.to_owned();
+            }
+        }
+        answers.push((command.clone(), answer));
+    }
+    Answers(answers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_curl_examples_work() {
     let db = TestDb::fresh(Backend::Sqlite).await;
@@ -79,39 +136,8 @@ async fn the_readme_curl_examples_work() {
         );
     }
 
-    let (mut id, mut secret) = (String::new(), String::new());
-    let mut answers = Vec::new();
-    for command in &commands {
-        let run = command
-            .replace("localhost:8080", &host)
-            .replace("01a2…", &id)
-            .replace("ta_…", &secret);
-        let output = std::process::Command::new("sh")
-            .args(["-c", &run])
-            .env("AUTH", format!("authorization: Bearer {}", app.admin))
-            .output()
-            .expect("sh and curl are installed");
-        assert!(output.status.success(), "{command}: {output:?}");
-        let answer: Value = serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("{command}: {e}: {output:?}"));
-        assert!(answer.get("error").is_none(), "{command}: {answer}");
-        if answer["token"]["name"] == "billing-ci" {
-            id = answer["token"]["id"].as_str().unwrap().to_owned();
-        }
-        if let Some(new) = answer["secret"].as_str()
-            && answer["token"]["name"] == "billing-ci"
-        {
-            secret = new.to_owned();
-        }
-        answers.push((command.clone(), answer));
-    }
-    let answer_to = |path: &str| {
-        &answers
-            .iter()
-            .find(|(c, _)| c.contains(path))
-            .unwrap_or_else(|| panic!("a curl of {path}"))
-            .1
-    };
+    let answers = run_in_order(&commands, ("localhost:8080", &host), &app.admin, false);
+    let answer_to = |path: &str| answers.to(path);
     assert_eq!(answer_to("/v1/verify")["valid"], true);
     assert_eq!(answer_to("/v1/leaks")["revoked"], 1);
     assert_eq!(
@@ -138,40 +164,9 @@ async fn the_readme_grpcurl_examples_work_as_written() {
             );
         }
     }
-    let (mut id, mut secret) = (String::new(), String::new());
-    let mut answers = Vec::new();
-    for command in &commands {
-        let run = command
-            .replace("localhost:50051", app.channel_target())
-            .replace("01a2…", &id)
-            .replace("ta_…", &secret);
-        let output = std::process::Command::new("sh")
-            .args(["-c", &run])
-            .env("AUTH", format!("authorization: Bearer {}", app.admin))
-            .output()
-            .expect("sh and grpcurl are installed (scripts/test installs grpcurl)");
-        assert!(output.status.success(), "{command}: {output:?}");
-        let text = String::from_utf8_lossy(&output.stdout);
-        if !text.trim_start().starts_with('{') {
-            continue; // list, describe
-        }
-        let answer: Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{command}: {e}: {text}"));
-        if answer["token"]["name"] == "billing-ci" {
-            id = answer["token"]["id"].as_str().unwrap().to_owned();
-            if let Some(new) = answer["secret"].as_str() {
-                secret = new.to_owned();
-            }
-        }
-        answers.push((command.clone(), answer));
-    }
-    let answer_to = |method: &str| {
-        &answers
-            .iter()
-            .find(|(c, _)| c.contains(method))
-            .unwrap_or_else(|| panic!("a grpcurl of {method}"))
-            .1
-    };
+    let address = ("localhost:50051", app.channel_target());
+    let answers = run_in_order(&commands, address, &app.admin, true);
+    let answer_to = |method: &str| answers.to(method);
     assert_eq!(answer_to("VerifyService/Verify")["valid"], true);
     assert_eq!(answer_to("LeakService/ReportLeakedTokens")["revoked"], 1);
     assert_eq!(
