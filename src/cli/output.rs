@@ -112,7 +112,7 @@ pub fn print<M: Named>(message: &M, output: Output, view: View) -> Result<(), Fa
         Output::Json => {
             let text = serde_json::to_string_pretty(&json(&message, &SerializeOptions::new()))
                 .expect("JSON prints");
-            out(&text);
+            out(&super::text::json_escaped(&text));
         }
         Output::Secret => {
             let secret = message

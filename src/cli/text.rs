@@ -1,6 +1,7 @@
 //! The one sanitizer of what a server sends before it reaches a terminal: every string the
 //! CLI prints for people (summaries, table cells, errors, hints) goes through [`one_line`].
-//! `-o json` does not: JSON escapes control characters, and scripts need the exact value.
+//! `-o json` keeps the exact values scripts need, and goes through [`json_escaped`], which
+//! writes the same characters as JSON `\u` escapes instead.
 
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
@@ -29,6 +30,27 @@ pub fn one_line(text: &str) -> String {
     line
 }
 
+/// Returns serialized JSON with every character [`one_line`] would hide written as a `\u`
+/// escape (a UTF-16 surrogate pair above U+FFFF): the same JSON value, so `jq` reads back
+/// the exact strings, but no DEL, C1 control, bidi override or zero-width character
+/// reaches the terminal raw (serde_json escapes only the C0 controls). Such characters can
+/// only be inside strings, since JSON's structure is ASCII; the line breaks between
+/// members are kept.
+pub fn json_escaped(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c != '\n' && hidden(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether a character changes how the terminal shows what follows, or shows as nothing.
 fn hidden(c: char) -> bool {
     matches!(
@@ -43,6 +65,25 @@ fn hidden(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_keeps_its_value_and_loses_the_hidden_characters() {
+        let value = serde_json::json!({
+            "note": "a\u{202e}b\u{85}c\u{7f}d\u{e0041}e\u{2028}",
+            "plain": "é ü \\ \"q\""
+        });
+        let text = json_escaped(&serde_json::to_string_pretty(&value).unwrap());
+        for raw in ['\u{202e}', '\u{85}', '\u{7f}', '\u{e0041}', '\u{2028}'] {
+            assert!(!text.contains(raw), "{raw:?} in {text}");
+        }
+        assert!(
+            text.contains("\\u202e") && text.contains("\\udb40\\udc41"),
+            "{text}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
+        assert!(text.contains('\n'), "still pretty");
+    }
 
     #[test]
     fn controls_and_format_characters_are_replaced_and_whitespace_is_one_space() {

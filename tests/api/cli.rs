@@ -658,13 +658,15 @@ async fn what_the_server_stores_reaches_the_terminal_without_escapes_or_bidi(bac
     // Anyone who may create a token can put these in what the admin later reads: a bidi
     // override and a zero-width joiner in the name and description (the server refuses
     // control characters there), ESC and BEL sequences in the metadata.
-    let hostile = ['\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{200d}'];
+    let hostile = [
+        '\u{1b}', '\u{7}', '\u{7f}', '\u{85}', '\u{9b}', '\u{202e}', '\u{2066}', '\u{200d}',
+    ];
     let metadata = prost_types::Struct {
         fields: [(
             "note\u{1b}[8m".to_owned(),
             prost_types::Value {
                 kind: Some(prost_types::value::Kind::StringValue(
-                    "x\u{1b}[2J\u{1b}]0;owned\u{7}".into(),
+                    "x\u{1b}[2J\u{1b}]0;owned\u{7}\u{7f}\u{85}\u{9b}".into(),
                 )),
             },
         )]
@@ -711,9 +713,23 @@ async fn what_the_server_stores_reaches_the_terminal_without_escapes_or_bidi(bac
             );
         }
     }
-    // -o json stays the exact value, which JSON's escaping makes safe for ESC and BEL.
-    let json = ta(&app, &["tokens", "get", &id, "-o", "json"]).await.json();
+    // -o json stays the exact value, with every hidden character (DEL, C1, bidi and
+    // zero-width ones too) written as a JSON escape, not raw.
+    let raw = ta(&app, &["tokens", "get", &id, "-o", "json"]).await;
+    for c in hostile {
+        assert!(
+            !raw.stdout.contains(c),
+            "{c:?} raw in -o json: {}",
+            raw.stdout
+        );
+    }
+    let json = raw.json();
     assert_eq!(json["name"], "evil\u{202e}gpj.exe\u{200d}");
+    assert_eq!(json["description"], "safe\u{202e}txt.exe\u{200d}\u{2066}");
+    assert_eq!(
+        json["metadata"]["note\u{1b}[8m"],
+        "x\u{1b}[2J\u{1b}]0;owned\u{7}\u{7f}\u{85}\u{9b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
