@@ -293,6 +293,8 @@ mod tests {
             ("PATCH", "write"),
             ("DELETE", "delete"),
             ("get", "read"),
+            ("pOsT", "create"),
+            ("Delete", "delete"),
         ] {
             assert_eq!(
                 need(&settings, method, "/domains/17?x=1")
@@ -308,6 +310,17 @@ mod tests {
             "the resource is lowercased"
         );
         assert!(need(&settings, "OPTIONS", "/domains").is_err());
+        // The resource is checked as Permission::parse checks `resource:read`.
+        for resource in ["*", "a:b", "1x", "é", &"a".repeat(65)] {
+            let path = format!("/{resource}");
+            assert_eq!(
+                need(&settings, "GET", &path).ok().map(|r| r.permissions),
+                Permission::parse(&format!("{resource}:read"))
+                    .ok()
+                    .map(|p| vec![p]),
+                "{resource}"
+            );
+        }
         assert!(need(&settings, "GET", "/").is_err());
         assert!(
             need(&settings, "GET", "/%2Fx").is_err(),
@@ -481,6 +494,8 @@ mod tests {
             "/reports/..%2fadmin/1",
             "/reports/a%2Fb",
             "/reports/%5c..",
+            "/reports/%5C..",
+            "/reports/x%5Cy",
             "/r\\x",
         ] {
             assert!(need(&settings, "GET", path).is_err(), "{path}");

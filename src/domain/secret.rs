@@ -167,6 +167,27 @@ impl fmt::Debug for SecretHash {
     }
 }
 
+/// Whether `text` holds something shaped like a secret's body: an `_` followed by at least
+/// [`BODY_LEN`] ASCII letters and digits, whatever stands before or after it and whether or
+/// not a checksum holds. Stricter than the leak scanner, which wants a whole, valid secret
+/// between word boundaries: for text the service keeps and repeats (a caller's request id),
+/// where `req_<secret>`, `<secret>_2` or a secret with one character changed are as bad to
+/// log as the secret itself.
+pub fn may_hold_secret(text: &[u8]) -> bool {
+    let mut run: Option<usize> = None;
+    for &byte in text {
+        run = match (byte, run) {
+            (b'_', _) => Some(0),
+            (byte, Some(n)) if byte.is_ascii_alphanumeric() => Some(n + 1),
+            _ => None,
+        };
+        if run >= Some(BODY_LEN) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Checks a secret's shape and checksum, allocating nothing.
 fn check(value: &str) -> Result<(), MalformedSecret> {
     check_bytes(value.as_bytes())

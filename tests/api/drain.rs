@@ -69,11 +69,7 @@ async fn a_draining_replica_still_hears_revocations_and_records_every_use() {
         .await
         .unwrap()
         .into_inner();
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", b.port))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = b.channel().await;
     let mut verify_b = VerifyServiceClient::new(channel.clone());
     let listening = r#"token_authority_change_listener_state{state="listening"}"#;
     while sample(&scrape(b.metrics_port).await, listening) != Some(1.0) {

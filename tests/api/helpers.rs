@@ -567,6 +567,15 @@ impl Process {
         self.child.id()
     }
 
+    /// A connected channel to the process's gRPC port.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// The warnings and errors the process logged so far (JSON lines), without waiting.
     pub fn problems_logged(&mut self) -> Vec<String> {
         while let Ok(line) = self.stderr.try_recv() {

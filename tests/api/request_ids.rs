@@ -142,12 +142,7 @@ async fn verification_server(
         &[("RUST_LOG", log_level)],
     );
     let admin = std::fs::read_to_string(&admin_file).unwrap();
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = server.channel().await;
     let secret = TokenServiceClient::new(channel.clone())
         .create_token(authed(
             admin.trim(),
@@ -254,7 +249,7 @@ async fn a_verify_that_logs_answers_the_id_its_lines_carry() {
     });
     misplaced
         .metadata_mut()
-        .insert("x-request-id", format!("req-{secret}").parse().unwrap());
+        .insert("x-request-id", format!("req_{secret}_2").parse().unwrap());
     let replaced = verify.verify(misplaced).await.unwrap();
     let replaced = answer_id(replaced.metadata()).expect("it logged, so it answers an id");
     let (stopped, _, stderr) = server.terminate().await;

@@ -108,12 +108,7 @@ async fn the_longest_settings_work() {
             ("TA_MANAGEMENT_RATE_LIMIT", "4294967295"),
         ],
     );
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = server.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest::default())
