@@ -18,7 +18,7 @@ use std::{
 
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter, sync::Cache};
 
-use crate::{domain::secret::SecretHash, encoded::EncodedToken};
+use crate::{counters::LocalCounters, domain::secret::SecretHash, encoded::EncodedToken};
 
 /// What the cache knows about a hash.
 #[derive(Clone, Debug)]
@@ -149,19 +149,20 @@ pub struct CacheCounts {
     pub negatives: u64,
 }
 
-/// The counters behind [`CacheCounts`]; relaxed atomics, one add per lookup.
-#[derive(Debug, Default)]
-struct Counters {
-    hits: AtomicU64,
-    negative_hits: AtomicU64,
-    misses: AtomicU64,
-    bypassed: AtomicU64,
-    changed: AtomicU64,
-    flushed: AtomicU64,
+/// The counters behind [`CacheCounts`], indexes into [`LocalCounters`]: one add per
+/// lookup, into the looking-up thread's own cells.
+#[derive(Clone, Copy)]
+enum Counter {
+    Hits,
+    NegativeHits,
+    Misses,
+    Bypassed,
+    Changed,
+    Flushed,
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Counter {
+    const COUNT: usize = Counter::Flushed as usize + 1;
 }
 
 /// A bounded concurrent cache with invalidation that is safe against racing fills.
@@ -172,7 +173,7 @@ pub struct TokenCache {
     trusted: AtomicBool,
     /// Bumped by every invalidation, so that a fill which raced one is dropped.
     epoch: AtomicU64,
-    counters: Counters,
+    counters: LocalCounters,
     evictions: Arc<Evictions>,
 }
 
@@ -187,7 +188,7 @@ impl TokenCache {
             missing: enabled.then(|| TtlCache::new(max, settings.negative_ttl, evictions.clone())),
             trusted: AtomicBool::new(trusted),
             epoch: AtomicU64::new(0),
-            counters: Counters::default(),
+            counters: LocalCounters::new(Counter::COUNT),
             evictions,
         }
     }
@@ -195,16 +196,23 @@ impl TokenCache {
     /// Returns the cached entry, or `None` on a miss or while the cache is not trusted.
     pub fn get(&self, hash: &SecretHash) -> Option<Entry> {
         if !self.trusted.load(Ordering::Acquire) {
-            bump(&self.counters.bypassed);
+            self.bump(Counter::Bypassed, 1);
             return None;
         }
         let entry = self.lookup(hash);
-        bump(match entry {
-            Some(Entry::Found(_)) => &self.counters.hits,
-            Some(Entry::Missing) => &self.counters.negative_hits,
-            None => &self.counters.misses,
-        });
+        self.bump(
+            match entry {
+                Some(Entry::Found(_)) => Counter::Hits,
+                Some(Entry::Missing) => Counter::NegativeHits,
+                None => Counter::Misses,
+            },
+            1,
+        );
         entry
+    }
+
+    fn bump(&self, counter: Counter, by: u64) {
+        self.counters.add(counter as usize, by);
     }
 
     fn lookup(&self, hash: &SecretHash) -> Option<Entry> {
@@ -248,7 +256,7 @@ impl TokenCache {
     pub fn invalidate(&self, hash: &SecretHash) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         if self.remove(hash) {
-            bump(&self.counters.changed);
+            self.bump(Counter::Changed, 1);
         }
     }
 
@@ -257,21 +265,21 @@ impl TokenCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let found = self.found.as_ref().map_or(0, TtlCache::clear);
         let missing = self.missing.as_ref().map_or(0, TtlCache::clear);
-        self.counters
-            .flushed
-            .fetch_add(found + missing, Ordering::Relaxed);
+        self.bump(Counter::Flushed, found + missing);
     }
 
     /// Returns what the cache has done since the start, and what it holds.
     pub fn counts(&self) -> CacheCounts {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let counters = self.counters.totals();
+        let counted = |counter: Counter| counters[counter as usize];
         CacheCounts {
-            hits: load(&self.counters.hits),
-            negative_hits: load(&self.counters.negative_hits),
-            misses: load(&self.counters.misses),
-            bypassed: load(&self.counters.bypassed),
-            evicted_changed: load(&self.counters.changed),
-            evicted_flushed: load(&self.counters.flushed),
+            hits: counted(Counter::Hits),
+            negative_hits: counted(Counter::NegativeHits),
+            misses: counted(Counter::Misses),
+            bypassed: counted(Counter::Bypassed),
+            evicted_changed: counted(Counter::Changed),
+            evicted_flushed: counted(Counter::Flushed),
             evicted_expired: load(&self.evictions.expired),
             evicted_capacity: load(&self.evictions.capacity),
             tokens: self.len(),

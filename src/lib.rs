@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod domain;
 pub mod encoded;
 pub mod error;

@@ -1,10 +1,15 @@
 //! Usage bookkeeping off the hot path: successful verifications are counted in memory and
 //! written to the store in batches, every few seconds and at shutdown.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
-use dashmap::DashMap;
+use thread_local::ThreadLocal;
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
@@ -17,68 +22,94 @@ struct Pending {
     last_used_ip: Option<IpAddr>,
 }
 
-/// Uses gathered since the last write. Sharded, so recording takes no lock shared by all
-/// requests.
+impl Pending {
+    /// Adds `other`'s uses; the later use's time and address win (on a tie, `other`'s if
+    /// `later_wins_ties`).
+    fn merge(&mut self, other: Pending, later_wins_ties: bool) {
+        self.count += other.count;
+        if other.last_used_time > self.last_used_time
+            || (later_wins_ties && other.last_used_time == self.last_used_time)
+        {
+            self.last_used_time = other.last_used_time;
+            self.last_used_ip = other.last_used_ip;
+        }
+    }
+}
+
+/// Pending uses by token id. The ids are made by the service (never chosen by a caller),
+/// so a fast hash needs no protection from collisions made on purpose.
+type Uses = HashMap<Uuid, Pending, foldhash::fast::RandomState>;
+
+/// Uses gathered since the last write, kept per thread: a call records into its worker
+/// thread's own map, under a lock no other call takes, so that two workers serving the same
+/// token never write the same memory (a shared map's shard lock and entry were two cache
+/// lines every call pulled from the other core). A flush takes every thread's map.
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
-    pending: DashMap<Uuid, Pending>,
+    threads: ThreadLocal<Mutex<Uses>>,
+}
+
+fn lock(uses: &Mutex<Uses>) -> MutexGuard<'_, Uses> {
+    // Nothing panics while holding it; a poisoned map is still whole.
+    uses.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl UsageRecorder {
     /// Notes one successful use of a token.
     pub fn record(&self, id: Uuid, at: DateTime<Utc>, ip: Option<IpAddr>) {
-        self.pending
+        let use_ = Pending {
+            count: 1,
+            last_used_time: at,
+            last_used_ip: ip,
+        };
+        lock(self.threads.get_or_default())
             .entry(id)
-            .and_modify(|p| {
-                p.count += 1;
-                if at >= p.last_used_time {
-                    p.last_used_time = at;
-                    p.last_used_ip = ip;
-                }
-            })
-            .or_insert(Pending {
-                count: 1,
-                last_used_time: at,
-                last_used_ip: ip,
-            });
+            .and_modify(|p| p.merge(use_, true))
+            .or_insert(use_);
     }
 
-    /// Takes every pending use out of memory.
+    /// Takes every pending use out of memory, merged over the threads.
     fn drain(&self) -> Vec<UsageRecord> {
-        let mut batch = Vec::with_capacity(self.pending.len());
-        self.pending.retain(|id, p| {
-            batch.push(UsageRecord {
-                id: *id,
+        let mut merged = Uses::default();
+        for uses in self.threads.iter() {
+            for (id, pending) in lock(uses).drain() {
+                merged
+                    .entry(id)
+                    .and_modify(|p| p.merge(pending, false))
+                    .or_insert(pending);
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(id, p)| UsageRecord {
+                id,
                 count: p.count,
                 last_used_time: p.last_used_time,
                 last_used_ip: p.last_used_ip.map(|ip| ip.to_string()),
-            });
-            false
-        });
-        batch
+            })
+            .collect()
     }
 
-    /// Puts back uses whose write failed, merged with any recorded since.
+    /// Puts back uses whose write failed, merged with any recorded since (which win a tie:
+    /// they are the later).
     fn restore(&self, batch: Vec<UsageRecord>) {
+        let mut uses = lock(self.threads.get_or_default());
         for record in batch {
-            let ip = record
-                .last_used_ip
-                .as_deref()
-                .and_then(|ip| ip.parse().ok());
-            self.pending
-                .entry(record.id)
+            let restored = Pending {
+                count: record.count,
+                last_used_time: record.last_used_time,
+                last_used_ip: record
+                    .last_used_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse().ok()),
+            };
+            uses.entry(record.id)
                 .and_modify(|p| {
-                    p.count += record.count;
-                    if record.last_used_time > p.last_used_time {
-                        p.last_used_time = record.last_used_time;
-                        p.last_used_ip = ip;
-                    }
+                    let recorded = *p;
+                    *p = restored;
+                    p.merge(recorded, true);
                 })
-                .or_insert(Pending {
-                    count: record.count,
-                    last_used_time: record.last_used_time,
-                    last_used_ip: ip,
-                });
+                .or_insert(restored);
         }
     }
 
@@ -115,8 +146,15 @@ impl UsageRecorder {
 
     /// Returns how many tokens have unwritten uses, and how many uses those are.
     fn pending(&self) -> (usize, i64) {
-        let uses = self.pending.iter().map(|p| p.count).sum();
-        (self.pending.len(), uses)
+        let mut tokens = std::collections::HashSet::new();
+        let mut uses = 0;
+        for thread in self.threads.iter() {
+            for (id, pending) in lock(thread).iter() {
+                tokens.insert(*id);
+                uses += pending.count;
+            }
+        }
+        (tokens.len(), uses)
     }
 
     /// [`flush`](Self::flush) through `write`, which writes one chunk in one transaction.
@@ -271,5 +309,49 @@ mod tests {
         let merged = recorder.drain();
         assert_eq!(merged[0].count, 2);
         assert_eq!(merged[0].last_used_time, t0 + Duration::seconds(1));
+    }
+
+    #[test]
+    fn uses_recorded_on_many_threads_are_merged_by_token() {
+        let recorder = Arc::new(UsageRecorder::default());
+        let (shared, own) = (Uuid::now_v7(), Uuid::now_v7());
+        let t0 = Utc::now();
+        let threads: Vec<_> = (0..4i64)
+            .map(|t| {
+                let recorder = recorder.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let ip = IpAddr::from([10, 0, 0, t as u8]);
+                        recorder.record(shared, t0 + Duration::milliseconds(t * 100 + i), Some(ip));
+                    }
+                    if t == 2 {
+                        recorder.record(own, t0, None);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(
+            recorder.pending(),
+            (2, 401),
+            "tokens counted once however many threads"
+        );
+        let mut batch = recorder.drain();
+        batch.sort_by_key(|r| r.id);
+        assert_eq!(batch.len(), 2);
+        let shared_record = batch.iter().find(|r| r.id == shared).unwrap();
+        assert_eq!(shared_record.count, 400);
+        assert_eq!(
+            shared_record.last_used_time,
+            t0 + Duration::milliseconds(399),
+            "the latest use of any thread"
+        );
+        assert_eq!(
+            shared_record.last_used_ip.as_deref(),
+            Some("10.0.0.3"),
+            "and its address"
+        );
+        assert_eq!(batch.iter().find(|r| r.id == own).unwrap().count, 1);
+        assert_eq!(recorder.pending(), (0, 0), "every thread's uses were taken");
     }
 }

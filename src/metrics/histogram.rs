@@ -1,15 +1,15 @@
-//! A histogram of durations that records without a lock: one atomic add into a bucket and
-//! one into the sum, so that it can sit on the Verify path.
+//! Histograms of durations that record without a lock: one add into a bucket and one into
+//! the sum, into cells of the recording thread's own, so that they can sit on the Verify
+//! path.
 //!
 //! prometheus-client's own histogram takes a mutex per observation; every Verify would
 //! take the same one.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
+
+use crate::counters::LocalCounters;
 
 /// Bucket bounds of gRPC call latency, in nanoseconds: 100 µs to 10 s.
 pub const RPC_BOUNDS: &[u64] = &[
@@ -52,43 +52,95 @@ const fn ms(millis: f64) -> u64 {
     (millis * 1_000_000.0) as u64
 }
 
-/// Durations in fixed buckets, with their count and sum.
+/// Many histograms over the same bounds, indexed `0..len`, each thread recording into its
+/// own cells (see [`LocalCounters`]): one bucket and one sum per observation, no lock, no
+/// cache line shared with another core. Read as merged [`Snapshot`]s.
 #[derive(Debug)]
-pub struct Histogram {
+pub struct Histograms {
     /// Inclusive upper bounds in nanoseconds, ascending; `+Inf` follows the last.
     bounds: &'static [u64],
-    /// Observations per bucket, not cumulative; one more than `bounds` (`+Inf`).
-    counts: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
+    /// Per histogram: one count per bucket (not cumulative), `+Inf` included, then the sum
+    /// in nanoseconds.
+    cells: LocalCounters,
 }
+
+impl Histograms {
+    /// Builds `len` empty histograms over these bounds (nanoseconds, ascending).
+    pub fn new(bounds: &'static [u64], len: usize) -> Self {
+        debug_assert!(bounds.is_sorted());
+        Self {
+            bounds,
+            cells: LocalCounters::new(len * Self::stride(bounds)),
+        }
+    }
+
+    fn stride(bounds: &[u64]) -> usize {
+        bounds.len() + 2
+    }
+
+    /// Records one duration in histogram `index`.
+    pub fn observe(&self, index: usize, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = self.bounds.partition_point(|&bound| bound < nanos);
+        let base = index * Self::stride(self.bounds);
+        self.cells.add(base + bucket, 1);
+        self.cells.add(base + self.bounds.len() + 1, nanos);
+    }
+
+    /// Returns every histogram as recorded so far, merged over every thread.
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        let stride = Self::stride(self.bounds);
+        self.cells
+            .totals()
+            .chunks_exact(stride)
+            .map(|cells| Snapshot {
+                bounds: self.bounds,
+                counts: cells[..stride - 1].to_vec(),
+                sum_nanos: cells[stride - 1],
+            })
+            .collect()
+    }
+}
+
+/// One histogram of durations (see [`Histograms`]).
+#[derive(Debug)]
+pub struct Histogram(Histograms);
 
 impl Histogram {
     /// Builds an empty histogram over these bounds (nanoseconds, ascending).
     pub fn new(bounds: &'static [u64]) -> Self {
-        debug_assert!(bounds.is_sorted());
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
-        }
+        Self(Histograms::new(bounds, 1))
     }
 
     /// Records one duration.
     pub fn observe(&self, elapsed: Duration) {
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = self.bounds.partition_point(|&bound| bound < nanos);
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.0.observe(0, elapsed);
     }
 
+    /// Returns the histogram as recorded so far.
+    pub fn snapshot(&self) -> Snapshot {
+        self.0.snapshots().swap_remove(0)
+    }
+}
+
+/// A histogram's counts at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    bounds: &'static [u64],
+    /// Observations per bucket, not cumulative; one more than `bounds` (`+Inf`).
+    counts: Vec<u64>,
+    sum_nanos: u64,
+}
+
+impl Snapshot {
     /// Returns how many durations were recorded.
     pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.counts.iter().sum()
     }
 
     /// Returns the sum of the recorded durations.
     pub fn sum(&self) -> Duration {
-        Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed))
+        Duration::from_nanos(self.sum_nanos)
     }
 
     /// Writes the histogram in seconds, as Prometheus expects.
@@ -98,10 +150,14 @@ impl Histogram {
             .iter()
             .map(|&bound| bound as f64 / 1e9)
             .chain([f64::INFINITY])
-            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .zip(self.counts.iter().copied())
             .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        encoder.encode_histogram::<NoLabelSet>(self.sum().as_secs_f64(), count, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(
+            self.sum().as_secs_f64(),
+            self.count(),
+            &buckets,
+            None,
+        )
     }
 }
 
@@ -115,13 +171,35 @@ mod tests {
         histogram.observe(Duration::from_nanos(1_000)); // le 1 µs, inclusive
         histogram.observe(Duration::from_nanos(1_500));
         histogram.observe(Duration::from_secs(1)); // +Inf
-        let counts: Vec<u64> = histogram
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.counts, [1, 1, 1]);
+        assert_eq!(snapshot.count(), 3);
+        assert_eq!(snapshot.sum(), Duration::from_nanos(1_000_002_500));
+    }
+
+    #[test]
+    fn histograms_of_a_table_and_threads_are_kept_apart_and_merged() {
+        let table = std::sync::Arc::new(Histograms::new(&[1_000], 3));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let table = table.clone();
+                std::thread::spawn(move || {
+                    table.observe(0, Duration::from_nanos(10));
+                    table.observe(2, Duration::from_nanos(5_000));
+                })
+            })
             .collect();
-        assert_eq!(counts, [1, 1, 1]);
-        assert_eq!(histogram.count(), 3);
-        assert_eq!(histogram.sum(), Duration::from_nanos(1_000_002_500));
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let snapshots = table.snapshots();
+        assert_eq!(snapshots.len(), 3);
+        assert_eq!(
+            (snapshots[0].counts.as_slice(), snapshots[0].sum()),
+            (&[4, 0][..], Duration::from_nanos(40))
+        );
+        assert_eq!(snapshots[1].count(), 0);
+        assert_eq!(
+            (snapshots[2].counts.as_slice(), snapshots[2].sum()),
+            (&[0, 4][..], Duration::from_nanos(20_000))
+        );
     }
 }

@@ -1,12 +1,12 @@
 //! HTTP requests on the HTTP port, counted and timed by route and status.
 //!
 //! Labels stay bounded: routes are the fixed [`Route`]s, statuses a fixed list with every
-//! other code as `other`. Each (route, status) pair has its own lock-free [`Histogram`],
+//! other code as `other`. Each (route, status) pair has its own lock-free histogram,
 //! made at startup.
 
 use std::time::Duration;
 
-use super::histogram::{Histogram, RPC_BOUNDS};
+use super::histogram::{Histograms, RPC_BOUNDS, Snapshot};
 
 /// A route of the HTTP port, as metrics name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +80,7 @@ fn status_name(index: usize) -> &'static str {
 /// count.
 #[derive(Debug)]
 pub struct HttpTable {
-    cells: Box<[Histogram]>,
+    cells: Histograms,
 }
 
 const COLUMNS: usize = STATUSES.len() + 1;
@@ -88,9 +88,7 @@ const COLUMNS: usize = STATUSES.len() + 1;
 impl Default for HttpTable {
     fn default() -> Self {
         Self {
-            cells: (0..Route::ALL.len() * COLUMNS)
-                .map(|_| Histogram::new(RPC_BOUNDS))
-                .collect(),
+            cells: Histograms::new(RPC_BOUNDS, Route::ALL.len() * COLUMNS),
         }
     }
 }
@@ -98,15 +96,20 @@ impl Default for HttpTable {
 impl HttpTable {
     /// Records one answered request.
     pub fn record(&self, route: Route, status: u16, elapsed: Duration) {
-        self.cells[route as usize * COLUMNS + status_index(status)].observe(elapsed);
+        self.cells
+            .observe(route as usize * COLUMNS + status_index(status), elapsed);
     }
 
     /// Returns every (route, status, histogram) that recorded a request.
-    pub fn used(&self) -> impl Iterator<Item = (&'static str, &'static str, &Histogram)> {
-        self.cells.iter().enumerate().filter_map(|(i, cell)| {
-            let route = Route::ALL[i / COLUMNS];
-            (cell.count() > 0).then_some((route.as_str(), status_name(i % COLUMNS), cell))
-        })
+    pub fn used(&self) -> impl Iterator<Item = (&'static str, &'static str, Snapshot)> {
+        self.cells
+            .snapshots()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, cell)| {
+                let route = Route::ALL[i / COLUMNS];
+                (cell.count() > 0).then_some((route.as_str(), status_name(i % COLUMNS), cell))
+            })
     }
 }
 

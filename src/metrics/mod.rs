@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     cache::{CacheCounts, TokenCache},
+    counters::LocalCounters,
     domain::verify::Outcome,
     store::TokenStore,
     verifier::{LookupCounts, Verifier},
@@ -123,7 +124,8 @@ impl LeakSource {
 pub struct Metrics {
     rpc: rpc::RpcTable,
     http: http::HttpTable,
-    verdicts: [[AtomicU64; Outcome::ALL.len()]; Endpoint::ALL.len()],
+    /// Per (endpoint, outcome), kept per thread: every Verify and Check bumps one.
+    verdicts: LocalCounters,
     invalidations: AtomicU64,
     listener: AtomicU8,
     /// Reported leaked secrets by source, and whether each was ours (1) or not (0).
@@ -135,7 +137,7 @@ impl Default for Metrics {
         Self {
             rpc: rpc::RpcTable::default(),
             http: http::HttpTable::default(),
-            verdicts: Default::default(),
+            verdicts: LocalCounters::new(Endpoint::ALL.len() * Outcome::ALL.len()),
             invalidations: AtomicU64::new(0),
             listener: AtomicU8::new(ListenerState::Connecting as u8),
             leaks: Default::default(),
@@ -146,7 +148,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one verdict given by Verify or Check.
     pub fn record_verdict(&self, endpoint: Endpoint, outcome: Outcome) {
-        self.verdicts[endpoint as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.verdicts
+            .add(endpoint as usize * Outcome::ALL.len() + outcome as usize, 1);
     }
 
     /// Records one request answered on the HTTP port.
@@ -170,7 +173,8 @@ impl Metrics {
     }
 
     fn verdicts(&self, endpoint: Endpoint, outcome: Outcome) -> u64 {
-        self.verdicts[endpoint as usize][outcome as usize].load(Ordering::Relaxed)
+        self.verdicts
+            .get(endpoint as usize * Outcome::ALL.len() + outcome as usize)
     }
 }
 
@@ -254,6 +258,8 @@ impl Collector for Scrape {
 /// Calls by service, method and code, named as go-grpc-prometheus names them, so that
 /// existing gRPC dashboards work.
 fn encode_rpc(e: &mut DescriptorEncoder, rpc: &rpc::RpcTable) -> fmt::Result {
+    // One snapshot for both families, so that a call count equals its histogram's count.
+    let used: Vec<_> = rpc.used().collect();
     let labels = |service, method, code| {
         [
             ("grpc_service", service),
@@ -268,8 +274,8 @@ fn encode_rpc(e: &mut DescriptorEncoder, rpc: &rpc::RpcTable) -> fmt::Result {
             "gRPC calls completed, by service, method and status code",
         ),
         MetricType::Counter,
-        rpc.used().map(|(service, method, code, histogram)| {
-            (labels(service, method, code), histogram.count())
+        used.iter().map(|(service, method, code, histogram)| {
+            (labels(service, method, *code), histogram.count())
         }),
     )?;
     let mut handling = e.encode_descriptor(
@@ -278,14 +284,15 @@ fn encode_rpc(e: &mut DescriptorEncoder, rpc: &rpc::RpcTable) -> fmt::Result {
         None,
         MetricType::Histogram,
     )?;
-    for (service, method, code, histogram) in rpc.used() {
-        histogram.encode(handling.encode_family(&labels(service, method, code))?)?;
+    for (service, method, code, histogram) in &used {
+        histogram.encode(handling.encode_family(&labels(service, method, *code))?)?;
     }
     Ok(())
 }
 
 /// Requests on the HTTP port by route and status.
 fn encode_http(e: &mut DescriptorEncoder, table: &http::HttpTable) -> fmt::Result {
+    let used: Vec<_> = table.used().collect();
     let labels = |route, status| [("route", route), ("status", status)];
     samples(
         e,
@@ -294,9 +301,8 @@ fn encode_http(e: &mut DescriptorEncoder, table: &http::HttpTable) -> fmt::Resul
             "HTTP requests answered on the HTTP port, by route and status",
         ),
         MetricType::Counter,
-        table
-            .used()
-            .map(|(route, status, histogram)| (labels(route, status), histogram.count())),
+        used.iter()
+            .map(|(route, status, histogram)| (labels(*route, *status), histogram.count())),
     )?;
     let mut duration = e.encode_descriptor(
         "http_server_request_duration_seconds",
@@ -304,8 +310,8 @@ fn encode_http(e: &mut DescriptorEncoder, table: &http::HttpTable) -> fmt::Resul
         None,
         MetricType::Histogram,
     )?;
-    for (route, status, histogram) in table.used() {
-        histogram.encode(duration.encode_family(&labels(route, status))?)?;
+    for (route, status, histogram) in &used {
+        histogram.encode(duration.encode_family(&labels(*route, *status))?)?;
     }
     Ok(())
 }
@@ -511,7 +517,7 @@ fn encode_pool(e: &mut DescriptorEncoder, store: &dyn TokenStore) -> fmt::Result
         None,
         MetricType::Histogram,
     )?;
-    store.acquire_times().encode(acquire)
+    store.acquire_times().snapshot().encode(acquire)
 }
 
 /// Writes a counter or gauge family: its name and help, then one sample per label set.
