@@ -325,7 +325,7 @@ mod tests {
         t
     }
 
-    fn uses() -> Vec<Usage> {
+    fn uses() -> Vec<Usage<'static>> {
         let ips = [
             None,
             Some("10.1.2.3"),
@@ -364,7 +364,7 @@ mod tests {
                                 .map(|p| Permission::parse(p).unwrap())
                                 .collect(),
                             client_ip: ip.map(|ip| ip.parse().unwrap()),
-                            host: host.map(str::to_owned),
+                            host: host.map(|h| h.to_owned().into()),
                             bindings: binding
                                 .iter()
                                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -137,7 +137,7 @@ impl Verifier {
     pub async fn verify(
         &self,
         presented: &str,
-        usage: &Usage,
+        usage: &Usage<'_>,
         caller: impl FnOnce() -> Option<IpAddr>,
     ) -> Result<Verdict<EncodedToken>, StoreError> {
         let hash = match parse(presented) {
@@ -196,7 +196,7 @@ impl Verifier {
     pub async fn authenticate(
         &self,
         presented: &str,
-        usage: &Usage,
+        usage: &Usage<'_>,
     ) -> Result<Verdict<Token>, StoreError> {
         let hash = match parse(presented) {
             Ok(hash) => hash,
@@ -230,7 +230,7 @@ impl Verifier {
     async fn judge<T: Subject>(
         &self,
         token: Option<Arc<T>>,
-        usage: &Usage,
+        usage: &Usage<'_>,
         now: DateTime<Utc>,
     ) -> Result<Verdict<T>, StoreError> {
         let Some(token) = token else {
@@ -252,7 +252,7 @@ impl Verifier {
     pub async fn spend<T: Subject + ?Sized>(
         &self,
         token: &T,
-        usage: &Usage,
+        usage: &Usage<'_>,
         now: DateTime<Utc>,
     ) -> Result<(Outcome, String), StoreError> {
         if let Err(reason) = self.take_rate(token) {

@@ -218,7 +218,7 @@ pub async fn authorize(
     let usage = Usage {
         required: requirement.permissions,
         client_ip: request.client_ip,
-        host: request.host.map(str::to_owned),
+        host: request.host.map(std::borrow::Cow::Borrowed),
         bindings: requirement.bindings,
         unsatisfiable,
         bound_key_required: !requirement.ignore_bindings,

@@ -1,7 +1,7 @@
 //! What a request needs of a token: the permissions and bindings its route names, its
 //! rules give, or the default mapping from method and path derives.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use super::settings::CheckSettings;
 use crate::domain::{permission::Permission, token::limits};
@@ -143,7 +143,7 @@ pub fn requirement(
 fn default_permission(
     prefix: &[String],
     method: &str,
-    segments: &[String],
+    segments: &[Cow<'_, str>],
 ) -> Result<Permission, Unmapped> {
     const ACTIONS: [(&str, &str); 6] = [
         ("GET", "read"),
@@ -178,9 +178,9 @@ fn default_permission(
     let resource = match resource.bytes().any(|b| b.is_ascii_uppercase()) {
         true => {
             lowercase = resource.to_ascii_lowercase();
-            &lowercase
+            lowercase.as_str()
         }
-        false => resource.as_str(),
+        false => resource.as_ref(),
     };
     Permission::from_sides(resource, action)
         .ok_or_else(|| Unmapped("the path does not name a resource; add a rule".into()))
@@ -207,7 +207,7 @@ pub(super) fn parse_list(listed: &str) -> Result<Vec<Permission>, String> {
 /// empty segments skipped, percent-encoded unreserved characters decoded (so `%65xport`
 /// cannot slip past a rule for `export`). Dot segments are refused: Envoy's
 /// `normalize_path` resolves them before we see the path.
-pub(super) fn segments(target: &str) -> Result<Vec<String>, String> {
+pub(super) fn segments(target: &str) -> Result<Vec<Cow<'_, str>>, String> {
     let path = target.split(['?', '#']).next().unwrap_or_default();
     if path.len() > 4096 {
         return Err("the path is too long".into());
@@ -241,9 +241,9 @@ fn has_escape(segment: &str, high: u8, low: u8) -> bool {
 
 /// Decodes `%XX` escapes of unreserved characters (letters, digits, `-._~`); every other
 /// escape stays as it is, since decoding it could change what the path means.
-pub(super) fn decode_unreserved(segment: &str) -> String {
+pub(super) fn decode_unreserved(segment: &str) -> Cow<'_, str> {
     if !segment.contains('%') {
-        return segment.to_owned();
+        return Cow::Borrowed(segment);
     }
     let bytes = segment.as_bytes();
     let mut out = String::with_capacity(segment.len());
@@ -262,7 +262,7 @@ pub(super) fn decode_unreserved(segment: &str) -> String {
         out.push(ch);
         i += ch.len_utf8();
     }
-    out
+    Cow::Owned(out)
 }
 
 fn truncate(value: &str) -> String {

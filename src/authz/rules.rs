@@ -1,7 +1,7 @@
 //! Method and path rules from the rules file: which permissions a request needs, and
 //! which bindings its path names.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{borrow::Cow, collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
 
@@ -94,7 +94,7 @@ impl Rules {
     pub(super) fn find(
         &self,
         method: &str,
-        segments: &[String],
+        segments: &[Cow<'_, str>],
     ) -> Option<(&Rule, BTreeMap<String, String>)> {
         self.0.iter().find_map(|rule| {
             let method_ok = rule.methods.is_empty()
@@ -143,7 +143,7 @@ impl Rule {
                 literal if literal.contains(['*', '{', '}']) => {
                     return Err(format!("path: {literal:?} mixes a wildcard with text"));
                 }
-                literal => Piece::Literal(decode_unreserved(literal)),
+                literal => Piece::Literal(decode_unreserved(literal).into_owned()),
             });
         }
         let permissions =
@@ -156,7 +156,7 @@ impl Rule {
         })
     }
 
-    fn capture(&self, segments: &[String]) -> Option<BTreeMap<String, String>> {
+    fn capture(&self, segments: &[Cow<'_, str>]) -> Option<BTreeMap<String, String>> {
         let mut bindings = BTreeMap::new();
         let mut rest = segments.iter();
         for piece in &self.pattern {
@@ -172,7 +172,7 @@ impl Rule {
                 }
                 Piece::Capture(name) => {
                     let value = rest.next()?;
-                    bindings.insert(name.clone(), value.clone());
+                    bindings.insert(name.clone(), value.clone().into_owned());
                 }
             }
         }

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use compact_str::CompactString;
+
 const MAX_SEGMENT_LEN: usize = 64;
 
 /// The action that read-only tokens are limited to.
@@ -14,7 +16,9 @@ pub const READ: &str = "read";
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Segment {
     Any,
-    Name(String),
+    /// Inline up to 24 bytes (most names), so that parsing the permissions of a Verify or
+    /// Check allocates nothing.
+    Name(CompactString),
 }
 
 impl Segment {
@@ -29,7 +33,7 @@ impl Segment {
             && bytes.iter().all(|&b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
             });
-        valid.then(|| Self::Name(value.to_owned()))
+        valid.then(|| Self::Name(CompactString::new(value)))
     }
 
     /// Returns whether this side grants everything `other` names.
@@ -114,7 +118,7 @@ impl Permission {
 
     /// Returns whether the action is exactly `read`, the only one a read-only token satisfies.
     pub fn is_read(&self) -> bool {
-        self.action == Segment::Name(READ.to_owned())
+        matches!(&self.action, Segment::Name(action) if action == READ)
     }
 }
 

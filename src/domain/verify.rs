@@ -1,6 +1,6 @@
 //! The verification rules: whether a found token is valid for one use. Pure, no I/O.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 
@@ -76,13 +76,14 @@ impl Outcome {
 
 /// What a token is being used for.
 #[derive(Clone, Debug, Default)]
-pub struct Usage {
+pub struct Usage<'a> {
     /// Permissions the use needs; all must be satisfied.
     pub required: Vec<Permission>,
     /// The client's address, when known.
     pub client_ip: Option<IpAddr>,
-    /// The host the token was presented at, when known.
-    pub host: Option<String>,
+    /// The host the token was presented at, when known; borrowed from the request where
+    /// it can be.
+    pub host: Option<Cow<'a, str>>,
     /// Resources the use touches.
     pub bindings: BTreeMap<String, String>,
     /// Why no token is valid for this use (e.g. no rule maps the request), if so. Judged
@@ -286,7 +287,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn needs(permissions: &[&str]) -> Usage {
+    fn needs(permissions: &[&str]) -> Usage<'static> {
         Usage {
             required: permissions
                 .iter()

@@ -34,7 +34,7 @@ pub struct Caller {
     /// Where the call came from, when known.
     pub client_ip: Option<IpAddr>,
     /// The use the call makes of the caller's token, spent once the call is allowed.
-    usage: Usage,
+    usage: Usage<'static>,
     spent: AtomicBool,
 }
 
@@ -161,7 +161,10 @@ pub async fn authenticate<T>(
     let usage = Usage {
         required: action.permission().into_iter().collect(),
         client_ip,
-        host: request.extensions().get::<Authority>().map(|a| a.0.clone()),
+        host: request
+            .extensions()
+            .get::<Authority>()
+            .map(|a| a.0.clone().into()),
         bindings: Default::default(),
         unsatisfiable: None,
         bound_key_required: false,

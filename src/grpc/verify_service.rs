@@ -32,7 +32,7 @@ impl VerifyApi {
 }
 
 /// Parses everything in a Verify request but the token, which the verifier judges.
-fn parse_usage(request: &VerifyRequest) -> Result<Usage, Error> {
+fn parse_usage(request: &VerifyRequest) -> Result<Usage<'_>, Error> {
     let client_ip = match request.client_ip.as_str() {
         "" => None,
         ip => Some(canonical_ip(
@@ -55,7 +55,7 @@ fn parse_usage(request: &VerifyRequest) -> Result<Usage, Error> {
             limits::REQUIRED_PERMISSIONS,
         )?,
         client_ip,
-        host: (!request.host.is_empty()).then(|| request.host.clone()),
+        host: (!request.host.is_empty()).then(|| request.host.as_str().into()),
         bindings: parse_bindings(&request.bindings, "bindings")?,
         unsatisfiable: None,
         bound_key_required: false,
