@@ -131,7 +131,9 @@ impl Verifier {
     /// Verifies a presented secret for a use, through the cache. Malformed secrets are
     /// answered without a lookup; only store failures, and a client over its budget of
     /// lookups of unknown secrets ([`StoreError::OverBudget`]), are errors. `caller` gives
-    /// the address the request came from, asked only on a cache miss; the budget counts
+    /// the address the request came from (or its limit key: `limit_key` is idempotent),
+    /// asked only on a cache miss, and never `None` when there is a peer, or a flood whose
+    /// client is unknown would be charged to no one's bucket; the budget counts
     /// the end client the request names (`usage.client_ip`), else the caller, and a caller
     /// naming clients (see `verify::budget`).
     pub async fn verify(

@@ -91,8 +91,10 @@ impl VerifyService for VerifyApi {
         }
         let usage = parse_usage(message)?;
         // Where the call came from matters only to a store lookup's budget: worked out on a
-        // cache miss only.
-        let caller = || super::auth::origin(&self.state, &request).client;
+        // cache miss only. The limit key, not the client: behind a trusted proxy whose
+        // `x-forwarded-for` cannot be read the client is unknown, and the proxy (the peer)
+        // is charged, rather than no one.
+        let caller = || super::auth::origin(&self.state, &request).limit_key;
         let verdict = self
             .state
             .verifier

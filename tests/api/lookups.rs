@@ -36,6 +36,7 @@ both_backends!(
     concurrent_verifies_are_batched_and_each_is_answered_right,
     a_revoked_token_is_never_valid_after_the_revocation_returned,
     a_flooding_client_spends_only_its_budget,
+    an_unreadable_forwarded_chain_charges_the_proxy_not_no_one,
     unknown_secrets_evict_no_cached_token,
 );
 
@@ -396,6 +397,58 @@ async fn a_flooding_client_spends_only_its_budget(backend: Backend) {
         Some(0),
         "another client of the same Envoy"
     );
+}
+
+async fn an_unreadable_forwarded_chain_charges_the_proxy_not_no_one(backend: Backend) {
+    // The test client (127.0.0.1) is a trusted proxy of the gRPC port. A client behind it
+    // that sends an `x-forwarded-for` no one can read (not visible ASCII: the proxy appends
+    // its own entry to it) makes its address unknown; its flood of unknown secrets must
+    // still be charged to someone, the proxy, instead of slipping past every per-address
+    // budget. (Only the overall budget was charged before.)
+    let db = TestDb::fresh(backend).await;
+    let mut settings = metered_settings(&db);
+    settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    settings.lookups = LookupSettings {
+        unknown_per_address: 2,
+        unknown_overall: 0,
+        ..Default::default()
+    };
+    let app = spawn_with(db, settings, None).await;
+    let unreadable = tonic::metadata::MetadataValue::try_from(&b"\xff, 198.51.100.7"[..])
+        .expect("obs-text is a valid header value");
+    let started = Instant::now();
+    let (mut not_found, mut exhausted) = (0, 0);
+    for _ in 0..40 {
+        let mut request = tonic::Request::new(VerifyRequest {
+            token: unknown_secret(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", unreadable.clone());
+        match app.verifier.clone().verify(request).await {
+            Ok(answer) => {
+                assert_eq!(answer.into_inner().result(), VerifyResult::NotFound);
+                not_found += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                exhausted += 1;
+            }
+        }
+    }
+    let budget = 4.0 + 2.0 * started.elapsed().as_secs_f64();
+    assert!(
+        exhausted > 0,
+        "the flood was limited ({not_found} looked up)"
+    );
+    assert!(f64::from(not_found) <= budget, "{not_found} > {budget}");
+    let refused = metric(
+        &app,
+        "token_authority_verify_lookups_refused_total{budget=\"address\"}",
+    )
+    .await;
+    assert_eq!(refused, f64::from(exhausted), "by the per-address budget");
 }
 
 fn check_request(source: &str, authorization: &str) -> CheckRequest {
