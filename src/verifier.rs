@@ -80,6 +80,17 @@ impl Default for LookupSettings {
     }
 }
 
+/// Whose budget a cache miss's store lookup is charged to (see `verify::budget`): the end
+/// client the request names, else the caller; and the caller, when it names a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payer {
+    /// The end client (Check's source address, forward auth's client, Verify's
+    /// `client_ip`), if known.
+    pub client: Option<IpAddr>,
+    /// The transport peer (or the client a trusted proxy names for it), if known.
+    pub caller: Option<IpAddr>,
+}
+
 /// What Verify's store lookups did since the start, for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LookupCounts {
@@ -130,17 +141,13 @@ impl Verifier {
 
     /// Verifies a presented secret for a use, through the cache. Malformed secrets are
     /// answered without a lookup; only store failures, and a client over its budget of
-    /// lookups of unknown secrets ([`StoreError::OverBudget`]), are errors. `caller` gives
-    /// the address the request came from (or its limit key: `limit_key` is idempotent),
-    /// asked only on a cache miss, and never `None` when there is a peer, or a flood whose
-    /// client is unknown would be charged to no one's bucket; the budget counts
-    /// the end client the request names (`usage.client_ip`), else the caller, and a caller
-    /// naming clients (see `verify::budget`).
+    /// lookups of unknown secrets ([`StoreError::OverBudget`]), are errors. `payer` says
+    /// whose buckets a store lookup is charged to, asked only on a cache miss.
     pub async fn verify(
         &self,
         presented: &str,
         usage: &Usage<'_>,
-        caller: impl FnOnce() -> Option<IpAddr>,
+        payer: impl FnOnce() -> Payer,
     ) -> Result<Verdict<EncodedToken>, StoreError> {
         let hash = match parse(presented) {
             Ok(hash) => hash,
@@ -149,7 +156,7 @@ impl Verifier {
         let token = match self.cache.get(&hash) {
             Some(Entry::Found(token)) => Some(token),
             Some(Entry::Missing) => None,
-            None => self.load(hash, usage.client_ip, caller()).await?,
+            None => self.load(hash, payer()).await?,
         };
         self.judge(token, usage, now()).await
     }
@@ -159,12 +166,11 @@ impl Verifier {
     async fn load(
         &self,
         hash: SecretHash,
-        client: Option<IpAddr>,
-        caller: Option<IpAddr>,
+        payer: Payer,
     ) -> Result<Option<Arc<EncodedToken>>, StoreError> {
         let reserved = self
             .budget
-            .reserve(client.map(limit_key), caller.map(limit_key))
+            .reserve(payer.client.map(limit_key), payer.caller.map(limit_key))
             .map_err(|refused| {
                 self.refused[(refused == Refused::Overall) as usize]
                     .fetch_add(1, Ordering::Relaxed);

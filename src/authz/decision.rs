@@ -17,7 +17,7 @@ use crate::{
     },
     encoded::EncodedToken,
     store::StoreError,
-    verifier::{Verdict, Verifier},
+    verifier::{Payer, Verdict, Verifier},
 };
 
 /// An HTTP request to authorize, as a gateway describes it.
@@ -224,7 +224,10 @@ pub async fn authorize(
         bound_key_required: !requirement.ignore_bindings,
     };
     let verdict = match verifier
-        .verify(credential.presented, &usage, || request.peer)
+        .verify(credential.presented, &usage, || Payer {
+            client: request.client_ip,
+            caller: request.peer,
+        })
         .await
     {
         Ok(verdict) => verdict,

@@ -17,6 +17,7 @@ use crate::{
     error::Error,
     metrics::Endpoint,
     pb::wire::{VerifyRequest, VerifyResponse, VerifyResult, verify_service_server::VerifyService},
+    verifier::Payer,
 };
 
 /// The VerifyService implementation.
@@ -62,6 +63,28 @@ fn parse_usage(request: &VerifyRequest) -> Result<Usage<'_>, Error> {
     })
 }
 
+/// Who pays for a Verify's store lookup. Behind a trusted proxy whose `x-forwarded-for`
+/// cannot be read, who calls is unknown, and so is whether any `client_ip` it names is
+/// real: the proxy's own client bucket pays, whatever the request names. Charging no one
+/// would let such a flood past every per-address budget; charging the proxy as a caller
+/// would let it drain the caller share the proxy's own Check calls live on.
+fn payer(origin: super::auth::Origin, client_ip: Option<IpAddr>) -> Payer {
+    match (origin.client, origin.limit_key) {
+        (Some(caller), _) => Payer {
+            client: client_ip,
+            caller: Some(caller),
+        },
+        (None, Some(proxy)) => Payer {
+            client: Some(proxy),
+            caller: None,
+        },
+        (None, None) => Payer {
+            client: client_ip,
+            caller: None,
+        },
+    }
+}
+
 fn result_of(outcome: Outcome) -> VerifyResult {
     match outcome {
         Outcome::Ok => VerifyResult::Ok,
@@ -91,14 +114,12 @@ impl VerifyService for VerifyApi {
         }
         let usage = parse_usage(message)?;
         // Where the call came from matters only to a store lookup's budget: worked out on a
-        // cache miss only. The limit key, not the client: behind a trusted proxy whose
-        // `x-forwarded-for` cannot be read the client is unknown, and the proxy (the peer)
-        // is charged, rather than no one.
-        let caller = || super::auth::origin(&self.state, &request).limit_key;
+        // cache miss only.
+        let payer = || payer(super::auth::origin(&self.state, &request), usage.client_ip);
         let verdict = self
             .state
             .verifier
-            .verify(&message.token, &usage, caller)
+            .verify(&message.token, &usage, payer)
             .await
             .map_err(Error::from)?;
         self.state

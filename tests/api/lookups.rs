@@ -402,9 +402,11 @@ async fn a_flooding_client_spends_only_its_budget(backend: Backend) {
 async fn an_unreadable_forwarded_chain_charges_the_proxy_not_no_one(backend: Backend) {
     // The test client (127.0.0.1) is a trusted proxy of the gRPC port. A client behind it
     // that sends an `x-forwarded-for` no one can read (not visible ASCII: the proxy appends
-    // its own entry to it) makes its address unknown; its flood of unknown secrets must
-    // still be charged to someone, the proxy, instead of slipping past every per-address
-    // budget. (Only the overall budget was charged before.)
+    // its own entry to it) makes its address unknown, and so is whether the `client_ip`s
+    // it names are real. Its flood of unknown secrets, naming a new made-up client each
+    // time, must still be charged to someone: the proxy's own client bucket. Not to no one
+    // (it slipped past every per-address budget), and not to the proxy's caller share,
+    // which the same proxy's Check calls live on (the flood would starve those).
     let db = TestDb::fresh(backend).await;
     let mut settings = metered_settings(&db);
     settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
@@ -414,13 +416,16 @@ async fn an_unreadable_forwarded_chain_charges_the_proxy_not_no_one(backend: Bac
         ..Default::default()
     };
     let app = spawn_with(db, settings, None).await;
+    let checked = app.create(spec("checked", &["reports:read"])).await.secret;
     let unreadable = tonic::metadata::MetadataValue::try_from(&b"\xff, 198.51.100.7"[..])
         .expect("obs-text is a valid header value");
     let started = Instant::now();
     let (mut not_found, mut exhausted) = (0, 0);
-    for _ in 0..40 {
+    // More than the caller share's burst (10 clients' worth: 40).
+    for i in 0..80 {
         let mut request = tonic::Request::new(VerifyRequest {
             token: unknown_secret(),
+            client_ip: format!("10.{}.{}.1", i / 200, i % 200),
             ..Default::default()
         });
         request
@@ -449,6 +454,21 @@ async fn an_unreadable_forwarded_chain_charges_the_proxy_not_no_one(backend: Bac
     )
     .await;
     assert_eq!(refused, f64::from(exhausted), "by the per-address budget");
+
+    // The same proxy, as the Envoy of a gateway, still has its caller share: a Check of a
+    // token no one has verified yet is looked up and allowed.
+    let mut client = AuthorizationClient::new(app.channel.clone());
+    let auth = format!("Bearer {checked}");
+    let answer = client
+        .check(check_request("10.200.0.1", &auth))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(
+        answer.status.as_ref().map(|s| s.code),
+        Some(0),
+        "{answer:?}"
+    );
 }
 
 fn check_request(source: &str, authorization: &str) -> CheckRequest {
