@@ -9,6 +9,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use crossbeam_utils::CachePadded;
 use thread_local::ThreadLocal;
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
@@ -46,7 +47,9 @@ type Uses = HashMap<Uuid, Pending, foldhash::fast::RandomState>;
 /// lines every call pulled from the other core). A flush takes every thread's map.
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
-    threads: ThreadLocal<Mutex<Uses>>,
+    /// Padded: `ThreadLocal` keeps values side by side, and two workers' maps must not
+    /// share a cache line.
+    threads: ThreadLocal<CachePadded<Mutex<Uses>>>,
 }
 
 fn lock(uses: &Mutex<Uses>) -> MutexGuard<'_, Uses> {
@@ -68,16 +71,20 @@ impl UsageRecorder {
             .or_insert(use_);
     }
 
-    /// Takes every pending use out of memory, merged over the threads.
+    /// Takes every pending use out of memory, merged over the threads. Of two uses of one
+    /// token at the very same time on two threads, either one's address is kept.
     fn drain(&self) -> Vec<UsageRecord> {
         let mut merged = Uses::default();
         for uses in self.threads.iter() {
-            for (id, pending) in lock(uses).drain() {
+            let mut uses = lock(uses);
+            for (id, pending) in uses.drain() {
                 merged
                     .entry(id)
                     .and_modify(|p| p.merge(pending, false))
                     .or_insert(pending);
             }
+            // A burst of distinct tokens leaves no lasting table behind.
+            uses.shrink_to(64);
         }
         merged
             .into_iter()

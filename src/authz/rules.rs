@@ -172,7 +172,7 @@ impl Rule {
                 }
                 Piece::Capture(name) => {
                     let value = rest.next()?;
-                    bindings.insert(name.clone(), value.clone().into_owned());
+                    bindings.insert(name.clone(), value.to_string());
                 }
             }
         }

@@ -16,8 +16,8 @@ pub const READ: &str = "read";
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Segment {
     Any,
-    /// Inline up to 24 bytes (most names), so that parsing the permissions of a Verify or
-    /// Check allocates nothing.
+    /// Inline up to 24 bytes (most names; 12 on 32-bit targets), so that parsing the
+    /// permissions of a Verify or Check allocates no string per such name.
     Name(CompactString),
 }
 

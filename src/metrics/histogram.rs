@@ -83,8 +83,13 @@ impl Histograms {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = self.bounds.partition_point(|&bound| bound < nanos);
         let base = index * Self::stride(self.bounds);
-        self.cells.add(base + bucket, 1);
-        self.cells.add(base + self.bounds.len() + 1, nanos);
+        assert!(
+            base + self.bounds.len() + 1 < self.cells.len(),
+            "histogram {index}"
+        );
+        let cells = self.cells.local();
+        cells.add(base + bucket, 1);
+        cells.add(base + self.bounds.len() + 1, nanos);
     }
 
     /// Returns every histogram as recorded so far, merged over every thread.

@@ -96,8 +96,9 @@ impl Kind {
 pub enum RequestId {
     /// The caller's `x-request-id`, already checked by `grpc::request_id::usable`.
     Caller(HeaderValue),
-    /// The `n`th id made by this process: 32 hex digits, the process's random 64-bit
-    /// prefix and `n`, unique across processes without a random draw per call.
+    /// An id made by this process: 32 hex digits, the process's random 64-bit prefix and
+    /// a number unique in the process, so unique across processes without a random draw
+    /// per call.
     Made(u64),
 }
 

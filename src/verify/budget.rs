@@ -12,7 +12,8 @@
 //!   gateway's `x-forwarded-for`, forward auth's client, Verify's `client_ip`), else the
 //!   caller's own; IPv6 by its /64: one flooding client behind a gateway spends its own
 //!   bucket, not its neighbours';
-//! - the caller is the transport peer (the gateway, the service calling Verify), whose
+//! - the caller is the transport peer (the gateway, the service calling Verify; for Verify
+//!   through a trusted proxy, the client it names, see `grpc::verify_service::payer`), whose
 //!   bucket holds [`CALLER_SHARE`] times a client's when it names clients: anyone may call
 //!   Verify or Check and name made-up addresses, and this caps what one caller gets by
 //!   doing so, leaving the rest of the overall bucket to everyone else;
