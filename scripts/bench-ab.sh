@@ -25,13 +25,10 @@ BIN_A=${BIN_A:-target/release/token-authority}
 BIN_B=${BIN_B:-$BIN_A}
 BENCH=${BENCH:-target/release/examples/bench}
 
-if [ -z "${DATABASE_URL:-}" ]; then
-  eval "$(scripts/throwaway-postgres.sh)"
-  trap 'kill $(jobs -p) 2>/dev/null || true; scripts/throwaway-postgres.sh --stop "$TA_PG_DIR"; rm -rf "$TA_PG_DIR"; rm -rf "$work"' EXIT
-else
-  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-fi
 work=$(mktemp -d /tmp/ta-ab.XXXXXX)
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+bench_postgres 'rm -rf "$work"'
 
 start() { # start NAME BIN ENV
   local db="ta_ab_$1_$$" port=$((40000 + RANDOM % 20000))

@@ -21,12 +21,9 @@ if [ -z "${BIN:-}" ]; then
 fi
 BENCH=${BENCH:-target/release/examples/bench}
 
-if [ -z "${DATABASE_URL:-}" ]; then
-  eval "$(scripts/throwaway-postgres.sh)"
-  trap 'kill $(jobs -p) 2>/dev/null || true; scripts/throwaway-postgres.sh --stop "$TA_PG_DIR"; rm -rf "$TA_PG_DIR"' EXIT
-else
-  trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-fi
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+bench_postgres
 work=$(mktemp -d /tmp/ta-callgrind.XXXXXX)
 db="ta_cg_$$"
 psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $db"
