@@ -50,6 +50,9 @@ pub struct EncodedToken {
     /// here is paid once per cached token.
     rate: (u32, u32),
     encoded: Bytes,
+    /// Where in `encoded` the permissions are (from the first one's key to the last one's
+    /// end), so that judging one scans only them.
+    permissions: (u32, u32),
     /// The ext_authz answer allowing this token, encoded by the first Check that needs it.
     allowed_check: OnceBox<AllowedCheck>,
     /// The forward-auth answer's identity header values, made by the first that needs them.
@@ -70,7 +73,9 @@ pub struct AllowedCheck {
 impl EncodedToken {
     /// Encodes a token once, for every later Verify that finds it in the cache.
     pub fn new(token: &Token) -> Self {
+        let encoded = Bytes::from(token_to_pb(token).encode_to_vec());
         Self {
+            permissions: span_of(&encoded, PERMISSIONS),
             id: token.id,
             enabled: token.enabled,
             read_only: token.read_only,
@@ -82,7 +87,7 @@ impl EncodedToken {
             rate: token.rate_limit.map_or((0, 0), |limit| {
                 (limit.requests, limit.interval.as_millis() as u32)
             }),
-            encoded: Bytes::from(token_to_pb(token).encode_to_vec()),
+            encoded,
             allowed_check: OnceBox::new(),
             identity_values: OnceBox::new(),
         }
@@ -132,7 +137,19 @@ impl EncodedToken {
 
     /// Returns the token's permissions, as stored (`resource:action`).
     pub fn permissions(&self) -> impl Iterator<Item = &str> {
-        self.strings(PERMISSIONS)
+        self.permission_bytes()
+            .filter_map(|bytes| std::str::from_utf8(bytes).ok())
+    }
+
+    /// The encoded permissions, as bytes.
+    fn permission_bytes(&self) -> impl Iterator<Item = &[u8]> {
+        let (start, end) = self.permissions;
+        let end = (end as usize).min(self.encoded.len());
+        let within = self.encoded.get(start as usize..end).unwrap_or_default();
+        Fields::new(within).filter_map(|(number, value)| match value {
+            Value::Bytes(bytes) if number == PERMISSIONS => Some(bytes),
+            _ => None,
+        })
     }
 
     /// Returns the values of a repeated string field, as bytes.
@@ -221,8 +238,32 @@ impl Subject for EncodedToken {
     }
 
     fn allows(&self, required: &Permission) -> bool {
-        self.strings(PERMISSIONS)
+        self.permission_bytes()
             .any(|held| required.is_covered_by_text(held))
+    }
+}
+
+/// Where the fields numbered `number` are in an encoded message: from the first one's key
+/// to the end of the last one, (0, 0) when there is none. Every field in between is whole,
+/// so the span decodes on its own.
+fn span_of(encoded: &[u8], number: u32) -> (u32, u32) {
+    let mut fields = Fields::new(encoded);
+    let (mut first, mut last) = (None, 0);
+    loop {
+        let start = encoded.len() - fields.buf.len();
+        let Some((found, _)) = fields.next() else {
+            break;
+        };
+        if found == number {
+            first.get_or_insert(start);
+            last = encoded.len() - fields.buf.len();
+        }
+    }
+    match (first, u32::try_from(last)) {
+        (Some(first), Ok(last)) => (first as u32, last),
+        // Past 4 GiB (never: a token is a few KiB): the whole message, clamped when read.
+        (Some(_), Err(_)) => (0, u32::MAX),
+        (None, _) => (0, 0),
     }
 }
 
@@ -426,6 +467,9 @@ mod tests {
         assert_eq!(encoded.name(), t.name);
         assert_eq!(encoded.owner(), t.owner);
         assert_eq!(encoded.token_type(), t.token_type);
+        assert_eq!(EncodedToken::new(&token(&[])).permissions().count(), 0);
+        let (start, end) = encoded.permissions;
+        assert!(0 < start && start < end && (end as usize) < encoded.encoded().len());
         assert_eq!(
             encoded.permissions().collect::<Vec<_>>(),
             t.permissions

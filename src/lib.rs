@@ -11,6 +11,7 @@ pub mod domain;
 pub mod encoded;
 pub mod error;
 pub mod grpc;
+pub mod headers;
 pub mod http;
 pub mod invalidation;
 pub mod leaks;

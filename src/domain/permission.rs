@@ -107,12 +107,15 @@ impl Permission {
     /// Returns whether a held permission, given as its text (`resource:action`, already
     /// validated), grants this one. The same rule as [`Permission::covers`], without
     /// parsing the held side into a value.
-    pub fn is_covered_by_text(&self, held: &str) -> bool {
-        fn side(held: &str, required: &Segment) -> bool {
-            held == "*" || matches!(required, Segment::Name(name) if name == held)
+    /// The text may come as bytes (from an encoded token), unchecked as UTF-8: only equal
+    /// bytes match a name, and a name is valid UTF-8.
+    pub fn is_covered_by_text(&self, held: impl AsRef<[u8]>) -> bool {
+        fn side(held: &[u8], required: &Segment) -> bool {
+            held == b"*" || matches!(required, Segment::Name(name) if name.as_bytes() == held)
         }
-        held.split_once(':').is_some_and(|(resource, action)| {
-            side(resource, &self.resource) && side(action, &self.action)
+        let held = held.as_ref();
+        held.iter().position(|&b| b == b':').is_some_and(|colon| {
+            side(&held[..colon], &self.resource) && side(&held[colon + 1..], &self.action)
         })
     }
 

@@ -86,7 +86,8 @@ where
         {
             request.extensions_mut().insert(Authority(authority));
         }
-        let id = RequestId::from_caller(request.headers().get(&request_id::HEADER));
+        let id =
+            RequestId::from_caller(crate::headers::get(request.headers(), &request_id::HEADER));
         let call = Call::new(id, Kind::Rpc, method.name());
         // (The service's `call` only builds the handler's future; the handler runs, and
         // logs, when polled inside the scope.)

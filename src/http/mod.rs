@@ -140,7 +140,7 @@ async fn observe(
 ) -> Response {
     let start = Instant::now();
     let route = Route::of(request.uri().path());
-    let id = RequestId::from_caller(request.headers().get(&request_id::HEADER));
+    let id = RequestId::from_caller(crate::headers::get(request.headers(), &request_id::HEADER));
     let call = Call::new(id.clone(), Kind::Http, route.as_str());
     let header = id.header();
     // The JSON API hands the same id to the gRPC call it makes.

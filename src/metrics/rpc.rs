@@ -195,7 +195,7 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The status in a `grpc-status` header or trailer, if there is one.
 pub fn status_of(headers: &HeaderMap) -> Option<Code> {
-    let value = headers.get(&GRPC_STATUS)?;
+    let value = crate::headers::get(headers, &GRPC_STATUS)?;
     let code = std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()?;
     Some(Code::from_i32(code))
 }
