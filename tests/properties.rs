@@ -67,7 +67,7 @@ proptest! {
 
     #[test]
     fn covering_by_text_agrees_with_covering(held in permission(), required in permission()) {
-        prop_assert_eq!(required.is_covered_by_text(&held.to_string()), held.covers(&required));
+        prop_assert_eq!(required.is_covered_by_text(held.to_string()), held.covers(&required));
     }
 
     #[test]
