@@ -146,7 +146,12 @@ pub enum Request<'a> {
     /// Delete a token.
     Delete(&'a Token),
     /// Give a token a new secret, handed to the caller.
-    Rotate(&'a Token),
+    Rotate {
+        /// The token as it is.
+        token: &'a Token,
+        /// Whether the replaced secret is to keep working for a grace period.
+        grace: bool,
+    },
     /// Start a bulk revocation, of `owner`'s tokens if one is named; each token it
     /// matches is then judged by [`Request::RevokeOne`].
     Revoke {
@@ -190,7 +195,7 @@ impl Request<'_> {
             Request::SetEnabled { enabled: true, .. } => Action::EnableToken,
             Request::SetEnabled { enabled: false, .. } => Action::DisableToken,
             Request::Delete(_) => Action::DeleteToken,
-            Request::Rotate(_) => Action::RotateToken,
+            Request::Rotate { .. } => Action::RotateToken,
             Request::Revoke { .. } | Request::RevokeOne { .. } => Action::RevokeTokens,
             Request::ReadTypes => Action::ReadTypes,
             Request::CreateType(_) => Action::CreateType,
@@ -281,9 +286,21 @@ pub fn decide(caller: &Token, request: &Request<'_>) -> Result<(), Refusal> {
             visible(caller, token)?;
             covered(caller, token, "delete")
         }
-        Request::Rotate(token) => {
+        Request::Rotate { token, grace } => {
             visible(caller, token)?;
-            covered(caller, token, "rotate")
+            covered(caller, token, "rotate")?;
+            // A disabled token's secret works nowhere (a reported leak disables the token
+            // whose current secret it is). Kept as the previous secret, it would work again
+            // the moment the token is enabled.
+            if grace && !token.enabled {
+                return Err(Refusal::FailedPrecondition(
+                    "grace_period: the token is disabled, and a grace would make its current \
+                     secret (perhaps reported leaked) work again once it is enabled; rotate \
+                     without grace_period"
+                        .into(),
+                ));
+            }
+            Ok(())
         }
         Request::ReadTypes | Request::ReadAudit | Request::CreateType(_) => Ok(()),
         Request::RevokeOne {
@@ -464,7 +481,10 @@ mod tests {
         let admin = owned("admin", &["*:*"]);
         let root = owned("admin", &["*:*"]);
         for request in [
-            Request::Rotate(&admin),
+            Request::Rotate {
+                token: &admin,
+                grace: false,
+            },
             Request::SetEnabled {
                 token: &admin,
                 enabled: false,
@@ -540,10 +560,45 @@ mod tests {
         };
         assert!(forbidden(decide(&me, &request)));
         assert_eq!(
-            decide(&me, &Request::Rotate(&me)),
+            decide(
+                &me,
+                &Request::Rotate {
+                    token: &me,
+                    grace: true
+                }
+            ),
             Ok(()),
             "rotating itself is fine"
         );
+    }
+
+    #[test]
+    fn a_disabled_token_rotates_only_without_grace() {
+        let admin = owned("a", &["*:*"]);
+        let mut reported = owned("a", &["tokens:read"]);
+        reported.enabled = false;
+        let refused = decide(
+            &admin,
+            &Request::Rotate {
+                token: &reported,
+                grace: true,
+            },
+        );
+        assert!(
+            matches!(&refused, Err(Refusal::FailedPrecondition(m)) if m.starts_with("grace_period:")),
+            "{refused:?}"
+        );
+        let without = Request::Rotate {
+            token: &reported,
+            grace: false,
+        };
+        assert_eq!(decide(&admin, &without), Ok(()));
+        reported.enabled = true;
+        let enabled = Request::Rotate {
+            token: &reported,
+            grace: true,
+        };
+        assert_eq!(decide(&admin, &enabled), Ok(()));
     }
 
     #[test]

@@ -332,7 +332,13 @@ impl TokenApi {
         // Made before the decision, shown only if the rotation is done.
         let secret = TokenSecret::generate(&self.state.prefix);
         let decide = |before: &Token| {
-            caller.allow(&self.state, &Policy::Rotate(before))?;
+            caller.allow(
+                &self.state,
+                &Policy::Rotate {
+                    token: before,
+                    grace: grace.is_some(),
+                },
+            )?;
             // Rotation never extends a lifetime: the old secret ends by the token's expiry too.
             let previous_until = grace.map(|grace| {
                 let until = (now + grace).trunc_subsecs(6);

@@ -9,8 +9,8 @@ use token_authority::{
     domain::secret::{TokenPrefix, TokenSecret},
     pb::v1::{
         LeakOutcome, LookupTokenRequest, ReportLeakedTokensRequest, ReportLeakedTokensResponse,
-        RotateTokenRequest, RotateTokenResponse, SecretKind, Token, VerifyResult,
-        leak_service_client::LeakServiceClient,
+        RotateTokenRequest, RotateTokenResponse, SecretKind, SetTokenEnabledRequest, Token,
+        VerifyResult, leak_service_client::LeakServiceClient,
     },
 };
 use tonic::Code;
@@ -26,6 +26,7 @@ use crate::{
 both_backends!(
     a_reported_secret_stops_working_at_once_and_is_audited_without_the_secret,
     a_reported_previous_secret_has_its_grace_ended_and_the_current_one_keeps_working,
+    a_reported_token_cannot_be_rotated_with_grace_back_to_its_leaked_secret,
     bad_reports_are_refused_naming_the_field_and_change_nothing,
     reports_are_rate_limited_per_address_but_verify_is_not,
     a_full_report_finds_ours_among_a_thousand,
@@ -235,6 +236,71 @@ async fn a_reported_previous_secret_has_its_grace_ended_and_the_current_one_keep
         ended.seconds, 0,
         "the epoch: ended on every replica, whatever its clock"
     );
+}
+
+/// The attack: a reported token is disabled; rotated with a grace period, its leaked
+/// current secret would become the previous one and work again once the token is enabled.
+async fn a_reported_token_cannot_be_rotated_with_grace_back_to_its_leaked_secret(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let made = app.create(spec("reported", &["domains:read"])).await;
+    let id = made.token.as_ref().unwrap().id.clone();
+    let answer = report(&app, &[&made.secret], "report", "").await.unwrap();
+    assert_eq!(outcomes(&answer), [LeakOutcome::Revoked]);
+    let reported = token_named(&app, "reported").await;
+
+    let refused = app
+        .tokens
+        .clone()
+        .rotate_token(authed(
+            &app.admin,
+            RotateTokenRequest {
+                id: id.clone(),
+                grace_period: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+            },
+        ))
+        .await
+        .expect_err("a disabled token rotates only without grace");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("grace_period"),
+        "names the field: {}",
+        refused.message()
+    );
+    let unchanged = token_named(&app, "reported").await;
+    assert_eq!(
+        unchanged.update_time, reported.update_time,
+        "nothing written"
+    );
+    assert_eq!(unchanged.display_hint, reported.display_hint);
+
+    // The way back: rotate without grace, then enable; only the new secret works.
+    let rotated = app
+        .tokens
+        .clone()
+        .rotate_token(authed(
+            &app.admin,
+            RotateTokenRequest {
+                id: id.clone(),
+                grace_period: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    app.tokens
+        .clone()
+        .set_token_enabled(authed(
+            &app.admin,
+            SetTokenEnabledRequest { id, enabled: true },
+        ))
+        .await
+        .unwrap();
+    assert!(app.verify_perms(&rotated.secret, &[]).await.valid);
+    let leaked = app.verify_perms(&made.secret, &[]).await;
+    assert!(!leaked.valid, "the leaked secret stays dead: {leaked:?}");
 }
 
 async fn bad_reports_are_refused_naming_the_field_and_change_nothing(backend: Backend) {

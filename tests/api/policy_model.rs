@@ -533,6 +533,11 @@ impl Model {
                 {
                     return Refused;
                 }
+                // A disabled token's secret (perhaps reported leaked) must not come back
+                // as a previous secret in grace once the token is enabled.
+                if grace && !self.tokens[target].enabled {
+                    return Refused;
+                }
                 self.tokens[caller].spend();
                 self.tokens[target].in_grace = grace;
                 Allowed
