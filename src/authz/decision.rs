@@ -41,13 +41,13 @@ pub struct HttpRequest<'a> {
 
 /// May the request through?
 pub enum Decision {
-    /// Yes: the token it carried, and the header that carried it (to be removed before
-    /// the upstream unless the credential is forwarded).
+    /// Yes: the token it carried, and which header carried it (to be removed before the
+    /// upstream unless the credential is forwarded).
     Allow {
         /// The token.
         token: Arc<EncodedToken>,
-        /// `authorization`, or the API-key header.
-        credential_header: String,
+        /// Whether it came as `Authorization: Bearer`; otherwise in the API-key header.
+        by_bearer: bool,
     },
     /// No, and how to say so.
     Deny(Denial),
@@ -237,7 +237,7 @@ pub async fn authorize(
     let decision = match (&verdict.outcome, &verdict.token) {
         (Outcome::Ok, Some(token)) => Decision::Allow {
             token: token.clone(),
-            credential_header: credential.header.to_owned(),
+            by_bearer: credential.header == "authorization",
         },
         (outcome, _) => Decision::Deny(Denial::of(
             *outcome,

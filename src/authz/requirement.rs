@@ -55,16 +55,23 @@ impl Route {
     /// Reads Envoy's `context_extensions`: `permission` (comma-separated), `binding.<key>`,
     /// and `bindings: ignore`.
     pub fn from_extensions(extensions: &[(&str, &str)]) -> Result<Self, BadRoute> {
+        Self::from_pairs(extensions.iter().copied())
+    }
+
+    /// [`Route::from_extensions`] over the pairs as they are read, with nothing collected.
+    pub fn from_pairs<'a>(
+        extensions: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, BadRoute> {
         let field = "attributes.context_extensions";
         let mut route = Route::default();
         for (key, value) in extensions {
-            if *key == PERMISSION_KEY {
+            if key == PERMISSION_KEY {
                 route.permissions = Some(parse_list(value).map_err(|message| BadRoute {
                     field: "attributes.context_extensions.permission",
                     message,
                 })?);
-            } else if *key == BINDINGS_KEY {
-                if *value != "ignore" {
+            } else if key == BINDINGS_KEY {
+                if value != "ignore" {
                     return Err(BadRoute {
                         field,
                         message: format!("bindings: {value:?} is not \"ignore\""),
@@ -208,21 +215,32 @@ pub(super) fn parse_list(listed: &str) -> Result<Vec<Permission>, String> {
 /// cannot slip past a rule for `export`). Dot segments are refused: Envoy's
 /// `normalize_path` resolves them before we see the path.
 pub(super) fn segments(target: &str) -> Result<Vec<Cow<'_, str>>, String> {
-    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let end = target
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(target.len());
+    let path = &target[..end];
     if path.len() > 4096 {
         return Err("the path is too long".into());
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(8);
     for raw in path.split('/').filter(|s| !s.is_empty()) {
-        let segment = decode_unreserved(raw);
+        // Most segments have neither escapes nor backslashes: one look at their bytes.
+        let plain = !raw.bytes().any(|b| b == b'%' || b == b'\\');
+        let segment = if plain {
+            Cow::Borrowed(raw)
+        } else {
+            decode_unreserved(raw)
+        };
         if segment == "." || segment == ".." {
             return Err("the path has dot segments; enable normalize_path in Envoy".into());
         }
         // An escaped slash or backslash: judged as one segment here, it may be two (or a
         // dot segment, `..%2f`) to an upstream that decodes it before resolving the path.
-        if has_escape(&segment, b'2', b'f')
-            || has_escape(&segment, b'5', b'c')
-            || segment.contains('\\')
+        if !plain
+            && (has_escape(&segment, b'2', b'f')
+                || has_escape(&segment, b'5', b'c')
+                || segment.contains('\\'))
         {
             return Err("the path has an escaped slash or backslash".into());
         }

@@ -72,12 +72,11 @@ impl Authorization for ExtAuthzApi {
             .ok_or_else(|| Error::invalid("attributes.request.http", "is required"))?;
         let settings = self.settings.as_ref();
         let headers = headers(http);
-        let extensions: Vec<(&str, &str)> = attributes
+        let extensions = attributes
             .context_extensions
             .iter()
-            .map(|e| (text(&e.key), text(&e.value)))
-            .collect();
-        let route = Route::from_extensions(&extensions)
+            .map(|e| (text(&e.key), text(&e.value)));
+        let route = Route::from_pairs(extensions)
             .map_err(|bad| Error::invalid(bad.field, bad.message))?;
         let source = attributes
             .source
@@ -117,8 +116,8 @@ impl Authorization for ExtAuthzApi {
         Ok(Response::new(match decision {
             Decision::Allow {
                 token,
-                credential_header,
-            } => allow(settings, &token, credential_header == "authorization"),
+                by_bearer,
+            } => allow(settings, &token, by_bearer),
             Decision::Deny(denial) => deny(settings, &denial),
         }))
     }
@@ -169,13 +168,10 @@ fn encoded(message: &impl Message) -> Bytes {
     Bytes::from(message.encode_to_vec())
 }
 
-/// The OK status, encoded (empty: every field is at its default).
+/// The OK status, encoded: no bytes, since every field of it is at its default
+/// (`an_ok_status_encodes_as_no_bytes` checks it), so nothing is encoded per call.
 fn ok_status() -> Bytes {
-    encoded(&rpc::Status {
-        code: Code::Ok as i32,
-        message: String::new(),
-        details: Vec::new(),
-    })
+    Bytes::new()
 }
 
 /// Lets the request through with the token's identity for the upstream (overwriting any
@@ -295,6 +291,17 @@ mod tests {
 
     use super::*;
     use crate::{domain::verify::Outcome, pb::ext_authz_wire};
+
+    #[test]
+    fn an_ok_status_encodes_as_no_bytes() {
+        let ok = rpc::Status {
+            code: Code::Ok as i32,
+            message: String::new(),
+            details: Vec::new(),
+        };
+        assert_eq!(encoded(&ok), ok_status());
+        assert_eq!(rpc::Status::decode(ok_status()).unwrap(), ok);
+    }
 
     fn full_request() -> envoy::CheckRequest {
         let peer = |ip: &str| envoy::attribute_context::Peer {
