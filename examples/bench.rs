@@ -369,7 +369,11 @@ impl Bench {
         self.settle_usage().await?;
         let mut rows = Vec::new();
         for round in 1..=self.args.rounds {
-            for scenario in [Scenario::Noop, Scenario::Verify, Scenario::Health] {
+            let mut order = [Scenario::Noop, Scenario::Verify, Scenario::Health];
+            if round % 2 == 0 {
+                order.reverse(); // ABBA: drift within a round favours neither side
+            }
+            for scenario in order {
                 let row = self.run(scenario, Some(round)).await?;
                 self.printer.row(&row);
                 rows.push(row);
@@ -418,7 +422,11 @@ impl Bench {
     async fn compare_check(&mut self) -> anyhow::Result<()> {
         let mut rows = Vec::new();
         for round in 1..=self.args.rounds {
-            for scenario in [Scenario::Verify, Scenario::Check, Scenario::NoopCheck] {
+            let mut order = [Scenario::Verify, Scenario::Check, Scenario::NoopCheck];
+            if round % 2 == 0 {
+                order.reverse(); // ABBA: drift within a round favours neither side
+            }
+            for scenario in order {
                 let row = self.run(scenario, Some(round)).await?;
                 self.printer.row(&row);
                 rows.push(row);
@@ -462,7 +470,13 @@ impl Bench {
         };
         let mut rates: Vec<(&'static str, f64)> = Vec::new();
         for round in 1..=self.args.rounds {
-            for (name, base, path, body) in runs {
+            // Every other round in reverse (ABBA), so that a machine speeding up or slowing
+            // down through a round favours neither side of a pair.
+            let mut order = runs;
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for (name, base, path, body) in order {
                 let rate = driver.run(&format!("{base}{path}"), body).await?;
                 self.printer
                     .note(format_args!("{name}#{round}: {rate:.1} calls/s"));

@@ -7,6 +7,7 @@
 #   scripts/callgrind-calls.sh                       # this build
 #   BIN=/path/to/other/token-authority scripts/callgrind-calls.sh   # an earlier build
 #   CALLS=4000 LOG_FORMAT=json scripts/callgrind-calls.sh
+#   VALGRIND_ARGS="--cache-sim=yes" scripts/callgrind-calls.sh   # cache misses too
 #
 # Prints one line per call kind: total instructions / calls. Needs valgrind and h2load.
 set -euo pipefail
@@ -28,7 +29,7 @@ work=$(mktemp -d /tmp/ta-callgrind.XXXXXX)
 db="ta_cg_$$"
 psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $db"
 port=$((40000 + RANDOM % 20000))
-RUST_LOG=info DATABASE_URL="${DATABASE_URL%/*}/$db" valgrind --tool=callgrind \
+RUST_LOG=info DATABASE_URL="${DATABASE_URL%/*}/$db" valgrind --tool=callgrind ${VALGRIND_ARGS:-} \
   --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
   "$BIN" --listen-addr "127.0.0.1:$port" --metrics-addr 127.0.0.1:0 --log-format "$LOG_FORMAT" \
   --bootstrap-token-file "$work/admin.secret" >"$work/server.log" 2>&1 &
@@ -63,7 +64,7 @@ measure check "$server" "127.0.0.1:$port" callgrind.out "$check" check.bin
 # The no-op ceiling (examples/bench/noop.rs: the same transport, a prepared real answer),
 # in a child process of the load generator, under callgrind too.
 mkfifo "$work/noop.in"
-TA_BENCH_NOOP_WRAPPER="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$work/noop.out" \
+TA_BENCH_NOOP_WRAPPER="valgrind --tool=callgrind ${VALGRIND_ARGS:-} --instr-atstart=no --callgrind-out-file=$work/noop.out" \
   "$BENCH" --target "http://127.0.0.1:$port" --admin-secret-file "$work/admin.secret" serve-noop \
   <"$work/noop.in" >"$work/noop.addr" 2>>"$work/noop.log" &
 exec 7>"$work/noop.in" # holds the no-op up until this script ends
