@@ -76,8 +76,8 @@ impl Authorization for ExtAuthzApi {
             .context_extensions
             .iter()
             .map(|e| (text(&e.key), text(&e.value)));
-        let route = Route::from_pairs(extensions)
-            .map_err(|bad| Error::invalid(bad.field, bad.message))?;
+        let route =
+            Route::from_pairs(extensions).map_err(|bad| Error::invalid(bad.field, bad.message))?;
         let source = attributes
             .source
             .as_ref()
@@ -114,10 +114,7 @@ impl Authorization for ExtAuthzApi {
                 .record_verdict(Endpoint::Check, verdict.outcome);
         }
         Ok(Response::new(match decision {
-            Decision::Allow {
-                token,
-                by_bearer,
-            } => allow(settings, &token, by_bearer),
+            Decision::Allow { token, by_bearer } => allow(settings, &token, by_bearer),
             Decision::Deny(denial) => deny(settings, &denial),
         }))
     }

@@ -702,9 +702,16 @@ fn the_dockerfile_is_multi_stage_and_runs_the_binary_as_a_non_root_user() {
     assert!(
         instructions.iter().any(|(i, rest)| i == "RUN"
             && rest.contains("cargo build")
-            && rest.contains("--release")
-            && rest.contains("--locked")),
-        "the build stage runs cargo build --release --locked"
+            && rest.contains("--profile production")
+            && rest.contains("--locked")
+            && rest.contains("target/production/token-authority")),
+        "the build stage runs cargo build --profile production --locked and installs its binary"
+    );
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("[profile.production]\ninherits = \"release\""),
+        "Cargo.toml defines the profile the image builds with"
     );
     let runtime = &instructions[last_from..];
     let user = runtime
