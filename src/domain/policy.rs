@@ -276,11 +276,20 @@ pub fn decide(caller: &Token, request: &Request<'_>) -> Result<(), Refusal> {
                 fits(after, kind)?;
             }
             covered(caller, after, "give a token")?;
+            // No update enables a token today (`enabled` is not settable); were one to,
+            // the rule below would hold for it too.
+            if after.enabled && !before.enabled {
+                not_reported(before)?;
+            }
             affordable(caller, Some(before), after)
         }
         Request::SetEnabled { token, enabled } => {
             visible(caller, token)?;
-            covered(caller, token, if enabled { "enable" } else { "disable" })
+            covered(caller, token, if enabled { "enable" } else { "disable" })?;
+            if enabled {
+                not_reported(token)?;
+            }
+            Ok(())
         }
         Request::Delete(token) => {
             visible(caller, token)?;
@@ -341,6 +350,19 @@ pub fn decide(caller: &Token, request: &Request<'_>) -> Result<(), Refusal> {
                 Ok(())
             }
         }
+    }
+}
+
+/// A token whose current secret was reported leaked is enabled only after a rotation has
+/// replaced that secret: enabled as it is, it would accept the leaked secret again.
+fn not_reported(token: &Token) -> Result<(), Refusal> {
+    match token.secret_reported_time {
+        Some(at) => Err(Refusal::FailedPrecondition(format!(
+            "enabled: the token's current secret was reported leaked ({}); rotate the token \
+             (RotateToken without grace_period) before enabling it",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))),
+        None => Ok(()),
     }
 }
 

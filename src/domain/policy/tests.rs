@@ -193,6 +193,97 @@ fn a_disabled_token_rotates_only_without_grace() {
 }
 
 #[test]
+fn a_token_whose_current_secret_was_reported_is_enabled_only_after_a_rotation() {
+    let admin = owned("a", &["*:*"]);
+    let mut reported = owned("a", &["tokens:read"]);
+    reported.enabled = false;
+    reported.secret_reported_time = Some(Utc::now());
+    let enable = |token: &Token| {
+        decide(
+            &admin,
+            &Request::SetEnabled {
+                token,
+                enabled: true,
+            },
+        )
+    };
+    let refused = enable(&reported);
+    assert!(
+        matches!(&refused, Err(Refusal::FailedPrecondition(m))
+            if m.starts_with("enabled: ") && m.contains("reported leaked") && m.contains("rotate")),
+        "{refused:?}"
+    );
+    let disable = Request::SetEnabled {
+        token: &reported,
+        enabled: false,
+    };
+    assert_eq!(decide(&admin, &disable), Ok(()), "disabling stays allowed");
+    let rotate = Request::Rotate {
+        token: &reported,
+        grace: false,
+    };
+    assert_eq!(decide(&admin, &rotate), Ok(()), "the way back");
+    let mut rotated = reported.clone();
+    rotated.secret_reported_time = None;
+    assert_eq!(enable(&rotated), Ok(()));
+
+    let weaker = owned("a", &["tokens:write"]);
+    let hidden = owned("b", &["tokens:write"]);
+    assert!(
+        forbidden(decide(
+            &weaker,
+            &Request::SetEnabled {
+                token: &reported,
+                enabled: true
+            }
+        )),
+        "a caller that may not enable it at all learns nothing more"
+    );
+    assert!(matches!(
+        decide(
+            &hidden,
+            &Request::SetEnabled {
+                token: &reported,
+                enabled: true
+            }
+        ),
+        Err(Refusal::NotFound(_))
+    ));
+}
+
+#[test]
+fn no_update_enables_a_reported_token() {
+    let kind = personal();
+    let admin = owned("a", &["*:*"]);
+    let mut before = owned("a", &["tokens:read"]);
+    before.enabled = false;
+    before.secret_reported_time = Some(Utc::now());
+    let update = |after: &Token| {
+        decide(
+            &admin,
+            &Request::Update {
+                before: &before,
+                after,
+                before_kind: Some(&kind),
+                after_kind: Some(&kind),
+            },
+        )
+    };
+    let mut after = before.clone();
+    after.description = "changed".into();
+    assert_eq!(
+        update(&after),
+        Ok(()),
+        "a disabled reported token may still be changed"
+    );
+    after.enabled = true;
+    assert!(matches!(
+        update(&after),
+        Err(Refusal::FailedPrecondition(m)) if m.starts_with("enabled: ")
+    ));
+}
+
+#[test]
 fn a_type_change_cannot_escape_the_old_template() {
     let admin = owned("a", &["*:*"]);
     let (personal, assistant) = (personal(), assistant());
