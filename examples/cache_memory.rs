@@ -63,6 +63,7 @@ fn sample_token(i: u64) -> Token {
         max_uses: None,
         uses: 0,
         rate_limit: None,
+        secret_reported_time: None,
     }
 }
 

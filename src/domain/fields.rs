@@ -13,7 +13,7 @@ use super::{power::Power, token::Token};
 pub enum Change {
     /// Set by CreateToken and UpdateToken (named in the update mask).
     Settable,
-    /// Changed only by its own action: SetTokenEnabled, RotateToken.
+    /// Changed only by its own action: SetTokenEnabled, RotateToken, a leak report.
     Action,
     /// Kept by verification: use counts, last use.
     Usage,
@@ -277,6 +277,14 @@ pub const FIELDS: &[Field] = &[
             })
         }),
     },
+    Field {
+        member: "secret_reported_time",
+        name: "secret_reported_time",
+        change: Change::Action,
+        power: None,
+        template: None,
+        audit: Some(|t| time(t.secret_reported_time)),
+    },
 ];
 
 /// Returns the field the API calls `name`.
@@ -358,6 +366,7 @@ fn token_members(token: &Token) -> Vec<&'static str> {
         max_uses,
         uses,
         rate_limit,
+        secret_reported_time,
     )
 }
 

@@ -1,9 +1,10 @@
 //! Leaked secrets: what a report of one does to its token, and what a report may carry.
 //!
 //! A report needs no credential (holding the secret is the proof), so it can only ever take
-//! power away: the token whose current secret leaked is disabled (kept for forensics), and
-//! a previous secret still in its rotation's grace period has its grace ended. Nothing else
-//! about the token changes.
+//! power away: the token whose current secret leaked is disabled (kept for forensics) and
+//! remembers the report (`secret_reported_time`), so that it cannot be enabled until a
+//! rotation replaces that secret; a previous secret still in its rotation's grace period has
+//! its grace ended. Nothing else about the token changes.
 
 use chrono::{DateTime, Utc};
 
@@ -58,12 +59,17 @@ impl Which {
 /// What a leak report does to the token one of whose secrets it presents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// Its current secret leaked and it is enabled: disable it.
+    /// Its current secret leaked and it is enabled: disable it, and remember the report.
     Disable,
+    /// Its current secret leaked and it is disabled already (by an administrator, a bulk
+    /// revocation), but the token does not yet know the secret leaked: remember the report,
+    /// so that enabling it cannot bring the secret back.
+    MarkReported,
     /// Its previous secret leaked and still works: end the grace period now.
     EndGrace,
-    /// The leaked secret already works no more (the token is disabled, or the grace
-    /// period is over): nothing to write, but the report is still audited.
+    /// The leaked secret already works no more and can come back only through a rotation
+    /// (the token is disabled and remembers the report, or the grace period is over):
+    /// nothing to write, but the report is still audited.
     AlreadyRevoked,
 }
 
@@ -73,6 +79,8 @@ pub fn effect(token: &Token, hash: &SecretHash, now: DateTime<Utc>) -> Option<(W
     let which = Which::of(token, hash)?;
     let effect = match which {
         Which::Current if token.enabled => Effect::Disable,
+        // Disabled, so it does not work now; but an administrator could enable it again.
+        Which::Current if token.secret_reported_time.is_none() => Effect::MarkReported,
         // Ended even on a disabled token: re-enabling it must not revive the leaked secret.
         Which::Previous if token.previous_hash_expire_time.is_some_and(|end| end > now) => {
             Effect::EndGrace
@@ -148,7 +156,10 @@ impl Report {
             event = event.change("url", self.url.as_str());
         }
         event = match effect {
-            Effect::Disable => event.change("enabled", false),
+            Effect::Disable => event
+                .change("enabled", false)
+                .change("secret_reported_time", now.to_rfc3339()),
+            Effect::MarkReported => event.change("secret_reported_time", now.to_rfc3339()),
             Effect::EndGrace => {
                 event.change("previous_secret_expire_time", GRACE_ENDED.to_rfc3339())
             }
@@ -156,7 +167,12 @@ impl Report {
         };
         event.client_ip = client_ip.to_owned();
         event.detail = match effect {
-            Effect::Disable => "leaked secret reported; token disabled".into(),
+            Effect::Disable => "leaked secret reported; token disabled until it is rotated".into(),
+            Effect::MarkReported => {
+                "leaked secret reported; the token was disabled already, and now cannot be \
+                 enabled until it is rotated"
+                    .into()
+            }
             Effect::EndGrace => "leaked previous secret reported; its grace period ended".into(),
             Effect::AlreadyRevoked => "leaked secret reported; it already worked no more".into(),
         };
@@ -211,9 +227,33 @@ mod tests {
             Some((Which::Current, Effect::Disable))
         );
         token.enabled = false;
+        token.secret_reported_time = Some(now);
         assert_eq!(
             effect(&token, &secret.hash(), now),
             Some((Which::Current, Effect::AlreadyRevoked))
+        );
+    }
+
+    #[test]
+    fn a_current_secret_of_a_token_disabled_before_is_remembered() {
+        let (mut token, secret) = token();
+        let now = crate::domain::token::now();
+        token.enabled = false;
+        assert_eq!(
+            effect(&token, &secret.hash(), now),
+            Some((Which::Current, Effect::MarkReported)),
+            "disabled by an administrator, it could be enabled again with the leaked secret"
+        );
+        let event = Report::parse("", "").unwrap().audit(
+            &token,
+            Which::Current,
+            Effect::MarkReported,
+            "",
+            now,
+        );
+        assert_eq!(
+            event.changes.get("secret_reported_time"),
+            Some(&serde_json::Value::from(now.to_rfc3339()))
         );
     }
 
@@ -232,7 +272,8 @@ mod tests {
         token.previous_hash_expire_time = Some(now - Duration::seconds(1));
         assert_eq!(
             effect(&token, &old.hash(), now),
-            Some((Which::Previous, Effect::AlreadyRevoked))
+            Some((Which::Previous, Effect::AlreadyRevoked)),
+            "a previous secret's report marks nothing: enabling the token cannot revive it"
         );
         let other = TokenSecret::generate(&TokenPrefix::default());
         assert_eq!(effect(&token, &other.hash(), now), None);

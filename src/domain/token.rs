@@ -133,6 +133,9 @@ pub struct Token {
     pub uses: i64,
     /// At most this many successful verifications per interval, per replica.
     pub rate_limit: Option<RateLimit>,
+    /// When the current secret was reported leaked. Until a rotation replaces that
+    /// secret (and clears this), the token cannot be enabled: the secret would work again.
+    pub secret_reported_time: Option<DateTime<Utc>>,
 }
 
 /// A request rate: `requests` per `interval`.
@@ -200,6 +203,7 @@ impl Token {
             max_uses: None,
             uses: 0,
             rate_limit: None,
+            secret_reported_time: None,
         }
     }
 

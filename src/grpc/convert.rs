@@ -365,6 +365,7 @@ pub fn token_to_pb(token: &Token) -> pb::Token {
             .previous_hash
             .and(token.previous_hash_expire_time)
             .map(chrono_to_timestamp),
+        secret_reported_time: token.secret_reported_time.map(chrono_to_timestamp),
     }
 }
 

@@ -354,9 +354,14 @@ impl TokenApi {
             rotated.display_hint = rotation.display_hint.clone();
             rotated.previous_hash = previous_until.map(|_| before.secret_hash);
             rotated.previous_hash_expire_time = previous_until;
+            rotated.secret_reported_time = None;
             let mut audit = caller.event(Action::RotateToken, AuditEvent::token_target(id), now);
-            audit.changes =
-                fields::audited(&rotated, &["display_hint", "previous_secret_expire_time"]);
+            let mut changed = vec!["display_hint", "previous_secret_expire_time"];
+            // The rotation that puts a reported token back in service says so.
+            if before.secret_reported_time.is_some() {
+                changed.push("secret_reported_time");
+            }
+            audit.changes = fields::audited(&rotated, &changed);
             Ok(Decided {
                 change: Change::Rotate(rotation),
                 audit,

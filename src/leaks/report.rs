@@ -173,9 +173,11 @@ pub async fn report<S: AsRef<str>>(
 }
 
 /// Ends one leaked secret, which `found` (as read before the report's write) has;
-/// whether it was ours. A secret that already works no more is audited again only a few
-/// times a minute per address (as failed authentications are), so that replaying one
-/// cannot fill the audit trail.
+/// whether it was ours. A secret that already works no more, and cannot come back but by
+/// a rotation, is audited again only a few times a minute per address (as failed
+/// authentications are), so that replaying one cannot fill the audit trail; the first
+/// report of a disabled token's current secret is always written, as it is what keeps the
+/// token from being enabled with it.
 async fn end(
     state: &AppState,
     hash: &SecretHash,
@@ -201,6 +203,7 @@ async fn end(
     state.evict(&leaked.after);
     let done = match leaked.effect {
         Effect::Disable => "token disabled",
+        Effect::MarkReported => "token already disabled; marked reported",
         Effect::EndGrace => "previous secret's grace period ended",
         Effect::AlreadyRevoked => "secret already revoked",
     };

@@ -383,8 +383,9 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn lookup_many(&self, hashes: &[SecretHash]) -> Result<Vec<Token>, StoreError>;
 
     /// Makes a reported leaked secret stop working, in one transaction with the report's
-    /// audit event (`audit` builds it): the token whose current secret it is is disabled,
-    /// the grace period of the token whose previous secret it is ends at `now` (see
+    /// audit event (`audit` builds it): the token whose current secret it is is disabled
+    /// and its `secret_reported_time` set to `now` (also when it was disabled already),
+    /// the grace period of the token whose previous secret it is ends (see
     /// [`leak::effect`]). `None` when no token has the secret.
     async fn end_leaked(
         &self,

@@ -22,6 +22,7 @@ mod hostile_input;
 mod json_api;
 mod leaks;
 mod leaks_github;
+mod leaks_reported;
 mod lifecycle;
 mod listener;
 mod lookups;

@@ -1,7 +1,7 @@
 //! The management policy against a reference model (proptest-state-machine): random
 //! sequences of management calls, by random callers, over a small universe of tokens of
 //! varied power (wildcard permissions, read-only, expiry, networks, hosts, bindings, use and
-//! rate limits, types), run through the real server over real gRPC on a real SQLite file
+//! rate limits, types), with leak reports (no caller) among them, run through the real server over real gRPC on a real SQLite file
 //! (and, fewer, on Postgres). After every call the server's answer and its whole state are
 //! checked against the model, whose rules are written here again, independently of
 //! `src/domain`:
@@ -30,8 +30,9 @@ use token_authority::{
         token::{RateLimit as TokenRate, Token as Stored},
     },
     pb::v1::{
-        CreateTokenRequest, DeleteTokenRequest, GetTokenRequest, RateLimit, RevokeTokensRequest,
-        RotateTokenRequest, SetTokenEnabledRequest, Token, UpdateTokenRequest,
+        CreateTokenRequest, DeleteTokenRequest, GetTokenRequest, RateLimit,
+        ReportLeakedTokensRequest, RevokeTokensRequest, RotateTokenRequest, SetTokenEnabledRequest,
+        Token, UpdateTokenRequest, leak_service_client::LeakServiceClient,
         token_service_client::TokenServiceClient,
     },
     store::{self, Actor, AuditQuery, ListQuery, TokenStore},
@@ -108,6 +109,8 @@ struct ModelToken {
     created_by: Option<usize>,
     /// Holds a rotated-out secret still in its grace period.
     in_grace: bool,
+    /// Its current secret was reported leaked (and it has not been rotated since).
+    reported: bool,
 }
 
 fn perm_covers(held: &str, wanted: &str) -> bool {
@@ -285,6 +288,12 @@ enum Call {
     WithOldSecret {
         target: usize,
     },
+    /// A leak report (ReportLeakedTokens, no credential) of the target's current secret,
+    /// or of its previous one in its grace period.
+    Report {
+        target: usize,
+        previous: bool,
+    },
 }
 
 /// What the model says a call does.
@@ -431,6 +440,7 @@ impl Model {
                     deleted: false,
                     created_by: Some(caller),
                     in_grace: false,
+                    reported: false,
                 };
                 if !fits(&token.power, token.power.kind) || !c.covers(&token) {
                     return Refused;
@@ -505,6 +515,10 @@ impl Model {
                 {
                     return Refused;
                 }
+                // Enabled as it is, a reported token would accept its leaked secret again.
+                if enabled && self.tokens[target].reported {
+                    return Refused;
+                }
                 self.tokens[caller].spend();
                 self.tokens[target].enabled = enabled;
                 Allowed
@@ -540,6 +554,8 @@ impl Model {
                 }
                 self.tokens[caller].spend();
                 self.tokens[target].in_grace = grace;
+                // The reported secret is replaced (and, without grace, forgotten).
+                self.tokens[target].reported = false;
                 Allowed
             }
             Call::Revoke {
@@ -584,6 +600,19 @@ impl Model {
                 Expect::Revoked { revoked, skipped }
             }
             Call::WithOldSecret { .. } => Refused,
+            Call::Report { target, previous } => {
+                let t = &mut self.tokens[target];
+                match (t.deleted, previous) {
+                    // A deleted token's secrets are no one's: the report changes nothing.
+                    (true, _) => {}
+                    (false, true) => t.in_grace = false,
+                    (false, false) => {
+                        t.enabled = false;
+                        t.reported = true;
+                    }
+                }
+                Allowed
+            }
         }
     }
 }
@@ -615,6 +644,7 @@ impl ReferenceStateMachine for PolicyModel {
             deleted: false,
             created_by: None,
             in_grace: false,
+            reported: false,
         };
         // Made by the admin, which covers them all; each fits its template.
         proptest::collection::vec(
@@ -717,11 +747,31 @@ impl ReferenceStateMachine for PolicyModel {
                     .boxed(),
             ),
         ];
+        // Any token's current secret but the admin's: a sequence whose admin is reported
+        // (disabled, and rotated by no one else) would test little after it.
+        choices.push((
+            1,
+            (1..n)
+                .prop_map(|target| Call::Report {
+                    target,
+                    previous: false,
+                })
+                .boxed(),
+        ));
         if !graced.is_empty() {
             choices.push((
                 1,
-                proptest::sample::select(graced)
+                proptest::sample::select(graced.clone())
                     .prop_map(|target| Call::WithOldSecret { target })
+                    .boxed(),
+            ));
+            choices.push((
+                1,
+                proptest::sample::select(graced)
+                    .prop_map(|target| Call::Report {
+                        target,
+                        previous: true,
+                    })
                     .boxed(),
             ));
         }
@@ -739,7 +789,12 @@ impl ReferenceStateMachine for PolicyModel {
             Call::Revoke { caller, by, .. } => {
                 *caller < n && !matches!(by, RevokeBy::CreatedBy(root) if *root >= n)
             }
-            Call::WithOldSecret { target } => *target < n && state.tokens[*target].in_grace,
+            Call::WithOldSecret { target }
+            | Call::Report {
+                target,
+                previous: true,
+            } => *target < n && state.tokens[*target].in_grace,
+            Call::Report { target, .. } => *target < n,
         }
     }
 
@@ -1100,9 +1155,16 @@ impl Server {
                 .find(|t| t.id.to_string() == self.handles[i].id)
                 .unwrap_or_else(|| panic!("token {i} is missing from the store"));
             let (power, uses, enabled) = observed(got, self.start);
+            let reported = got.secret_reported_time.is_some();
             assert_eq!(
-                (&power, uses, enabled, got.owner.as_str()),
-                (&want.power, want.uses, want.enabled, want.owner),
+                (&power, uses, enabled, reported, got.owner.as_str()),
+                (
+                    &want.power,
+                    want.uses,
+                    want.enabled,
+                    want.reported,
+                    want.owner
+                ),
                 "token {i} differs from the model"
             );
             let created_by = want.created_by.map(|c| self.handles[c].id.clone());
@@ -1295,6 +1357,24 @@ impl Server {
                     .as_ref()
                     .expect_err("a rotated-out secret manages nothing");
                 assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            }
+            Call::Report { target, previous } => {
+                let handle = &self.handles[target];
+                let secret = match previous {
+                    true => handle.old_secret.clone().expect("a graced secret"),
+                    false => handle.secret.clone(),
+                };
+                let answer = LeakServiceClient::new(self.app.channel.clone())
+                    .report_leaked_tokens(ReportLeakedTokensRequest {
+                        secrets: vec![secret],
+                        ..Default::default()
+                    })
+                    .await;
+                if let Ok(answer) = &answer {
+                    let ours = !before.tokens[target].deleted;
+                    assert_eq!(answer.get_ref().revoked, u32::from(ours), "{answer:?}");
+                }
+                outcome = answer.map(|_| None);
             }
         }
 

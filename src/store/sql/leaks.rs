@@ -77,12 +77,15 @@ impl_sql_store! {
                 return Ok(None);
             };
             // The revision moves, so that a call in flight that authenticated with this
-            // token before the report changes nothing after it.
+            // token before the report changes nothing after it (and every replica hears of
+            // the change). A token whose current secret leaked remembers it, so that it
+            // cannot be enabled again until a rotation replaces that secret.
             let after = match effect {
-                Effect::Disable => {
+                Effect::Disable | Effect::MarkReported => {
                     let sql = format!(
-                        "UPDATE tokens SET enabled = $1, update_time = $2, \
-                         revision = revision + 1 WHERE id = $3 RETURNING {COLUMNS}"
+                        "UPDATE tokens SET enabled = $1, secret_reported_time = $2, \
+                         update_time = $2, revision = revision + 1 WHERE id = $3 \
+                         RETURNING {COLUMNS}"
                     );
                     let row = sqlx::query_as::<DB, TokenRow>(&sql)
                         .bind(false)

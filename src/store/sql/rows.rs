@@ -24,7 +24,8 @@ use crate::{
 pub(super) const COLUMNS: &str = "id, secret_hash, display_hint, name, owner, token_type, description, permissions, read_only, \
      allowed_cidrs, allowed_hosts, bindings, metadata, enabled, create_time, update_time, \
      last_used_time, last_used_ip, use_count, expire_time, created_by, revision, \
-     previous_secret_hash, previous_hash_expire_time, max_uses, uses, rate_limit_requests, rate_limit_interval_ms";
+     previous_secret_hash, previous_hash_expire_time, max_uses, uses, rate_limit_requests, rate_limit_interval_ms, \
+     secret_reported_time";
 
 // The row types are `pub` (in this private module) because they appear in the bounds of
 // the store's impls, which are public.
@@ -60,6 +61,7 @@ pub struct TokenRow {
     uses: i64,
     rate_limit_requests: Option<i64>,
     rate_limit_interval_ms: Option<i64>,
+    secret_reported_time: Option<DateTime<Utc>>,
 }
 
 /// A row a bulk revocation locked, and whether it matches the revocation (else it is the
@@ -143,6 +145,7 @@ impl TryFrom<TokenRow> for Token {
             max_uses: row.max_uses,
             uses: row.uses,
             rate_limit,
+            secret_reported_time: row.secret_reported_time,
         })
     }
 }

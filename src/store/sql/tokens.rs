@@ -236,13 +236,15 @@ impl_sql_store! {
                 Change::Rotate(rotation) => {
                     // With a grace period the current secret becomes the previous one
                     // (replacing any earlier previous secret); without, no previous
-                    // secret works any more.
+                    // secret works any more. The new secret was never reported, so the
+                    // token may be enabled again (a disabled token rotates only without
+                    // grace: the reported secret is forgotten, not kept as the previous).
                     let sql = format!(
                         "UPDATE tokens SET \
                          previous_secret_hash = CASE WHEN $1 THEN secret_hash ELSE NULL END, \
                          previous_hash_expire_time = $2, secret_hash = $3, display_hint = $4, \
-                         update_time = $5, revision = revision + 1 WHERE id = $6 \
-                         RETURNING {COLUMNS}"
+                         secret_reported_time = NULL, update_time = $5, \
+                         revision = revision + 1 WHERE id = $6 RETURNING {COLUMNS}"
                     );
                     sqlx::query_as::<DB, TokenRow>(&sql)
                         .bind(rotation.previous_until.is_some())
@@ -533,9 +535,9 @@ impl_sql_store! {
             "INSERT INTO tokens (id, secret_hash, display_hint, name, owner, token_type, description, \
              permissions, read_only, allowed_cidrs, allowed_hosts, bindings, metadata, enabled, \
              create_time, update_time, last_used_time, last_used_ip, use_count, expire_time, created_by, revision, \
-             max_uses, uses, rate_limit_requests, rate_limit_interval_ms) \
+             max_uses, uses, rate_limit_requests, rate_limit_interval_ms, secret_reported_time) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, 0, $17, $18, $19, \
-             $20, 0, $21, $22)",
+             $20, 0, $21, $22, $23)",
         )
         .bind(token.id)
         .bind(token.secret_hash.as_bytes().to_vec())
@@ -559,6 +561,7 @@ impl_sql_store! {
         .bind(token.max_uses)
         .bind(requests)
         .bind(interval)
+        .bind(token.secret_reported_time)
         .execute(executor)
         .await
         .map_err(map_write_error)?;
