@@ -9,8 +9,9 @@
 #   3. the latency guard: Verify at RATE calls/s open loop, then the no-op at the same rate,
 #      LATENCY_PAIRS times.
 #
-#   scripts/bench-ceiling.sh    # ROUNDS=9 DURATION=3s WARMUP=1s RATE=8000 LATENCY_DURATION=5s
+#   scripts/bench-ceiling.sh    # ROUNDS=9 DURATION=3s WARMUP=1s RATE=8000 LATENCY_PAIRS=3 LATENCY_DURATION=5s
 #   ROUNDS=15 DURATION=2s scripts/bench-ceiling.sh
+#   SECTIONS=3 RATE=14000 LATENCY_PAIRS=5 scripts/bench-ceiling.sh   # the latency guard only
 #
 # Prints each section's rounds and its summary lines (ratios of the medians and medians
 # of the per-round ratios). Needs h2load (Debian: nghttp2-client).
@@ -21,7 +22,8 @@ ROUNDS=${ROUNDS:-9}
 DURATION=${DURATION:-3s}
 WARMUP=${WARMUP:-1s}
 RATE=${RATE:-8000}
-LATENCY_PAIRS=${LATENCY_PAIRS:-2}
+SECTIONS=${SECTIONS:-123}
+LATENCY_PAIRS=${LATENCY_PAIRS:-3}
 LATENCY_DURATION=${LATENCY_DURATION:-5s}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin token-authority --example bench >&2
@@ -48,12 +50,16 @@ bench() { # bench DURATION ARGS...
     --warmup "$WARMUP" --duration "$duration" "$@"
 }
 echo "# $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "## 1. h2load, $ROUNDS rounds"
-bench "$DURATION" --rounds "$ROUNDS" h2load-compare 2>&1
-echo "## 2. our load generator, $ROUNDS rounds"
-bench "$DURATION" --rounds "$ROUNDS" --noop-in-child compare compare-check 2>&1
-echo "## 3. latency guard at $RATE/s, $LATENCY_PAIRS pairs"
-for _ in $(seq 1 "$LATENCY_PAIRS"); do
+if [[ $SECTIONS == *1* ]]; then
+  echo "## 1. h2load, $ROUNDS rounds"
+  bench "$DURATION" --rounds "$ROUNDS" h2load-compare 2>&1
+fi
+if [[ $SECTIONS == *2* ]]; then
+  echo "## 2. our load generator, $ROUNDS rounds"
+  bench "$DURATION" --rounds "$ROUNDS" --noop-in-child compare compare-check 2>&1
+fi
+[[ $SECTIONS == *3* ]] && echo "## 3. latency guard at $RATE/s, $LATENCY_PAIRS pairs"
+for _ in $(seq 1 "$([[ $SECTIONS == *3* ]] && echo "$LATENCY_PAIRS" || echo 0)"); do
   bench "$LATENCY_DURATION" --rounds 1 --rate "$RATE" latency-at 2>&1
   bench "$LATENCY_DURATION" --rounds 1 --rate "$RATE" --noop-in-child latency-at --against-noop 2>&1
 done
