@@ -18,6 +18,8 @@ const CODEC: &str = "crate::grpc::codec::ProstCodec";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds the migration files; a new file must rebuild the library too.
+    println!("cargo:rerun-if-changed=migrations");
     let mut compiler = protox::Compiler::new(["proto", "proto/third_party"])?;
     compiler
         .include_source_info(true)

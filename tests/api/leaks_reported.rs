@@ -23,6 +23,7 @@ both_backends!(
     a_report_of_a_disabled_tokens_secret_is_remembered_however_many_replays_came_first,
     a_reported_previous_secret_does_not_keep_the_token_from_being_enabled,
     no_other_call_enables_a_reported_token,
+    tokens_reported_before_the_mark_existed_are_marked_by_the_upgrade,
 );
 
 /// Reports `secret` through ReportLeakedTokens; asserts it was one of ours.
@@ -333,4 +334,69 @@ async fn no_other_call_enables_a_reported_token(backend: Backend) {
         app.verify_perms(&made.secret, &[]).await.result(),
         VerifyResult::Disabled
     );
+}
+
+/// A database from before `secret_reported_time`: reports disabled tokens but marked none.
+/// The upgrade's backfill (migration 20261203000002) marks each disabled token whose
+/// current secret the audit trail says was reported and which was not rotated since;
+/// a token rotated since, or enabled again since, is left unmarked.
+async fn tokens_reported_before_the_mark_existed_are_marked_by_the_upgrade(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut made = Vec::new();
+    for name in ["still-disabled", "rotated-since", "enabled-since"] {
+        let token = app.create(spec(name, &["domains:read"])).await;
+        report(&app, &token.secret).await;
+        made.push(token);
+    }
+    let id = |i: usize| made[i].token.as_ref().unwrap().id.clone();
+    rotate(&app, &id(1), 0).await;
+    let marked_at = get(&app, &id(0)).await.secret_reported_time.unwrap();
+    let (db, admin) = app.stop().await;
+    as_before_the_mark(&db, "enabled-since").await;
+
+    let settings = test_settings(&db);
+    let app = spawn_with(db, settings, Some(admin)).await;
+    let still = get(&app, &id(0)).await;
+    assert_eq!(
+        still.secret_reported_time,
+        Some(marked_at),
+        "marked with the report's time, from the audit trail"
+    );
+    assert_enable_refused(&app, &id(0), &made[0].secret).await;
+    assert_eq!(
+        get(&app, &id(1)).await.secret_reported_time,
+        None,
+        "rotated since"
+    );
+    let enabled = get(&app, &id(2)).await;
+    assert!(
+        enabled.enabled && enabled.secret_reported_time.is_none(),
+        "{enabled:?}"
+    );
+}
+
+/// Turns a stopped server's database back into one from before the mark: no token
+/// marked, the backfill not yet run, and the token named `enabled` enabled again (as an
+/// administrator could before the mark existed).
+async fn as_before_the_mark(db: &TestDb, enabled: &str) {
+    use sqlx::{Connection, Executor};
+    let statements = [
+        "UPDATE tokens SET secret_reported_time = NULL".to_owned(),
+        format!("UPDATE tokens SET enabled = TRUE WHERE name = '{enabled}'"),
+        "DELETE FROM _sqlx_migrations WHERE version = 20261203000002".to_owned(),
+    ];
+    match db.backend {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            for statement in &statements {
+                conn.execute(statement.as_str()).await.unwrap();
+            }
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            for statement in &statements {
+                conn.execute(statement.as_str()).await.unwrap();
+            }
+        }
+    }
 }
